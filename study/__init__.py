@@ -1,0 +1,1 @@
+"""Adaptive-dropout pruning of Conformer speech recognisers: the library."""
