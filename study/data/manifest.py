@@ -41,7 +41,7 @@ def read_manifest(path: Path) -> list[Utterance]:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header is None or tuple(header) != MANIFEST_COLUMNS:
-            raise DataError(f"{path}: manifest header must be {'\t'.join(MANIFEST_COLUMNS)!r}, got {header!r}")
+            raise DataError(f"{path}: manifest header must be {list(MANIFEST_COLUMNS)}, got {header!r}")
         rows = []
         for line_no, row in enumerate(reader, start=2):
             if len(row) != len(MANIFEST_COLUMNS):
