@@ -1,0 +1,83 @@
+"""Log-mel features, cached per split, with global mean/variance normalisation and SpecAugment.
+
+Features are computed once per (manifest, feature config) and stored as float16 tensors, so a
+trial and every later trial of a sweep reads them instead of decoding audio each epoch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torchaudio
+
+from study.config import FeatureConfig
+from study.data.audio import SAMPLE_RATE, load_audio
+from study.data.manifest import Utterance
+
+FEATURE_FORMAT_VERSION = 1
+
+
+class LogMel(torch.nn.Module):
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        win = round(SAMPLE_RATE * cfg.win_ms / 1000)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE, n_fft=512 if win <= 512 else win, win_length=win,
+            hop_length=round(SAMPLE_RATE * cfg.hop_ms / 1000), n_mels=cfg.n_mels)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:  # (samples,) -> (frames, n_mels)
+        return torch.log(self.mel(wave) + 1e-6).transpose(0, 1)
+
+
+def _cache_key(utterances: list[Utterance], cfg: FeatureConfig) -> str:
+    digest = hashlib.sha256(json.dumps([FEATURE_FORMAT_VERSION, asdict(cfg)]).encode())
+    for u in utterances:
+        digest.update(f"{u.id}\t{u.path}\t{u.duration}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def compute_features(utterances: list[Utterance], cfg: FeatureConfig, cache_dir: Path) -> list[torch.Tensor]:
+    """List of (frames, n_mels) float16 tensors, in manifest order, cached on disk."""
+    path = Path(cache_dir) / f"features-{_cache_key(utterances, cfg)}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    logmel = LogMel(cfg)
+    with torch.inference_mode():
+        feats = [logmel(load_audio(u.path)).to(torch.float16) for u in utterances]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(feats, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a truncated cache file
+    return feats
+
+
+def mean_std(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global per-bin statistics over every training frame: two (n_mels,) tensors."""
+    total = sum(f.shape[0] for f in features)
+    s = sum(f.float().sum(0) for f in features)
+    s2 = sum(f.float().pow(2).sum(0) for f in features)
+    mean = s / total
+    std = (s2 / total - mean.pow(2)).clamp_min(1e-8).sqrt()
+    return mean, std
+
+
+class SpecAugment(torch.nn.Module):
+    """Frequency and time masks, independent per utterance; training only."""
+
+    def __init__(self, cfg: FeatureConfig):
+        super().__init__()
+        self.freq = torchaudio.transforms.FrequencyMasking(cfg.freq_mask_width, iid_masks=True)
+        self.time = torchaudio.transforms.TimeMasking(cfg.time_mask_width, iid_masks=True)
+        self.freq_masks, self.time_masks = cfg.freq_masks, cfg.time_masks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F) -> (B, T, F)
+        spec = x.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T) as torchaudio expects
+        for _ in range(self.freq_masks):
+            spec = self.freq(spec)
+        for _ in range(self.time_masks):
+            spec = self.time(spec)
+        return spec.squeeze(1).transpose(1, 2)

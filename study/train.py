@@ -1,0 +1,186 @@
+"""Training and evaluation of a CTC model: AdamW, warm-up + cosine decay, clipping, checkpoints.
+
+A checkpoint is written atomically after every epoch; `fit` resumes from it when present, with
+the same batches and dropout draws as an uninterrupted run (both are seeded by epoch).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from study.batching import collate, make_batches
+from study.config import Config
+from study.data.manifest import Utterance
+from study.features import SpecAugment
+from study.metrics import char_error_rate, greedy_decode, word_error_rate
+from study.model import output_lengths
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss); the message says where."""
+
+
+@dataclass
+class SplitData:
+    utterances: list[Utterance]
+    features: list[torch.Tensor]  # (frames, n_mels) each
+
+    @property
+    def transcripts(self) -> list[str]:
+        return [u.text for u in self.utterances]
+
+    @property
+    def lengths(self) -> list[int]:
+        return [f.shape[0] for f in self.features]
+
+
+@dataclass
+class History:
+    epoch: int = 0  # epochs finished
+    train_seconds: float = 0.0
+    records: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def set_threads(threads: int) -> None:
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
+def lr_lambda(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    warmup = max(1, round(total_steps * warmup_fraction))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return factor
+
+
+def feasible(data: SplitData) -> list[int]:
+    """Indices whose transcript fits in the encoder's output frames (CTC needs T >= S + repeats)."""
+    keep = []
+    for i, (u, n) in enumerate(zip(data.utterances, data.lengths)):
+        chars = u.text
+        needed = len(chars) + sum(a == b for a, b in zip(chars, chars[1:]))
+        if int(output_lengths(torch.tensor(n))) >= needed:
+            keep.append(i)
+    return keep
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model: torch.nn.Module, train: SplitData, mean: torch.Tensor,
+                 std: torch.Tensor, checkpoint_path: Path, device: torch.device):
+        self.cfg, self.model, self.device = cfg, model.to(device), device
+        self.train_data, self.mean, self.std = train, mean, std
+        self.checkpoint_path = Path(checkpoint_path)
+        self.train_indices = feasible(train)
+        if not self.train_indices:
+            raise TrainingError("no training utterance is long enough for its transcript after 4x subsampling")
+        self.skipped = len(train.utterances) - len(self.train_indices)
+        self.max_frames = round(cfg.train.batch_seconds * 1000 / cfg.features.hop_ms)
+        self.steps_per_epoch = len(self._epoch_batches(0))
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(self.steps_per_epoch * cfg.train.epochs, cfg.train.warmup_fraction))
+        self.spec_augment = SpecAugment(cfg.features)
+        self.ctc = torch.nn.CTCLoss(blank=0, reduction="mean", zero_infinity=False)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+        self.history = History()
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        lengths = [self.train_data.lengths[i] for i in self.train_indices]
+        batches = make_batches(lengths, self.max_frames, shuffle_seed=self.cfg.train.seed * 1000 + epoch)
+        return [[self.train_indices[i] for i in b] for b in batches]
+
+    def load_checkpoint(self) -> bool:
+        if not self.checkpoint_path.is_file():
+            return False
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = state["history"]
+        return True
+
+    def save_checkpoint(self) -> None:
+        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "history": self.history}, tmp)
+        tmp.replace(self.checkpoint_path)  # atomic on POSIX: never a torn checkpoint
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        torch.manual_seed(self.cfg.train.seed * 1000 + epoch)  # dropout and SpecAugment draws
+        random.seed(self.cfg.train.seed * 1000 + epoch)
+        batches = self._epoch_batches(epoch)
+        total_loss, total_utts, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="batch", leave=False,
+                   disable=None)
+        for step, indices in enumerate(bar):
+            batch = collate(indices, self.train_data.features, self.train_data.transcripts, self.mean, self.std)
+            feats = self.spec_augment(batch.features).to(self.device)
+            with self.autocast:
+                log_probs, out_lengths = self.model(feats, batch.feature_lengths.to(self.device))
+            loss = self.ctc(log_probs.float().transpose(0, 1), batch.targets.to(self.device), out_lengths,
+                            batch.target_lengths.to(self.device))
+            if not torch.isfinite(loss):
+                raise TrainingError(f"non-finite CTC loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            total_loss += loss.item() * len(indices)
+            total_utts += len(indices)
+            bar.set_postfix(loss=f"{loss.item():.3f}", utt_s=f"{total_utts / (time.perf_counter() - start):.1f}")
+        return {"train/loss": total_loss / total_utts, "train/ctc": total_loss / total_utts,
+                "train/seconds": time.perf_counter() - start}
+
+    def fit(self, evaluate_dev: Callable[[], dict[str, float]],
+            on_epoch_end: Callable[[int, dict[str, float]], None]) -> History:
+        """Trains the remaining epochs; after each, evaluates, checkpoints, then reports metrics."""
+        for epoch in range(self.history.epoch, self.cfg.train.epochs):
+            metrics = self.train_epoch(epoch)
+            metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+            metrics.update(evaluate_dev())
+            self.history.epoch = epoch + 1
+            self.history.train_seconds += metrics["train/seconds"]
+            self.history.records.append(metrics)
+            self.save_checkpoint()
+            on_epoch_end(epoch + 1, metrics)
+        return self.history
+
+
+@torch.inference_mode()
+def transcribe(model: torch.nn.Module, data: SplitData, mean: torch.Tensor, std: torch.Tensor,
+               device: torch.device, max_frames: int) -> list[str]:
+    model.eval()
+    hyps: dict[int, str] = {}
+    for indices in make_batches(data.lengths, max_frames, shuffle_seed=None):
+        batch = collate(indices, data.features, data.transcripts, mean, std)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            log_probs, lengths = model(batch.features.to(device), batch.feature_lengths.to(device))
+        hyps.update(zip(indices, greedy_decode(log_probs.float(), lengths)))
+    return [hyps[i] for i in range(len(data.utterances))]
+
+
+def error_rates(model: torch.nn.Module, data: SplitData, mean: torch.Tensor, std: torch.Tensor,
+                device: torch.device, max_frames: int) -> tuple[float, float, list[str]]:
+    hyps = transcribe(model, data, mean, std, device, max_frames)
+    return word_error_rate(data.transcripts, hyps), char_error_rate(data.transcripts, hyps), hyps

@@ -1,0 +1,76 @@
+"""Configuration: TOML into typed dataclasses, and every bad key or value named with its file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from study.config import Config, ConfigError, build, dumps_toml, flatten, load_config, to_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "exp.toml"
+    path.write_text(body)
+    return path
+
+
+def test_defaults_and_values_load(tmp_path):
+    cfg = load_config(write(tmp_path, "[model]\nd_model = 96\nnum_heads = 4\n[train]\nlr = 1\n"))
+    assert cfg.model.d_model == 96 and cfg.model.ffn_dim == Config().model.ffn_dim
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)  # int accepted where float is due
+    assert cfg.tracking.experiment == "exp"  # defaults to the file's stem
+
+
+@pytest.mark.parametrize("body, key", [
+    ("[model]\nd_modle = 96\n", "model.d_modle"),
+    ("bogus = 1\n", "bogus"),
+    ("[data.synthetic]\ntrain_utterance = 5\n", "data.synthetic.train_utterance"),
+])
+def test_unknown_key_is_rejected_with_its_name_and_file(tmp_path, body, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, body))
+    assert key in str(err.value) and "exp.toml" in str(err.value) and "unknown key" in str(err.value)
+
+
+@pytest.mark.parametrize("body, key, words", [
+    ('[model]\nd_model = "big"\n', "model.d_model", "expected int"),
+    ("[model]\nd_model = true\n", "model.d_model", "expected int"),
+    ("[model]\ndropout = 1.5\n", "model.dropout", "<= 0.9"),
+    ("[train]\nepochs = 0\n", "train.epochs", ">= 1"),
+    ('method = "magic"\n', "method", "one of"),
+    ('[data]\nsource = "timit"\n', "data.source", "one of"),
+    ("[model]\nd_model = 100\nnum_heads = 3\n", "model.d_model", "divisible"),
+    ('[data]\ntrain_subsets = "train-clean-100"\n', "data.train_subsets", "list"),
+])
+def test_bad_values_are_rejected_naming_the_key(tmp_path, body, key, words):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, body))
+    assert key in str(err.value) and words in str(err.value) and "exp.toml" in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[model\n"))
+
+
+def test_overrides_apply_and_are_checked(tmp_path):
+    path = write(tmp_path, "")
+    assert load_config(path, {"train.epochs": 3}).train.epochs == 3
+    with pytest.raises(ConfigError, match="train.epoch"):
+        load_config(path, {"train.epoch": 3})
+
+
+def test_resolved_config_round_trips_through_toml(tmp_path):
+    cfg = load_config(write(tmp_path, "[model]\nd_model = 64\n[data.synthetic]\ntrain_utterances = 7\n"))
+    again = build(Config, __import__("tomllib").loads(dumps_toml(to_dict(cfg))))
+    assert again == cfg
+    assert flatten(to_dict(cfg))["model.d_model"] == 64
+
+
+def test_shipped_experiment_files_load():
+    for path in sorted((REPO / "experiments").glob("*.toml")):
+        load_config(path)

@@ -1,0 +1,68 @@
+"""Real training on the tiny built-in corpus: the loss falls, runs resume, failures are loud."""
+from __future__ import annotations
+
+import math
+
+import mlflow
+import pytest
+import torch
+
+from study.train import Trainer, TrainingError
+from study.trial import run_trial
+
+
+def finished_run(tracking_uri: str, experiment: str = "tiny"):
+    client = mlflow.MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, runs
+
+
+def test_tiny_training_run_lowers_loss_and_logs_to_mlflow(tiny_config, tracking_uri, tmp_path):
+    tiny_config.train.epochs = 4
+    metrics = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path)
+    client, runs = finished_run(tracking_uri)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    losses = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, "train/loss"),
+                                      key=lambda m: m.step)]
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0]
+    for key in ("dev/wer", "test/wer", "test/cer", "params/total", "params/encoder", "time/train_s"):
+        assert key in runs[0].data.metrics and math.isfinite(runs[0].data.metrics[key])
+    assert runs[0].data.metrics["params/total"] == metrics["params/total"] > metrics["params/encoder"]
+    assert runs[0].data.params["model.d_model"] == "32" and runs[0].data.tags["method"] == "dense"
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"config.toml", "model.pt"} <= artifacts
+
+
+def test_interrupted_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one(
+        tiny_config, tracking_uri, tmp_path, monkeypatch):
+    reference = run_trial(tiny_config, f"sqlite:///{tmp_path / 'ref.db'}", runs_dir=tmp_path / "ref")
+
+    original = Trainer.train_epoch
+    def crash_in_third_epoch(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt  # like Ctrl-C or a kill during epoch 3
+        return original(self, epoch)
+    monkeypatch.setattr(Trainer, "train_epoch", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(tiny_config, tracking_uri, runs_dir=tmp_path / "run")
+    client, runs = finished_run(tracking_uri)
+    assert runs[0].info.status == "KILLED"  # never left RUNNING
+
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    resumed = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path / "run")
+    client, runs = finished_run(tracking_uri)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same run, continued
+    assert runs[0].data.tags["resumed_from_epoch"] == "2"
+    steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss"))
+    assert steps == [1, 2, 3]
+    assert resumed["test/cer"] == pytest.approx(reference["test/cer"])
+    assert resumed["dev/wer"] == pytest.approx(reference["dev/wer"])
+
+
+def test_non_finite_loss_fails_the_run_with_its_reason(tiny_config, tracking_uri, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.nn.CTCLoss, "forward", lambda self, *a: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TrainingError, match="non-finite CTC loss"):
+        run_trial(tiny_config, tracking_uri, runs_dir=tmp_path)
+    _, runs = finished_run(tracking_uri)
+    assert runs[0].info.status == "FAILED"
+    assert "non-finite" in runs[0].data.tags["failure_reason"]
