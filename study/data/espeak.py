@@ -1,20 +1,25 @@
 """A minimal ctypes wrapper around the eSpeak NG library shipped in the `espeakng-loader` wheel.
 
-eSpeak keeps its state (voice, parameters, the synth callback) in the process, so each process
-initialises it once; callers that want parallel synthesis use separate processes.
+eSpeak keeps its state (voice, parameters, the synth callback) in the process. Each Python process
+that speaks gets one small helper process (started on first use) in which eSpeak is initialised
+once; callers that want parallel synthesis use several processes, each with its own helper.
 
 Determinism: eSpeak carries hidden state from one utterance to the next (the pitch-flutter phase,
 the automatic gain, the roughness cycle counter, Klatt filter memories, ...), so the same call gives
-different samples depending on what the process said before. `synthesize` therefore speaks every
-utterance in a child forked from the freshly initialised engine: each utterance starts from the same
+different samples depending on what the process said before. The helper therefore speaks every
+utterance in a child forked from its freshly initialised engine: each utterance starts from the same
 state, whatever the process did before. A few variants are not deterministic even then (their
 output differs between processes): see NONDETERMINISTIC_VARIANTS.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
+import pickle
 import re
+import subprocess
+import sys
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -153,8 +158,8 @@ def version() -> str:
 
 
 class _Engine:
-    """The process's single initialised eSpeak instance. It never synthesises in this process
-    (only in forked children), so its state stays the freshly initialised one."""
+    """The initialised eSpeak instance of the helper process. It never synthesises in that process
+    itself (only in forked children), so its state stays the freshly initialised one."""
 
     def __init__(self) -> None:
         self.lib = _library()
@@ -231,21 +236,111 @@ class _Engine:
             raise RuntimeError(f"{call} failed with code {code} for voice {voice!r}")
 
 
-_ENGINE: _Engine | None = None
-_ENGINE_LOCK = threading.Lock()
+def _serve() -> None:
+    """Main loop of the helper process: initialise eSpeak once, then answer requests from stdin.
+
+    Protocol (pickles): the helper first sends ("ready", sample_rate); then for each request
+    (text, accent, variant, rate_wpm, pitch) it answers ("ok", int16 bytes) or ("error", message).
+    """
+    # Keep the protocol on a private copy of stdout and send fd 1 to stderr, so that anything the
+    # C library prints cannot corrupt the stream.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    inp = sys.stdin.buffer
+    try:
+        engine = _Engine()
+        pickle.dump(("ready", engine.sample_rate), out)
+    except Exception as exc:
+        pickle.dump(("error", f"{type(exc).__name__}: {exc}"), out)
+        out.flush()
+        return
+    out.flush()
+    while True:
+        try:
+            text, accent, variant, rate_wpm, pitch = pickle.load(inp)
+        except EOFError:  # the client closed the pipe (or exited): done
+            return
+        try:
+            reply = ("ok", engine.synthesize(text, accent, variant, rate_wpm, pitch).tobytes())
+        except Exception as exc:
+            reply = ("error", str(exc))
+        pickle.dump(reply, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
 
 
-def _engine() -> _Engine:
-    global _ENGINE
-    with _ENGINE_LOCK:
-        if _ENGINE is None:
-            _ENGINE = _Engine()
-        return _ENGINE
+class _Client:
+    """Talks to this process's eSpeak helper process.
+
+    Why a helper: each utterance is spoken in a child forked from a pristine engine, and fork() costs
+    time in proportion to the forking process's memory (about 20 ms from a process that imported
+    torch, under 1 ms from the small helper, which imports only numpy and ctypes).
+    """
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])  # the folder holding `study`
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from study.data.espeak import _serve; _serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+        )
+        status, value = self._receive("starting the helper")
+        if status != "ready":
+            self.close()
+            raise RuntimeError(f"eSpeak helper failed to start: {value}")
+        self.sample_rate: int = value
+
+    def _receive(self, what: str) -> tuple[str, object]:
+        try:
+            return pickle.load(self.proc.stdout)
+        except (EOFError, pickle.UnpicklingError) as exc:
+            code = self.proc.poll()
+            raise RuntimeError(f"eSpeak helper process died while {what} (exit code {code})") from exc
+
+    def synthesize(self, text: str, accent: str, variant: str, rate_wpm: int, pitch: int) -> np.ndarray:
+        with self.lock:
+            try:
+                pickle.dump((text, accent, variant, int(rate_wpm), int(pitch)), self.proc.stdin)
+                self.proc.stdin.flush()
+            except BrokenPipeError as exc:
+                raise RuntimeError(f"eSpeak helper process is gone (exit code {self.proc.poll()})") from exc
+            status, value = self._receive(f"speaking {text!r} with voice {accent}+{variant}")
+        if status != "ok":
+            raise RuntimeError(str(value))
+        return np.frombuffer(value, dtype=np.int16).copy()
+
+    def close(self) -> None:
+        if self.pid != os.getpid():
+            return  # a forked copy: the helper belongs to the parent
+        try:
+            self.proc.stdin.close()  # EOF ends the helper's loop
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+_CLIENT: _Client | None = None
+_CLIENT_LOCK = threading.Lock()
+
+
+def _client() -> _Client:
+    global _CLIENT
+    with _CLIENT_LOCK:
+        # A process forked after starting the helper must not share its pipes: start its own.
+        if _CLIENT is None or _CLIENT.pid != os.getpid():
+            _CLIENT = _Client()
+            atexit.register(_CLIENT.close)
+        return _CLIENT
 
 
 def initialize() -> int:
-    """Initialise eSpeak in this process (idempotent); returns its sample rate (22050 Hz)."""
-    return _engine().sample_rate
+    """Start this process's eSpeak helper (idempotent; eSpeak is initialised there once) and
+    return eSpeak's sample rate (22050 Hz)."""
+    return _client().sample_rate
 
 
 def sample_rate() -> int:
@@ -260,4 +355,4 @@ def synthesize(text: str, accent: str, variant: str, rate_wpm: int, pitch: int) 
     the variants in NONDETERMINISTIC_VARIANTS. Validate names first with `validate_voice`: eSpeak
     itself silently substitutes the base voice for an unknown variant.
     """
-    return _engine().synthesize(text, accent, variant, rate_wpm, pitch)
+    return _client().synthesize(text, accent, variant, rate_wpm, pitch)

@@ -15,8 +15,8 @@ number of worker processes.
 """
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import math
 import multiprocessing
 import os
@@ -30,6 +30,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import soundfile
+import torch
 
 from study.data import espeak
 from study.data.audio import SAMPLE_RATE, resample
@@ -593,8 +594,6 @@ def _noise(rng: np.random.Generator, n: int, pink: bool) -> np.ndarray:
 
 def _render(job: _Job) -> int:
     """Synthesise, resample, trim, pad, add noise, normalise and write one utterance; returns samples."""
-    import torch
-
     raw = espeak.synthesize(job.text, job.accent, job.variant, job.rate_wpm, job.pitch)  # int16 (n,)
     if raw.size == 0 or not np.any(raw):
         raise RuntimeError(f"{job.utt_id}: eSpeak produced no sound for voice {job.accent}+{job.variant}: {job.text!r}")
@@ -613,8 +612,6 @@ def _render(job: _Job) -> int:
 
 
 def _init_worker() -> None:
-    import torch
-
     # One thread: no oversubscription with several workers, and the same float path in every worker.
     torch.set_num_threads(1)
     espeak.initialize()
@@ -703,7 +700,7 @@ def _generate(cfg: SyntheticConfig, root: Path, workers: int) -> dict[str, list[
             if (root / COMPLETE_MARKER).is_file():  # lost a race against a concurrent build
                 return _read_corpus(root, cfg)
             raise
-        return corpus
+        return _read_corpus(root, cfg)  # as a cached build returns it (durations rounded in the TSV)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
@@ -711,7 +708,8 @@ def _generate(cfg: SyntheticConfig, root: Path, workers: int) -> dict[str, list[
 def build_synthetic_corpus(cfg: SyntheticConfig, cache_root: Path, workers: int = 2) -> dict[str, list[Utterance]]:
     """Build (or reuse) the corpus for `cfg` under cache_root; returns {"train", "dev", "test"} lists.
 
-    Raises ValueError naming the config field on a bad config.
+    Raises ValueError naming the config field on a bad config. Generation uses "spawn" worker
+    processes, so a script calling this must guard its entry point with `if __name__ == "__main__":`.
     """
     cfg.validate()
     if workers < 1:

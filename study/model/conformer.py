@@ -9,12 +9,43 @@ Shapes: B batch, T frames after subsampling, D d_model, F ffn_dim, C conv channe
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from study.config import ModelConfig
+
+
+@dataclass
+class BlockWidths:
+    """The widths of one block; a pruned model has its own, the dense model the configured ones.
+
+    A zero width (or no heads) turns that module into a ConstantOutput: all that remains of it is
+    the constant it adds to the residual stream.
+    """
+    ffn1: int
+    ffn2: int
+    query_dims: list[int] = field(default_factory=list)  # per kept head: query/key dimensions
+    value_dims: list[int] = field(default_factory=list)  # per kept head: value dimensions (all > 0)
+    conv: int = 0
+
+    @classmethod
+    def dense(cls, cfg: ModelConfig) -> "BlockWidths":
+        head = cfg.d_model // cfg.num_heads
+        return cls(cfg.ffn_dim, cfg.ffn_dim, [head] * cfg.num_heads, [head] * cfg.num_heads, cfg.conv_channels)
+
+
+class ConstantOutput(nn.Module):
+    """What is left of a fully pruned module: the bias it adds at every frame."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.bias.expand_as(x)
 
 
 def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
@@ -69,31 +100,58 @@ class FeedForward(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """LN -> q, k, v projections (gates on q and v) -> per-head SDPA -> output projection."""
+    """LN -> q, k, v projections (gates on q and v) -> per-head SDPA -> output projection.
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float):
+    Heads may have unequal query/key and value sizes after pruning: the projections stay compact
+    and are scattered into a zero-padded (B, H, T, max) layout for SDPA; zero query/key dimensions
+    add nothing to the scores and padded value dimensions are dropped, so the result is exact.
+    The softmax scale is the unpruned model's 1/sqrt(d_model / num_heads).
+    """
+
+    def __init__(self, d_model: int, query_dims: list[int], value_dims: list[int], scale: float, dropout: float):
         super().__init__()
-        self.num_heads, self.head_dim = num_heads, d_model // num_heads
+        self.num_heads, self.scale = len(value_dims), scale
         self.norm = nn.LayerNorm(d_model)
-        self.wq = nn.Linear(d_model, d_model)
-        self.wk = nn.Linear(d_model, d_model)
-        self.wv = nn.Linear(d_model, d_model)
+        self.wq = nn.Linear(d_model, sum(query_dims))
+        self.wk = nn.Linear(d_model, sum(query_dims))
+        self.wv = nn.Linear(d_model, sum(value_dims))
         self.query_gate = nn.Identity()
         self.value_gate = nn.Identity()
-        self.wo = nn.Linear(d_model, d_model)
+        self.wo = nn.Linear(sum(value_dims), d_model)
         self.dropout = nn.Dropout(dropout)
         self.attn_dropout = dropout
+        self.uniform = len(set(query_dims) | set(value_dims)) == 1
+        self.max_q, self.max_v = max(query_dims, default=0), max(value_dims, default=0)
+        # Positions of the compact units in the padded (H * max) layout; derived, so not saved.
+        self.register_buffer("q_index", _padded_index(query_dims, self.max_q), persistent=False)
+        self.register_buffer("v_index", _padded_index(value_dims, self.max_v), persistent=False)
+
+    def _heads(self, x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, T, sum dims) -> (B, H, T, size), zero-padded per head."""
+        b, t, _ = x.shape
+        if not self.uniform:
+            x = x.new_zeros(b, t, self.num_heads * size).index_copy(2, index, x)
+        return x.view(b, t, self.num_heads, size).transpose(1, 2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         x = self.norm(x)
-        q = self.query_gate(self.wq(x)).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, dh)
-        k = self.wk(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.value_gate(self.wv(x)).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        q = self._heads(self.query_gate(self.wq(x)), self.q_index, self.max_q)
+        k = self._heads(self.wk(x), self.q_index, self.max_q)
+        v = self._heads(self.value_gate(self.wv(x)), self.v_index, self.max_v)
+        if self.max_q == 0:  # no query dimension left: every score is 0, attention is uniform
+            q, k = q.new_zeros(b, self.num_heads, t, 1), k.new_zeros(b, self.num_heads, t, 1)
         attn = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask[:, None, None, :],  # keys only: padded keys get no weight
-            dropout_p=self.attn_dropout if self.training else 0.0, scale=self.head_dim ** -0.5)
-        return self.dropout(self.wo(attn.transpose(1, 2).reshape(b, t, -1)))
+            dropout_p=self.attn_dropout if self.training else 0.0, scale=self.scale)  # (B, H, T, max_v)
+        attn = attn.transpose(1, 2).reshape(b, t, -1)
+        if not self.uniform:
+            attn = attn.index_select(2, self.v_index)
+        return self.dropout(self.wo(attn))
+
+
+def _padded_index(dims: list[int], size: int) -> torch.Tensor:
+    return torch.tensor([h * size + j for h, n in enumerate(dims) for j in range(n)], dtype=torch.long)
 
 
 class ConvModule(nn.Module):
@@ -118,13 +176,16 @@ class ConvModule(nn.Module):
 
 
 class ConformerBlock(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, widths: BlockWidths | None = None):
         super().__init__()
-        self.ffn1 = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
-        self.mhsa = SelfAttention(cfg.d_model, cfg.num_heads, cfg.dropout)
-        self.conv = ConvModule(cfg.d_model, cfg.conv_channels, cfg.conv_kernel, cfg.dropout)
-        self.ffn2 = FeedForward(cfg.d_model, cfg.ffn_dim, cfg.dropout)
-        self.norm = nn.LayerNorm(cfg.d_model)
+        w = widths or BlockWidths.dense(cfg)
+        d, p = cfg.d_model, cfg.dropout
+        self.ffn1 = FeedForward(d, w.ffn1, p) if w.ffn1 else ConstantOutput(d)
+        self.mhsa = (SelfAttention(d, w.query_dims, w.value_dims, (d // cfg.num_heads) ** -0.5, p)
+                     if w.value_dims else ConstantOutput(d))
+        self.conv = ConvModule(d, w.conv, cfg.conv_kernel, p) if w.conv else ConstantOutput(d)
+        self.ffn2 = FeedForward(d, w.ffn2, p) if w.ffn2 else ConstantOutput(d)
+        self.norm = nn.LayerNorm(d)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = x + 0.5 * self.ffn1(x)
@@ -135,11 +196,13 @@ class ConformerBlock(nn.Module):
 
 
 class ConformerEncoder(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_mels: int):
+    def __init__(self, cfg: ModelConfig, n_mels: int, widths: list[BlockWidths] | None = None):
         super().__init__()
+        if widths is not None and len(widths) != cfg.num_blocks:
+            raise ValueError(f"{len(widths)} block widths for {cfg.num_blocks} blocks")
         self.subsampling = Subsampling(n_mels, cfg.subsampling_channels, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(ConformerBlock(cfg) for _ in range(cfg.num_blocks))
+        self.blocks = nn.ModuleList(ConformerBlock(cfg, widths[i] if widths else None) for i in range(cfg.num_blocks))
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T_in, n_mels), (B,) -> (B, T, D), (B,)."""
@@ -153,9 +216,9 @@ class ConformerEncoder(nn.Module):
 
 
 class ConformerCTC(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_mels: int, vocab_size: int):
+    def __init__(self, cfg: ModelConfig, n_mels: int, vocab_size: int, widths: list[BlockWidths] | None = None):
         super().__init__()
-        self.encoder = ConformerEncoder(cfg, n_mels)
+        self.encoder = ConformerEncoder(cfg, n_mels, widths)
         self.head = nn.Linear(cfg.d_model, vocab_size)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

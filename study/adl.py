@@ -1,0 +1,91 @@
+"""The adaptive dropout layer (ADL) and its regulariser (METHOD.md section 1).
+
+Each unit d has a trainable logit beta[d]; its retention probability is p = sigmoid(beta).
+Training draws a relaxed Bernoulli (Gumbel-sigmoid) mask with temperature tau; evaluation keeps
+units with p >= threshold, scaled by p ("expected") or not ("hard"). The regulariser
+alpha * mean (beta - c(t))^2 pulls logits toward a target that falls during training.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+LOCATIONS = ("ffn", "mhsa", "conv")
+
+
+@dataclass
+class AdlSettings:
+    """What one layer needs at run time (a view of the `[adl]` configuration)."""
+    tau: float = 1.0
+    threshold: float = 0.5
+    inference: str = "expected"  # expected | hard
+    mask_granularity: str = "frame"  # frame | utterance
+    straight_through: bool = False
+    rescale: str = "none"  # none | inverted
+    beta0: float = 3.0
+
+
+class AdaptiveDropout(nn.Module):
+    """Masks the last dimension of its input: (..., n) -> (..., n)."""
+
+    def __init__(self, units: int, location: str, settings: AdlSettings):
+        super().__init__()
+        self.location, self.settings = location, settings
+        self.beta = nn.Parameter(torch.full((units,), float(settings.beta0)))
+        self.tau = settings.tau  # may be annealed during training
+
+    @property
+    def retention(self) -> torch.Tensor:  # (n,)
+        return torch.sigmoid(self.beta)
+
+    def keep_mask(self) -> torch.Tensor:  # (n,) bool: the units that survive pruning
+        return self.retention.detach() >= self.settings.threshold
+
+    def eval_scale(self) -> torch.Tensor:  # (n,) what a kept unit is multiplied by in evaluation
+        p = self.retention.detach()
+        scale = p if self.settings.inference == "expected" else torch.ones_like(p)
+        return torch.where(self.keep_mask(), scale, torch.zeros_like(p))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x * self.eval_scale().to(x.dtype)
+        s = self.settings
+        # utterance: one draw per unit and utterance, broadcast over time; frame: one per element.
+        shape = x.shape if s.mask_granularity == "frame" else (x.shape[0],) + (1,) * (x.dim() - 2) + x.shape[-1:]
+        # logistic noise log(u) - log(1-u) with u clamped away from 0 and 1, so it stays finite.
+        u = torch.rand(shape, device=x.device, dtype=torch.float32).clamp_(1e-6, 1 - 1e-6)
+        mask = torch.sigmoid((self.beta + torch.log(u) - torch.log1p(-u)) / self.tau)
+        if s.straight_through:
+            mask = mask + ((mask > 0.5).to(mask.dtype) - mask).detach()
+        if s.rescale == "inverted":
+            mask = mask / self.retention.detach().clamp_min(0.05)
+        return x * mask.to(x.dtype)
+
+
+def target_logit(t: float, c0: float, c1: float, t0: float, t1: float) -> float:
+    """c(t) = c0 + (c1 - c0) * clip((t - t0) / (t1 - t0), 0, 1), t = fraction of training done."""
+    ramp = min(1.0, max(0.0, (t - t0) / (t1 - t0))) if t1 > t0 else float(t >= t0)
+    return c0 + (c1 - c0) * ramp
+
+
+def annealed_tau(t: float, tau: float, tau_end: float | None) -> float:
+    """Geometric annealing from tau to tau_end over training (constant when tau_end is None)."""
+    if tau_end is None:
+        return tau
+    return tau * math.exp(t * math.log(tau_end / tau))
+
+
+def regulariser(layers: list[AdaptiveDropout], alpha: float, c_t: float, normalization: str = "unit",
+                location_weights: dict[str, float] | None = None) -> torch.Tensor:
+    """alpha * mean (beta - c(t))^2 over every unit ("unit") or mean within each layer, then over layers."""
+    weights = location_weights or {}
+    if not layers:
+        return torch.zeros(())
+    if normalization == "unit":
+        terms = torch.cat([weights.get(l.location, 1.0) * (l.beta - c_t).pow(2) for l in layers])
+        return alpha * terms.mean()
+    per_layer = torch.stack([weights.get(l.location, 1.0) * (l.beta - c_t).pow(2).mean() for l in layers])
+    return alpha * per_layer.mean()
