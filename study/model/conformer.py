@@ -218,6 +218,7 @@ class ConformerEncoder(nn.Module):
 class ConformerCTC(nn.Module):
     def __init__(self, cfg: ModelConfig, n_mels: int, vocab_size: int, widths: list[BlockWidths] | None = None):
         super().__init__()
+        self.n_mels = n_mels
         self.encoder = ConformerEncoder(cfg, n_mels, widths)
         self.head = nn.Linear(cfg.d_model, vocab_size)
 
