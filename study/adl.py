@@ -36,6 +36,7 @@ class AdaptiveDropout(nn.Module):
         self.location, self.settings = location, settings
         self.beta = nn.Parameter(torch.full((units,), float(settings.beta0)))
         self.tau = settings.tau  # may be annealed during training
+        self.frozen = False  # hard phase: train with the evaluation (thresholded) masks
 
     @property
     def retention(self) -> torch.Tensor:  # (n,)
@@ -50,7 +51,7 @@ class AdaptiveDropout(nn.Module):
         return torch.where(self.keep_mask(), scale, torch.zeros_like(p))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if not self.training or self.frozen:
             return x * self.eval_scale().to(x.dtype)
         s = self.settings
         # utterance: one draw per unit and utterance, broadcast over time; frame: one per element.

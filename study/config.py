@@ -71,6 +71,7 @@ class ModelConfig:
     num_blocks: int = knob(4, min=1)
     subsampling_channels: int = knob(64, min=1)
     dropout: float = knob(0.1, min=0.0, max=0.9)
+    scale_input: bool = True  # multiply front-end output by sqrt(d_model) before adding positions
 
     def validate(self) -> None:
         if self.d_model % self.num_heads:
@@ -93,6 +94,38 @@ class TrainConfig:
 
 
 @dataclass
+class AdlConfig:
+    """Adaptive dropout (METHOD.md section 1); used when method = "adaptive_dropout"."""
+    locations: list[str] = knob(lambda: ["ffn", "mhsa", "conv"], choices=("ffn", "mhsa", "conv"), factory=True)
+    alpha: float = knob(1e-2, min=0.0)  # penalty weight of the regulariser
+    tau: float = knob(1.0, min=1e-3)  # Gumbel-sigmoid temperature
+    tau_end: float = knob(0.0, min=0.0)  # > 0: anneal tau geometrically to this by the end
+    threshold: float = knob(0.5, min=0.0, max=1.0)
+    inference: str = knob("expected", choices=("expected", "hard"))
+    mask_granularity: str = knob("frame", choices=("frame", "utterance"))
+    straight_through: bool = False
+    rescale: str = knob("none", choices=("none", "inverted"))
+    beta0: float = 3.0  # initial logit (p = 0.95)
+    c0: float = 3.0  # regulariser target c(t) falls from c0 to c1 between t0 and t1
+    c1: float = -4.0
+    t0: float = knob(0.1, min=0.0, max=1.0)
+    t1: float = knob(0.8, min=0.0, max=1.0)
+    reg_normalization: str = knob("unit", choices=("unit", "layer"))
+    weight_ffn: float = knob(1.0, min=0.0)  # per-location multipliers of the regulariser
+    weight_mhsa: float = knob(1.0, min=0.0)
+    weight_conv: float = knob(1.0, min=0.0)
+    lr: float = knob(2e-2, min=0.0)  # learning rate of the logits (no weight decay)
+    hard_phase: float = knob(0.0, min=0.0, max=1.0)  # final fraction trained with thresholded masks
+    finetune_epochs: int = knob(0, min=0)  # after pruning; 0 = the paper's "no fine-tuning"
+
+    def validate(self) -> None:
+        if self.t1 < self.t0:
+            raise ValueError(f"adl.t1 ({self.t1}) must be >= adl.t0 ({self.t0})")
+        if len(set(self.locations)) != len(self.locations):
+            raise ValueError(f"adl.locations: repeated location in {self.locations}")
+
+
+@dataclass
 class TrackingConfig:
     experiment: str = ""  # MLflow experiment; empty = the experiment file's stem
     run_name: str = ""
@@ -100,11 +133,12 @@ class TrackingConfig:
 
 @dataclass
 class Config:
-    method: str = knob("dense", choices=("dense",))
+    method: str = knob("dense", choices=("dense", "adaptive_dropout"))
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    adl: AdlConfig = field(default_factory=AdlConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 

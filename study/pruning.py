@@ -7,7 +7,7 @@ Which rows and columns each unit owns follows METHOD.md section 2. Used by every
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -175,11 +175,3 @@ def prune(model: ConformerCTC, cfg: ModelConfig, plan: list[dict[str, UnitDecisi
         _prune_conv(src.conv, dst.conv, d["conv"])
         dst.norm.load_state_dict(src.norm.state_dict())
     return pruned.eval(), widths
-
-
-def widths_to_dict(widths: list[BlockWidths]) -> list[dict]:
-    return [asdict(w) for w in widths]
-
-
-def widths_from_dict(items: list[dict]) -> list[BlockWidths]:
-    return [BlockWidths(**w) for w in items]

@@ -83,8 +83,13 @@ def feasible(data: SplitData) -> list[int]:
 
 class Trainer:
     def __init__(self, cfg: Config, model: torch.nn.Module, train: SplitData, mean: torch.Tensor,
-                 std: torch.Tensor, checkpoint_path: Path, device: torch.device):
+                 std: torch.Tensor, checkpoint_path: Path, device: torch.device, epochs: int | None = None,
+                 param_groups: list[dict] | None = None, regulariser: Callable[[float], torch.Tensor] | None = None):
+        """`regulariser(t)` (t = fraction of training done) is added to the CTC loss at every step;
+        `param_groups` replace the single AdamW group (e.g. for the ADL logits)."""
         self.cfg, self.model, self.device = cfg, model.to(device), device
+        self.epochs = epochs if epochs is not None else cfg.train.epochs
+        self.regulariser = regulariser
         self.train_data, self.mean, self.std = train, mean, std
         self.checkpoint_path = Path(checkpoint_path)
         self.train_indices = feasible(train)
@@ -93,9 +98,11 @@ class Trainer:
         self.skipped = len(train.utterances) - len(self.train_indices)
         self.max_frames = round(cfg.train.batch_seconds * 1000 / cfg.features.hop_ms)
         self.steps_per_epoch = len(self._epoch_batches(0))
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.total_steps = self.steps_per_epoch * self.epochs
+        groups = param_groups or [{"params": list(model.parameters())}]
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.steps_per_epoch * cfg.train.epochs, cfg.train.warmup_fraction))
+            self.optimizer, lr_lambda(self.total_steps, cfg.train.warmup_fraction))
         self.spec_augment = SpecAugment(cfg.features)
         self.ctc = torch.nn.CTCLoss(blank=0, reduction="mean", zero_infinity=False)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -128,34 +135,38 @@ class Trainer:
         torch.manual_seed(self.cfg.train.seed * 1000 + epoch)  # dropout and SpecAugment draws
         random.seed(self.cfg.train.seed * 1000 + epoch)
         batches = self._epoch_batches(epoch)
-        total_loss, total_utts, start = 0.0, 0, time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}", unit="batch", leave=False,
-                   disable=None)
+        sums, total_utts, start = {"ctc": 0.0, "reg": 0.0}, 0, time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False, disable=None)
         for step, indices in enumerate(bar):
+            t = (epoch * self.steps_per_epoch + step) / self.total_steps  # fraction of training done
             batch = collate(indices, self.train_data.features, self.train_data.transcripts, self.mean, self.std)
             feats = self.spec_augment(batch.features).to(self.device)
             with self.autocast:
                 log_probs, out_lengths = self.model(feats, batch.feature_lengths.to(self.device))
-            loss = self.ctc(log_probs.float().transpose(0, 1), batch.targets.to(self.device), out_lengths,
-                            batch.target_lengths.to(self.device))
-            if not torch.isfinite(loss):
-                raise TrainingError(f"non-finite CTC loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}")
+            ctc = self.ctc(log_probs.float().transpose(0, 1), batch.targets.to(self.device), out_lengths,
+                           batch.target_lengths.to(self.device))
+            if not torch.isfinite(ctc):
+                raise TrainingError(f"non-finite CTC loss ({ctc.item()}) at epoch {epoch + 1}, step {step + 1}")
+            reg = self.regulariser(t) if self.regulariser else torch.zeros((), device=self.device)
+            loss = ctc + reg
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
-            total_loss += loss.item() * len(indices)
+            sums["ctc"] += ctc.item() * len(indices)
+            sums["reg"] += reg.item() * len(indices)
             total_utts += len(indices)
             bar.set_postfix(loss=f"{loss.item():.3f}", utt_s=f"{total_utts / (time.perf_counter() - start):.1f}")
-        return {"train/loss": total_loss / total_utts, "train/ctc": total_loss / total_utts,
+        ctc_mean, reg_mean = sums["ctc"] / total_utts, sums["reg"] / total_utts
+        return {"train/loss": ctc_mean + reg_mean, "train/ctc": ctc_mean, "train/reg": reg_mean,
                 "train/seconds": time.perf_counter() - start}
 
     def fit(self, evaluate_dev: Callable[[], dict[str, float]],
             on_epoch_end: Callable[[int, dict[str, float]], None]) -> History:
         """Trains the remaining epochs; after each, evaluates, checkpoints, then reports metrics."""
-        for epoch in range(self.history.epoch, self.cfg.train.epochs):
+        for epoch in range(self.history.epoch, self.epochs):
             metrics = self.train_epoch(epoch)
             metrics["train/lr"] = self.scheduler.get_last_lr()[0]
             metrics.update(evaluate_dev())

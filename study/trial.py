@@ -5,8 +5,6 @@ import hashlib
 import json
 import random
 import tempfile
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -14,10 +12,15 @@ import numpy as np
 import torch
 
 from study import text
+from study.accounting import analytic_params, count_params, encoder_flops, kept_units, latency_ms
+from study.adl import AdlSettings
+from study.adl_training import AdlController
 from study.config import Config, dumps_toml, to_dict
 from study.data.splits import SPLITS, load_splits
 from study.features import compute_features, mean_std
-from study.model import ConformerCTC
+from study.model import BlockWidths, ConformerCTC
+from study.model.io import save_model
+from study.pruning import adl_decisions, attach_adls, prune
 from study.tracking import start_run
 from study.train import SplitData, Trainer, error_rates, resolve_device, set_threads
 
@@ -51,14 +54,10 @@ def build_model(cfg: Config) -> ConformerCTC:
     return ConformerCTC(cfg.model, cfg.features.n_mels, text.vocab_size())
 
 
-def count_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def save_model(path: Path, cfg: Config, model: ConformerCTC, mean: torch.Tensor, std: torch.Tensor) -> None:
-    """State dict plus what rebuilds it: loadable with torch.load(weights_only=True)."""
-    torch.save({"model_config": asdict(cfg.model), "n_mels": cfg.features.n_mels, "vocab_size": text.vocab_size(),
-                "state_dict": model.state_dict(), "feature_mean": mean, "feature_std": std}, path)
+def adl_settings(cfg: Config) -> AdlSettings:
+    a = cfg.adl
+    return AdlSettings(tau=a.tau, threshold=a.threshold, inference=a.inference, mask_granularity=a.mask_granularity,
+                       straight_through=a.straight_through, rescale=a.rescale, beta0=a.beta0)
 
 
 def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs")) -> dict[str, float]:
@@ -72,7 +71,12 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs")) -> 
     trial_dir = Path(runs_dir) / "trials" / cfg.tracking.experiment / trial_key(cfg)
     trial_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(cfg)
-    trainer = Trainer(cfg, model, data["train"], mean, std, trial_dir / "checkpoint.pt", device)
+    adl = None
+    if cfg.method == "adaptive_dropout":
+        adl = AdlController(attach_adls(model, cfg.adl.locations, adl_settings(cfg)), cfg.adl)
+    trainer = Trainer(cfg, model, data["train"], mean, std, trial_dir / "checkpoint.pt", device,
+                      param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay) if adl else None,
+                      regulariser=adl.loss if adl else None)
     resumed = trainer.load_checkpoint()
     run_id_file = trial_dir / "mlflow_run_id"
     previous_run = run_id_file.read_text().strip() if resumed and run_id_file.is_file() else None
@@ -80,7 +84,7 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs")) -> 
     with start_run(tracking_uri, cfg, run_id=previous_run) as run:
         run_id_file.write_text(run.info.run_id)
         try:
-            metrics = _train_and_evaluate(cfg, trainer, data, mean, std, device, trial_dir)
+            metrics = _train_and_evaluate(cfg, trainer, adl, data, mean, std, device, trial_dir)
         except BaseException as exc:
             mlflow.set_tag("failure_reason", f"{type(exc).__name__}: {exc}"[:5000])
             mlflow.end_run(status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
@@ -88,8 +92,8 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs")) -> 
     return metrics
 
 
-def _train_and_evaluate(cfg: Config, trainer: Trainer, data: dict[str, SplitData], mean: torch.Tensor,
-                        std: torch.Tensor, device: torch.device, trial_dir: Path) -> dict[str, float]:
+def _train_and_evaluate(cfg: Config, trainer: Trainer, adl: AdlController | None, data: dict[str, SplitData],
+                        mean: torch.Tensor, std: torch.Tensor, device: torch.device, trial_dir: Path) -> dict[str, float]:
     model = trainer.model
     mlflow.set_tag("resumed_from_epoch", str(trainer.history.epoch))
     if trainer.skipped:
@@ -100,26 +104,52 @@ def _train_and_evaluate(cfg: Config, trainer: Trainer, data: dict[str, SplitData
         return {"dev/wer": wer, "dev/cer": cer}
 
     def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if adl:
+            metrics.update(adl.epoch_metrics(epoch / cfg.train.epochs))
         mlflow.log_metrics(metrics, step=epoch)
+        kept = "".join(f"  kept {k.rsplit('/', 1)[1]} {v:.0%}" for k, v in metrics.items() if "kept_fraction" in k)
         print(f"epoch {epoch}/{cfg.train.epochs}: loss {metrics['train/loss']:.3f}  dev WER "
-              f"{metrics['dev/wer']:.2%}  CER {metrics['dev/cer']:.2%}  ({metrics['train/seconds']:.0f} s)",
+              f"{metrics['dev/wer']:.2%}  CER {metrics['dev/cer']:.2%}{kept}  ({metrics['train/seconds']:.0f} s)",
               flush=True)
 
-    start = time.perf_counter()
     history = trainer.fit(evaluate_dev, log_epoch)
-    dev_wer, dev_cer, _ = error_rates(model, data["dev"], mean, std, device, trainer.max_frames)
-    test_wer, test_cer, test_hyps = error_rates(model, data["test"], mean, std, device, trainer.max_frames)
+    dense = build_model(cfg).to(device).eval()  # same widths, for the dense reference figures
+    if adl:
+        final_model, widths = prune(model.eval(), cfg.model, adl_decisions(model))
+    else:
+        final_model, widths = model.eval(), [BlockWidths.dense(cfg.model)] * cfg.model.num_blocks
+    dev_wer, dev_cer, _ = error_rates(final_model, data["dev"], mean, std, device, trainer.max_frames)
+    test_wer, test_cer, test_hyps = error_rates(final_model, data["test"], mean, std, device, trainer.max_frames)
     final = {"dev/wer": dev_wer, "dev/cer": dev_cer, "test/wer": test_wer, "test/cer": test_cer,
-             "params/total": count_params(model), "params/encoder": count_params(model.encoder),
-             "time/train_s": history.train_seconds, "time/trial_s": time.perf_counter() - start}
+             "time/train_s": history.train_seconds, **size_metrics(cfg, final_model, dense, widths)}
     mlflow.log_metrics(final, step=cfg.train.epochs)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "config.toml").write_text(dumps_toml(to_dict(cfg)))
-        save_model(tmp / "model.pt", cfg, model.cpu(), mean, std)
+        save_model(tmp / "model.pt", cfg.model, final_model.cpu(), widths, {"feature_mean": mean, "feature_std": std})
         examples = [f"REF: {u.text}\nHYP: {h}\n" for u, h in zip(data["test"].utterances[:50], test_hyps)]
         (tmp / "test_examples.txt").write_text("\n".join(examples))
+        if adl:
+            adl.save_histogram(tmp / "retention_histogram.png")
         mlflow.log_artifacts(str(tmp))
     (trial_dir / "DONE").write_text(json.dumps(final))
     return final
+
+
+def size_metrics(cfg: Config, model: ConformerCTC, dense: ConformerCTC, widths: list[BlockWidths]) -> dict[str, float]:
+    """Parameters (checked against the analytic count), FLOPs and latency of the final model vs dense."""
+    total, dense_total = count_params(model), count_params(dense)
+    analytic = analytic_params(cfg.model, widths, model.n_mels, model.head.out_features)
+    if analytic["total"] != total:
+        raise AssertionError(f"parameter count {total} differs from the analytic count {analytic['total']}")
+    dense_flops, flops = encoder_flops(dense), encoder_flops(model)
+    latency = latency_ms({"model": model, "dense": dense})
+    metrics = {"params/total": total, "params/encoder": count_params(model.encoder), "params/dense_total": dense_total,
+               "params/reduction": 1.0 - total / dense_total, "flops/encoder_10s": flops,
+               "flops/dense_encoder_10s": dense_flops, "latency/ms_b1_10s": latency["model"],
+               "latency/dense_ms_b1_10s": latency["dense"]}
+    for loc in ("ffn", "mhsa", "conv"):
+        metrics[f"params/kept/{loc}"] = analytic[loc]  # parameters the location still owns
+        metrics[f"units/kept/{loc}"] = kept_units(widths)[loc]
+    return metrics

@@ -45,7 +45,7 @@ class ConstantOutput(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.bias.expand_as(x)
+        return torch.zeros_like(x) + self.bias  # a fresh tensor: autograd and FLOP hooks expect one
 
 
 def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
@@ -201,6 +201,7 @@ class ConformerEncoder(nn.Module):
         if widths is not None and len(widths) != cfg.num_blocks:
             raise ValueError(f"{len(widths)} block widths for {cfg.num_blocks} blocks")
         self.subsampling = Subsampling(n_mels, cfg.subsampling_channels, cfg.d_model)
+        self.xscale = math.sqrt(cfg.d_model) if cfg.scale_input else 1.0
         self.dropout = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(ConformerBlock(cfg, widths[i] if widths else None) for i in range(cfg.num_blocks))
 
@@ -209,7 +210,8 @@ class ConformerEncoder(nn.Module):
         x = self.subsampling(feats)
         lengths = output_lengths(lengths)
         mask = padding_mask(lengths, x.shape[1])
-        x = self.dropout(x + sinusoidal_positions(x.shape[1], x.shape[2], x.device))
+        # Scale the content up so the unit-amplitude positional code does not swamp it (as in ESPnet).
+        x = self.dropout(x * self.xscale + sinusoidal_positions(x.shape[1], x.shape[2], x.device))
         for block in self.blocks:
             x = block(x, mask)
         return x, lengths

@@ -1,0 +1,111 @@
+"""The adaptive dropout layer, its regulariser and schedule, and an adaptive-dropout trial end to end."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from study.adl import AdaptiveDropout, AdlSettings, annealed_tau, regulariser, target_logit
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_target_schedule_matches_its_formula():
+    c0, c1, t0, t1 = 3.0, -4.0, 0.1, 0.8
+    for t in (0.0, 0.1, 0.3, 0.45, 0.8, 0.95, 1.0):
+        expected = c0 + (c1 - c0) * min(1.0, max(0.0, (t - t0) / (t1 - t0)))
+        assert target_logit(t, c0, c1, t0, t1) == pytest.approx(expected)
+    assert target_logit(0.45, c0, c1, t0, t1) == pytest.approx(-0.5)
+    assert annealed_tau(0.0, 1.0, 0.1) == pytest.approx(1.0) and annealed_tau(1.0, 1.0, 0.1) == pytest.approx(0.1)
+    assert annealed_tau(0.5, 1.0, None) == 1.0
+
+
+def test_regulariser_matches_its_formula():
+    a = AdaptiveDropout(4, "ffn", AdlSettings())
+    b = AdaptiveDropout(2, "conv", AdlSettings())
+    a.beta.data = torch.tensor([1.0, 2.0, -1.0, 0.0])
+    b.beta.data = torch.tensor([3.0, -2.0])
+    c = 0.5
+    units = torch.cat([a.beta - c, b.beta - c]).pow(2)
+    assert regulariser([a, b], 0.1, c).item() == pytest.approx(0.1 * units.mean().item())
+    per_layer = ((a.beta - c).pow(2).mean() + (b.beta - c).pow(2).mean()) / 2
+    assert regulariser([a, b], 0.1, c, "layer").item() == pytest.approx(0.1 * per_layer.item())
+    weighted = torch.cat([2.0 * (a.beta - c).pow(2), (b.beta - c).pow(2)]).mean()
+    assert regulariser([a, b], 0.1, c, "unit", {"ffn": 2.0}).item() == pytest.approx(0.1 * weighted.item())
+
+
+@pytest.mark.parametrize("granularity", ["frame", "utterance"])
+@pytest.mark.parametrize("straight_through", [False, True])
+def test_training_masks_are_finite_and_gradients_reach_the_logits(granularity, straight_through):
+    layer = AdaptiveDropout(6, "ffn", AdlSettings(mask_granularity=granularity, straight_through=straight_through,
+                                                  rescale="inverted"))
+    layer.beta.data = torch.tensor([-60.0, -3.0, 0.0, 0.5, 3.0, 60.0])  # extreme logits stay finite
+    x = torch.randn(4, 7, 6, requires_grad=True)  # (B, T, n)
+    torch.manual_seed(0)
+    y = layer.train()(x)
+    assert torch.isfinite(y).all()
+    (y * torch.randn_like(y)).sum().backward()  # a loss whose gradient does not vanish where y = 0
+    assert layer.beta.grad is not None and torch.isfinite(layer.beta.grad).all()
+    assert layer.beta.grad[1:5].abs().min() > 0
+    if granularity == "utterance":  # one mask per unit and utterance, shared over time
+        mask = (y / x).detach()
+        assert torch.allclose(mask, mask[:, :1].expand_as(mask), atol=1e-5)
+
+
+def test_evaluation_thresholds_and_scales():
+    layer = AdaptiveDropout(3, "mhsa", AdlSettings(threshold=0.5))
+    layer.beta.data = torch.tensor([-1.0, 0.5, 2.0])
+    x = torch.ones(1, 2, 3)
+    p = torch.sigmoid(layer.beta.data)
+    assert torch.allclose(layer.eval()(x)[0, 0], torch.tensor([0.0, p[1], p[2]]))
+    layer.settings.inference = "hard"
+    assert torch.allclose(layer(x)[0, 0], torch.tensor([0.0, 1.0, 1.0]))
+
+
+def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_config, tracking_uri, tmp_path):
+    from study.trial import run_trial
+    cfg = tiny_config
+    cfg.method = "adaptive_dropout"
+    cfg.train.epochs = 3
+    cfg.adl.alpha, cfg.adl.lr, cfg.adl.c1, cfg.adl.t0, cfg.adl.t1 = 5.0, 0.5, -8.0, 0.0, 0.5  # prune hard, fast
+    metrics = run_trial(cfg, tracking_uri, runs_dir=tmp_path)
+    assert 0.0 < metrics["params/reduction"] < 1.0
+    assert metrics["params/total"] < metrics["params/dense_total"]
+    assert metrics["flops/encoder_10s"] < metrics["flops/dense_encoder_10s"]
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.data.tags["method"] == "adaptive_dropout"
+    for key in ("train/reg", "adl/c_t", "adl/kept_fraction/ffn", "adl/kept_fraction/mhsa", "adl/kept_fraction/conv",
+                "params/kept/ffn", "units/kept/conv", "latency/ms_b1_10s", "test/wer", "test/cer"):
+        assert key in run.data.metrics, key
+    c_t = [m.value for m in client.get_metric_history(run.info.run_id, "adl/c_t")]
+    assert c_t == sorted(c_t, reverse=True) and c_t[-1] == pytest.approx(-8.0)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pt", "config.toml", "retention_histogram.png"} <= artifacts
+
+    # The exported model reloads in a fresh interpreter with no ADL or training code, same outputs.
+    model_path = client.download_artifacts(run.info.run_id, "model.pt", str(tmp_path))
+    script = f"""
+import sys, torch
+from study.model.io import load_model
+model, saved = load_model({model_path!r})
+assert not any(m in sys.modules for m in ("study.adl", "study.train", "study.pruning", "study.trial"))
+assert all("beta" not in name for name in saved["state_dict"])
+torch.manual_seed(0)
+feats = torch.randn(2, 120, saved["n_mels"])
+out, _ = model(feats, torch.tensor([120, 90]))
+torch.save(out, {str(tmp_path / 'out.pt')!r})
+print(sum(p.numel() for p in model.parameters()))
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout.strip()) == metrics["params/total"]
+    from study.model.io import load_model
+    model, _ = load_model(model_path)
+    torch.manual_seed(0)
+    feats = torch.randn(2, 120, model.n_mels)
+    assert torch.allclose(model(feats, torch.tensor([120, 90]))[0], torch.load(tmp_path / "out.pt"), atol=1e-5)
