@@ -55,22 +55,23 @@ class FeatureConfig:
     n_mels: int = knob(80, min=8)
     win_ms: float = knob(25.0, min=5)
     hop_ms: float = knob(10.0, min=1)
-    freq_masks: int = knob(2, min=0)  # SpecAugment, training only
-    freq_mask_width: int = knob(15, min=0)
-    time_masks: int = knob(2, min=0)
-    time_mask_width: int = knob(20, min=0)  # frames
+    freq_masks: int = knob(1, min=0)  # SpecAugment, training only
+    freq_mask_width: int = knob(10, min=0)
+    time_masks: int = knob(1, min=0)
+    time_mask_width: int = knob(10, min=0)  # frames
 
 
 @dataclass
 class ModelConfig:
-    d_model: int = knob(144, min=8)
+    d_model: int = knob(96, min=8)
     num_heads: int = knob(4, min=1)
-    ffn_dim: int = knob(576, min=1)
-    conv_channels: int = knob(144, min=1)  # channels after the GLU in the conv module
+    ffn_dim: int = knob(384, min=1)
+    conv_channels: int = knob(96, min=1)  # channels after the GLU in the conv module
     conv_kernel: int = knob(15, min=1)
     num_blocks: int = knob(4, min=1)
-    subsampling_channels: int = knob(64, min=1)
+    subsampling_channels: int = knob(32, min=1)
     dropout: float = knob(0.1, min=0.0, max=0.9)
+    attention_dropout: float = knob(0.0, min=0.0, max=0.9)  # on attention weights; slow on the CPU
     scale_input: bool = True  # multiply front-end output by sqrt(d_model) before adding positions
 
     def validate(self) -> None:
@@ -82,9 +83,9 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = knob(12, min=1)
-    batch_seconds: float = knob(120.0, min=1.0)  # audio seconds per batch (length-bucketed)
-    lr: float = knob(2e-3, min=0.0)
+    epochs: int = knob(9, min=1)
+    batch_seconds: float = knob(16.0, min=1.0)  # audio seconds per batch (length-bucketed)
+    lr: float = knob(4e-3, min=0.0)
     weight_decay: float = knob(1e-2, min=0.0)
     warmup_fraction: float = knob(0.1, min=0.0, max=1.0)
     grad_clip: float = knob(5.0, min=0.0)

@@ -27,28 +27,26 @@ class UnitDecision:
     scale: torch.Tensor  # (n,) float, folded into the next weights for kept units
 
 
-def _gate(block: ConformerBlock, group: str) -> nn.Module:
-    return {"ffn1": block.ffn1.gate, "ffn2": block.ffn2.gate, "query": block.mhsa.query_gate,
-            "value": block.mhsa.value_gate, "conv": block.conv.gate}[group]
+def _gate_seam(block: ConformerBlock, group: str) -> tuple[nn.Module, str]:
+    """The module holding a group's gate and the attribute name of that gate."""
+    return {"ffn1": (block.ffn1, "gate"), "ffn2": (block.ffn2, "gate"), "query": (block.mhsa, "query_gate"),
+            "value": (block.mhsa, "value_gate"), "conv": (block.conv, "gate")}[group]
 
 
-def _set_gate(block: ConformerBlock, group: str, layer: nn.Module) -> None:
-    owner, attr = {"ffn1": (block.ffn1, "gate"), "ffn2": (block.ffn2, "gate"), "query": (block.mhsa, "query_gate"),
-                   "value": (block.mhsa, "value_gate"), "conv": (block.conv, "gate")}[group]
-    setattr(owner, attr, layer)
+def _group_width(block: ConformerBlock, group: str) -> int:
+    return {"ffn1": block.ffn1.w1.out_features, "ffn2": block.ffn2.w1.out_features,
+            "query": block.mhsa.wq.out_features, "value": block.mhsa.wv.out_features,
+            "conv": block.conv.depthwise.in_channels}[group]
 
 
 def attach_adls(model: ConformerCTC, locations: list[str], settings: AdlSettings) -> list[AdaptiveDropout]:
     """Puts an ADL at every gate seam of the enabled locations; returns them in block order."""
     layers = []
     for block in model.encoder.blocks:
-        widths = {"ffn1": block.ffn1.w1.out_features, "ffn2": block.ffn2.w1.out_features,
-                  "query": block.mhsa.wq.out_features, "value": block.mhsa.wv.out_features,
-                  "conv": block.conv.depthwise.in_channels}
         for group in GROUPS:
             if GROUP_LOCATION[group] in locations:
-                layer = AdaptiveDropout(widths[group], GROUP_LOCATION[group], settings).to(block.norm.weight.device)
-                _set_gate(block, group, layer)
+                layer = AdaptiveDropout(_group_width(block, group), GROUP_LOCATION[group], settings)
+                setattr(*_gate_seam(block, group), layer.to(block.norm.weight.device))
                 layers.append(layer)
     return layers
 
@@ -63,13 +61,11 @@ def adl_decisions(model: ConformerCTC) -> list[dict[str, UnitDecision]]:
     for block in model.encoder.blocks:
         decisions = {}
         for group in GROUPS:
-            gate = _gate(block, group)
+            gate = getattr(*_gate_seam(block, group))
             if isinstance(gate, AdaptiveDropout):
                 decisions[group] = UnitDecision(gate.keep_mask(), gate.eval_scale())
             else:
-                n = {"ffn1": block.ffn1.w1.out_features, "ffn2": block.ffn2.w1.out_features,
-                     "query": block.mhsa.wq.out_features, "value": block.mhsa.wv.out_features,
-                     "conv": block.conv.depthwise.in_channels}[group]
+                n = _group_width(block, group)
                 decisions[group] = UnitDecision(torch.ones(n, dtype=torch.bool), torch.ones(n))
         plan.append(decisions)
     return plan

@@ -100,7 +100,8 @@ class Trainer:
         self.steps_per_epoch = len(self._epoch_batches(0))
         self.total_steps = self.steps_per_epoch * self.epochs
         groups = param_groups or [{"params": list(model.parameters())}]
-        self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        # fused: one kernel for all parameters instead of a Python loop (a fifth of a CPU step otherwise)
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(self.total_steps, cfg.train.warmup_fraction))
         self.spec_augment = SpecAugment(cfg.features)

@@ -6,6 +6,7 @@ import json
 import random
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import numpy as np
@@ -99,25 +100,33 @@ def _train_and_evaluate(cfg: Config, trainer: Trainer, adl: AdlController | None
     if trainer.skipped:
         mlflow.set_tag("train_utterances_skipped", str(trainer.skipped))
 
-    def evaluate_dev() -> dict[str, float]:
-        wer, cer, _ = error_rates(model, data["dev"], mean, std, device, trainer.max_frames)
-        return {"dev/wer": wer, "dev/cer": cer}
+    def evaluate_dev(of: torch.nn.Module) -> Callable[[], dict[str, float]]:
+        def evaluate() -> dict[str, float]:
+            wer, cer, _ = error_rates(of, data["dev"], mean, std, device, trainer.max_frames)
+            return {"dev/wer": wer, "dev/cer": cer}
+        return evaluate
 
-    def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        if adl:
+    def log_epoch(epoch: int, metrics: dict[str, float], prefix: str = "", step_offset: int = 0) -> None:
+        if adl and not prefix:
             metrics.update(adl.epoch_metrics(epoch / cfg.train.epochs))
-        mlflow.log_metrics(metrics, step=epoch)
+        mlflow.log_metrics({prefix + k: v for k, v in metrics.items()}, step=step_offset + epoch)
         kept = "".join(f"  kept {k.rsplit('/', 1)[1]} {v:.0%}" for k, v in metrics.items() if "kept_fraction" in k)
-        print(f"epoch {epoch}/{cfg.train.epochs}: loss {metrics['train/loss']:.3f}  dev WER "
-              f"{metrics['dev/wer']:.2%}  CER {metrics['dev/cer']:.2%}{kept}  ({metrics['train/seconds']:.0f} s)",
-              flush=True)
+        print(f"{prefix}epoch {epoch}: loss {metrics['train/loss']:.3f}  dev WER {metrics['dev/wer']:.2%}  "
+              f"CER {metrics['dev/cer']:.2%}{kept}  ({metrics['train/seconds']:.0f} s)", flush=True)
 
-    history = trainer.fit(evaluate_dev, log_epoch)
+    history = trainer.fit(evaluate_dev(model), log_epoch)
     dense = build_model(cfg).to(device).eval()  # same widths, for the dense reference figures
     if adl:
         final_model, widths = prune(model.eval(), cfg.model, adl_decisions(model))
     else:
         final_model, widths = model.eval(), [BlockWidths.dense(cfg.model)] * cfg.model.num_blocks
+    if adl and cfg.adl.finetune_epochs:  # an ablation: the paper prunes with no fine-tuning
+        tuner = Trainer(cfg, final_model, data["train"], mean, std, trial_dir / "finetune.pt", device,
+                        epochs=cfg.adl.finetune_epochs)
+        tuner.load_checkpoint()
+        tuner.fit(evaluate_dev(final_model),
+                  lambda e, m: log_epoch(e, m, prefix="finetune/", step_offset=cfg.train.epochs))
+        final_model.eval()
     dev_wer, dev_cer, _ = error_rates(final_model, data["dev"], mean, std, device, trainer.max_frames)
     test_wer, test_cer, test_hyps = error_rates(final_model, data["test"], mean, std, device, trainer.max_frames)
     final = {"dev/wer": dev_wer, "dev/cer": dev_cer, "test/wer": test_wer, "test/cer": test_cer,

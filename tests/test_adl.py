@@ -72,6 +72,7 @@ def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_co
     cfg.method = "adaptive_dropout"
     cfg.train.epochs = 3
     cfg.adl.alpha, cfg.adl.lr, cfg.adl.c1, cfg.adl.t0, cfg.adl.t1 = 5.0, 0.5, -8.0, 0.0, 0.5  # prune hard, fast
+    cfg.adl.finetune_epochs = 1
     metrics = run_trial(cfg, tracking_uri, runs_dir=tmp_path)
     assert 0.0 < metrics["params/reduction"] < 1.0
     assert metrics["params/total"] < metrics["params/dense_total"]
@@ -80,7 +81,8 @@ def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_co
     run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.data.tags["method"] == "adaptive_dropout"
     for key in ("train/reg", "adl/c_t", "adl/kept_fraction/ffn", "adl/kept_fraction/mhsa", "adl/kept_fraction/conv",
-                "params/kept/ffn", "units/kept/conv", "latency/ms_b1_10s", "test/wer", "test/cer"):
+                "params/kept/ffn", "units/kept/conv", "latency/ms_b1_10s", "test/wer", "test/cer",
+                "finetune/train/loss", "finetune/dev/wer"):
         assert key in run.data.metrics, key
     c_t = [m.value for m in client.get_metric_history(run.info.run_id, "adl/c_t")]
     assert c_t == sorted(c_t, reverse=True) and c_t[-1] == pytest.approx(-8.0)

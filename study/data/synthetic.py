@@ -428,12 +428,12 @@ class SyntheticConfig:
     test_utterances: int = 200
     min_words: int = 3
     max_words: int = 12
-    rate_min: int = 120  # words per minute
-    rate_max: int = 220
+    rate_min: int = 150  # words per minute
+    rate_max: int = 200
     pitch_min: int = 20  # eSpeak pitch 0..100, 50 = the voice's own
     pitch_max: int = 80
-    snr_db_min: float = 10.0
-    snr_db_max: float = 30.0
+    snr_db_min: float = 25.0
+    snr_db_max: float = 45.0
     pad_max_s: float = 0.3  # silence added before and after the speech (each drawn in [0, pad_max_s])
     accents: list[str] = field(default_factory=lambda: list(espeak.ENGLISH_ACCENTS))
     train_variants: list[str] = field(default_factory=lambda: list(_DEFAULT_TRAIN_VARIANTS))
