@@ -56,9 +56,9 @@ class AdaptiveDropout(nn.Module):
         s = self.settings
         # utterance: one draw per unit and utterance, broadcast over time; frame: one per element.
         shape = x.shape if s.mask_granularity == "frame" else (x.shape[0],) + (1,) * (x.dim() - 2) + x.shape[-1:]
-        # logistic noise log(u) - log(1-u) with u clamped away from 0 and 1, so it stays finite.
-        u = torch.rand(shape, device=x.device, dtype=torch.float32).clamp_(1e-6, 1 - 1e-6)
-        mask = torch.sigmoid((self.beta + torch.log(u) - torch.log1p(-u)) / self.tau)
+        # Logistic noise log(u) - log(1-u) in one op; eps clamps u away from 0 and 1 (finite noise).
+        noise = torch.logit(torch.rand(shape, device=x.device), eps=1e-6)
+        mask = torch.sigmoid((noise + self.beta) * (1.0 / self.tau))
         if s.straight_through:
             mask = mask + ((mask > 0.5).to(mask.dtype) - mask).detach()
         if s.rescale == "inverted":
