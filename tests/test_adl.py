@@ -111,3 +111,27 @@ print(sum(p.numel() for p in model.parameters()))
     torch.manual_seed(0)
     feats = torch.randn(2, 120, model.n_mels)
     assert torch.allclose(model(feats, torch.tensor([120, 90]))[0], torch.load(tmp_path / "out.pt"), atol=1e-5)
+
+
+def test_controller_schedule_hard_phase_and_optimizer_groups():
+    from study.adl_training import AdlController
+    from study.config import AdlConfig
+    cfg = AdlConfig(alpha=0.5, tau=1.0, tau_end=0.1, hard_phase=0.2, lr=0.05)
+    layers = [AdaptiveDropout(5, "ffn", AdlSettings()), AdaptiveDropout(3, "conv", AdlSettings())]
+    controller = AdlController(layers, cfg)
+    model = torch.nn.ModuleDict({"a": layers[0], "b": layers[1], "w": torch.nn.Linear(2, 2)})
+    groups = controller.param_groups(model, lr=1e-3, weight_decay=0.01)
+    assert groups[1]["weight_decay"] == 0.0 and groups[1]["lr"] == 0.05 and len(groups[1]["params"]) == 2
+    assert len(groups[0]["params"]) == 2  # the Linear's weight and bias only
+
+    reg = controller.loss(0.5)  # mid-training: soft masks, tau annealed, regulariser on
+    c = target_logit(0.5, cfg.c0, cfg.c1, cfg.t0, cfg.t1)
+    assert reg.item() == pytest.approx(regulariser(layers, 0.5, c).item())
+    assert layers[0].tau == pytest.approx(annealed_tau(0.5, 1.0, 0.1)) and not layers[0].frozen
+
+    assert controller.loss(0.9).item() == 0.0  # the final 20%: thresholded masks, logits frozen
+    assert layers[0].frozen and not layers[0].beta.requires_grad
+    x = torch.randn(2, 4, 5)
+    assert torch.equal(layers[0].train()(x), layers[0].eval()(x))
+    metrics = controller.epoch_metrics(0.9)
+    assert metrics["adl/kept_fraction/ffn"] == 1.0 and "adl/mean_retention/conv" in metrics
