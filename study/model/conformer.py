@@ -137,10 +137,11 @@ class SelfAttention(nn.Module):
         self.dropout = Dropout(dropout)
         self.attn_dropout = attention_dropout
         self.uniform = len(set(query_dims) | set(value_dims)) == 1
-        self.max_q, self.max_v = max(query_dims, default=0), max(value_dims, default=0)
-        # Positions of the compact units in the padded (H * max) layout; derived, so not saved.
-        self.register_buffer("q_index", _padded_index(query_dims, self.max_q), persistent=False)
-        self.register_buffer("v_index", _padded_index(value_dims, self.max_v), persistent=False)
+        # One padded head size for q, k and v: SDPA's fused CPU kernel needs them equal.
+        self.head_size = max(query_dims + value_dims)
+        # Positions of the compact units in the padded (H * head_size) layout; derived, so not saved.
+        self.register_buffer("q_index", _padded_index(query_dims, self.head_size), persistent=False)
+        self.register_buffer("v_index", _padded_index(value_dims, self.head_size), persistent=False)
 
     def _heads(self, x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
         """(B, T, sum dims) -> (B, H, T, size), zero-padded per head."""
@@ -152,14 +153,12 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         x = self.norm(x)
-        q = self._heads(self.query_gate(self.wq(x)), self.q_index, self.max_q)
-        k = self._heads(self.wk(x), self.q_index, self.max_q)
-        v = self._heads(self.value_gate(self.wv(x)), self.v_index, self.max_v)
-        if self.max_q == 0:  # no query dimension left: every score is 0, attention is uniform
-            q, k = q.new_zeros(b, self.num_heads, t, 1), k.new_zeros(b, self.num_heads, t, 1)
+        q = self._heads(self.query_gate(self.wq(x)), self.q_index, self.head_size)
+        k = self._heads(self.wk(x), self.q_index, self.head_size)
+        v = self._heads(self.value_gate(self.wv(x)), self.v_index, self.head_size)
         attn = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask[:, None, None, :],  # keys only: padded keys get no weight
-            dropout_p=self.attn_dropout if self.training else 0.0, scale=self.scale)  # (B, H, T, max_v)
+            dropout_p=self.attn_dropout if self.training else 0.0, scale=self.scale)  # (B, H, T, head_size)
         attn = attn.transpose(1, 2).reshape(b, t, -1)
         if not self.uniform:
             attn = attn.index_select(2, self.v_index)
