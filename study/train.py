@@ -10,6 +10,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -33,11 +34,12 @@ class SplitData:
     utterances: list[Utterance]
     features: list[torch.Tensor]  # (frames, n_mels) each
 
-    @property
+    # Cached: read per batch and per utterance, and the split never changes after loading.
+    @cached_property
     def transcripts(self) -> list[str]:
         return [u.text for u in self.utterances]
 
-    @property
+    @cached_property
     def lengths(self) -> list[int]:
         return [f.shape[0] for f in self.features]
 
