@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         cfg = load_config(args.experiment, parse_overrides(args.overrides))
-        metrics = run_trial(cfg, resolve_tracking_uri(args.tracking_uri))
+        metrics = run_trial(cfg, resolve_tracking_uri(args.tracking_uri)).metrics
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -28,6 +28,10 @@ def knob(default: Any, *, min: float | None = None, max: float | None = None,
     return field(default=default, metadata=meta)
 
 
+METHODS = ("dense", "adaptive_dropout", "magnitude_structured", "magnitude_unstructured", "small_dense")
+BASELINES = METHODS[2:]  # need a budget: prune.target_params or prune.target_reduction
+
+
 @dataclass
 class FsddConfig:
     split_by: str = knob("index", choices=("index", "speaker"))
@@ -127,6 +131,20 @@ class AdlConfig:
 
 
 @dataclass
+class PruneConfig:
+    """The baselines' budget and recipe (METHOD.md section 5); ignored by dense and adaptive_dropout."""
+    target_params: int = knob(0, min=0)  # parameters to keep (nonzero ones for unstructured); 0 = unset
+    target_reduction: float = knob(0.0, min=0.0, max=0.99)  # 1 - kept/dense; 0 = unset
+    ranking: str = knob("global", choices=("global", "uniform"))  # structured: see study/baselines.py
+    shrink: str = knob("d_model", choices=("d_model", "inner"))  # small_dense: which widths shrink
+    finetune_epochs: int = knob(0, min=0)  # magnitude baselines: training after pruning
+
+    def validate(self) -> None:
+        if self.target_params and self.target_reduction:
+            raise ValueError("prune.target_params and prune.target_reduction are both set; give one")
+
+
+@dataclass
 class TrackingConfig:
     experiment: str = ""  # MLflow experiment; empty = the experiment file's stem
     run_name: str = ""
@@ -134,13 +152,18 @@ class TrackingConfig:
 
 @dataclass
 class Config:
-    method: str = knob("dense", choices=("dense", "adaptive_dropout"))
+    method: str = knob("dense", choices=METHODS)
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     adl: AdlConfig = field(default_factory=AdlConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def validate(self) -> None:
+        if self.method in BASELINES and not (self.prune.target_params or self.prune.target_reduction):
+            raise ValueError(f"method {self.method!r} needs a budget: set prune.target_params or prune.target_reduction")
 
 
 def _check_type(value: Any, annotation: Any, key: str) -> Any:

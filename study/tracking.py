@@ -1,6 +1,8 @@
 """MLflow plumbing: where the store is, and how a run records its configuration and results."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -42,13 +44,44 @@ def run_params(cfg: Config) -> dict[str, str]:
     return params
 
 
-def start_run(tracking_uri: str, cfg: Config, run_id: str | None = None) -> mlflow.ActiveRun:
-    """Starts (or, with run_id, resumes) the MLflow run of one trial."""
+def recipe_key(cfg: Config) -> str:
+    """What a dense model depends on (data, features, model, training): equal keys, same dense run."""
+    tree = to_dict(cfg)
+    recipe = {k: tree[k] for k in ("data", "features", "model", "train")}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _short(value: float) -> str:
+    return f"{value:g}".replace("e-0", "e-")
+
+
+def run_label(cfg: Config) -> str:
+    """A run name that says what the trial is, e.g. adl-ffn+mhsa-tau0.3-alpha1e-3-s1."""
+    seed = f"s{cfg.train.seed}"
+    if cfg.method == "adaptive_dropout":
+        return f"adl-{location_label(cfg)}-tau{_short(cfg.adl.tau)}-alpha{_short(cfg.adl.alpha)}-{seed}"
+    budget = (f"p{cfg.prune.target_params}" if cfg.prune.target_params
+              else f"r{_short(cfg.prune.target_reduction)}")
+    finetune = f"-ft{cfg.prune.finetune_epochs}" if cfg.prune.finetune_epochs else ""
+    prefix = {"dense": "dense", "magnitude_structured": "mag-struct", "magnitude_unstructured": "mag-unstruct",
+              "small_dense": "small-dense"}[cfg.method]
+    return f"{prefix}-{seed}" if cfg.method == "dense" else f"{prefix}-{budget}{finetune}-{seed}"
+
+
+def location_label(cfg: Config) -> str:
+    return "+".join(cfg.adl.locations) if cfg.method == "adaptive_dropout" else "none"
+
+
+def start_run(tracking_uri: str, cfg: Config, run_id: str | None = None,
+              tags: dict[str, str] | None = None) -> mlflow.ActiveRun:
+    """Starts (or, with run_id, resumes) the MLflow run of one trial. `tags` may hold
+    mlflow.parentRunId to nest the run under its sweep."""
     mlflow.set_tracking_uri(tracking_uri)
     if run_id is not None:
         return mlflow.start_run(run_id=run_id)
     mlflow.set_experiment(cfg.tracking.experiment)
-    run = mlflow.start_run(run_name=cfg.tracking.run_name or None)
+    all_tags = {"method": cfg.method, "seed": str(cfg.train.seed), "locations": location_label(cfg),
+                "recipe_key": recipe_key(cfg), "sweep.role": "trial", **(tags or {})}
+    run = mlflow.start_run(run_name=cfg.tracking.run_name or run_label(cfg), tags=all_tags)
     mlflow.log_params(run_params(cfg))
-    mlflow.set_tags({"method": cfg.method, "seed": str(cfg.train.seed)})
     return run

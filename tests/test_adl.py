@@ -73,7 +73,7 @@ def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_co
     cfg.train.epochs = 3
     cfg.adl.alpha, cfg.adl.lr, cfg.adl.c1, cfg.adl.t0, cfg.adl.t1 = 5.0, 0.5, -8.0, 0.0, 0.5  # prune hard, fast
     cfg.adl.finetune_epochs = 1
-    metrics = run_trial(cfg, tracking_uri, runs_dir=tmp_path)
+    metrics = run_trial(cfg, tracking_uri, runs_dir=tmp_path).metrics
     assert 0.0 < metrics["params/reduction"] < 1.0
     assert metrics["params/total"] < metrics["params/dense_total"]
     assert metrics["flops/encoder_10s"] < metrics["flops/dense_encoder_10s"]
@@ -87,7 +87,7 @@ def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_co
     c_t = [m.value for m in client.get_metric_history(run.info.run_id, "adl/c_t")]
     assert c_t == sorted(c_t, reverse=True) and c_t[-1] == pytest.approx(-8.0)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model.pt", "config.toml", "retention_histogram.png"} <= artifacts
+    assert {"model.pt", "config.toml", "retention_histogram.png", "retention.json"} <= artifacts
 
     # The exported model reloads in a fresh interpreter with no ADL or training code, same outputs.
     model_path = client.download_artifacts(run.info.run_id, "model.pt", str(tmp_path))

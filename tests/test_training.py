@@ -19,7 +19,7 @@ def finished_run(tracking_uri: str, experiment: str = "tiny"):
 
 def test_tiny_training_run_lowers_loss_and_logs_to_mlflow(tiny_config, tracking_uri, tmp_path):
     tiny_config.train.epochs = 4
-    metrics = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path)
+    metrics = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path).metrics
     client, runs = finished_run(tracking_uri)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     losses = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, "train/loss"),
@@ -35,7 +35,7 @@ def test_tiny_training_run_lowers_loss_and_logs_to_mlflow(tiny_config, tracking_
 
 def test_interrupted_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one(
         tiny_config, tracking_uri, tmp_path, monkeypatch):
-    reference = run_trial(tiny_config, f"sqlite:///{tmp_path / 'ref.db'}", runs_dir=tmp_path / "ref")
+    reference = run_trial(tiny_config, f"sqlite:///{tmp_path / 'ref.db'}", runs_dir=tmp_path / "ref").metrics
 
     original = Trainer.train_epoch
     def crash_in_third_epoch(self, epoch):
@@ -49,7 +49,7 @@ def test_interrupted_run_resumes_from_its_last_epoch_and_matches_an_uninterrupte
     assert runs[0].info.status == "KILLED"  # never left RUNNING
 
     monkeypatch.setattr(Trainer, "train_epoch", original)
-    resumed = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path / "run")
+    resumed = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path / "run").metrics
     client, runs = finished_run(tracking_uri)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same run, continued
     assert runs[0].data.tags["resumed_from_epoch"] == "2"
