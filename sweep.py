@@ -1,7 +1,14 @@
-"""Run the trials of an experiment file and record them in MLflow.
+"""Run every variant of an experiment file, several at a time, recorded in Optuna and MLflow.
 
-    python sweep.py                          # experiments/default.toml on the built-in corpus
+    python sweep.py                                      # experiments/default.toml: a quick ablation
+    python sweep.py experiments/ablation.toml --workers 2
     python sweep.py experiments/fsdd.toml --set data.root=/path/to/recordings
+    python sweep.py experiments/ablation.toml --status   # a table of the trials so far
+    # several machines: one PostgreSQL database and one MLflow tracking server
+    python sweep.py EXP --storage postgresql://user@db/optuna --tracking-uri http://mlflow:5000
+    python sweep.py EXP --storage postgresql://user@db/optuna --tracking-uri http://mlflow:5000 --join
+
+Re-running the same command continues the sweep: finished points are skipped, lost ones rerun.
 """
 from __future__ import annotations
 
@@ -9,11 +16,15 @@ import argparse
 import signal
 import sys
 import tomllib
+from pathlib import Path
 
-from study.config import ConfigError, load_config
+from study.config import ConfigError
 from study.data.manifest import DataError
+from study.data.splits import load_splits
+from study.driver import SweepArgs, SweepError, launch
+from study.experiment import load_experiment
+from study.status import pareto_front, status_table
 from study.tracking import resolve_tracking_uri
-from study.trial import run_trial
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -34,26 +45,61 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", nargs="?", default="experiments/default.toml",
+                   help="experiment TOML file (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="trials run at once on this machine (default 1)")
+    p.add_argument("--devices", default="", help="comma-separated devices, one per worker in turn, e.g. cuda:0,cuda:1")
+    p.add_argument("--storage", help="Optuna storage URL for several machines, e.g. postgresql://... "
+                   "(default: a journal file under runs/optuna/)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
+                   "else sqlite:///<cwd>/runs/mlflow.db)")
+    p.add_argument("--join", action="store_true", help="add workers to a sweep another machine started")
+    p.add_argument("--status", action="store_true", help="print the sweep's trials and exit")
+    p.add_argument("--no-analysis", action="store_true", help="skip regenerating figures at the end")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration key of every trial, e.g. --set train.epochs=2 (repeatable)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", nargs="?", default="experiments/default.toml",
-                        help="experiment TOML file (default: %(default)s)")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
-                        "else sqlite:///<cwd>/runs/mlflow.db)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a configuration key, e.g. --set train.epochs=2 (repeatable)")
-    args = parser.parse_args(argv)
-    # `kill` (SIGTERM) unwinds like Ctrl-C, so the MLflow run is closed as KILLED, not left RUNNING.
+    args = parser().parse_args(argv)
+    # `kill` (SIGTERM) unwinds like Ctrl-C: workers stop, runs close as KILLED, never left RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        cfg = load_config(args.experiment, parse_overrides(args.overrides))
-        metrics = run_trial(cfg, resolve_tracking_uri(args.tracking_uri)).metrics
-    except (ConfigError, DataError) as exc:
+        if args.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+        overrides = parse_overrides(args.overrides)
+        experiment = load_experiment(args.experiment, overrides)
+        if args.status:
+            table = status_table(experiment, args.storage, Path("runs"))
+            print(table.to_string(index=False) if len(table) else f"no trials of {experiment.name} yet")
+            return 0
+        load_splits(experiment.config().data)  # a missing or broken data set stops here, before any worker
+        sweep_args = SweepArgs(args.workers, args.storage, resolve_tracking_uri(args.tracking_uri),
+                               tuple(d for d in args.devices.split(",") if d), Path("runs"), args.join)
+        failed = launch(experiment, overrides, sweep_args)
+    except (ConfigError, DataError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"finished {cfg.tracking.experiment}: test WER {metrics['test/wer']:.2%}, "
-          f"CER {metrics['test/cer']:.2%}, {metrics['params/total']:,} parameters")
-    return 0
+    print(status_table(experiment, args.storage, Path("runs")).to_string(index=False))
+    if experiment.spec.mode == "search":
+        print("\nPareto front (dev WER, parameters):")
+        for t in pareto_front(experiment, args.storage, Path("runs")):
+            print(f"  trial {t.number}: dev WER {t.values[0]:.2%}, {int(t.values[1]):,} params, {t.params}")
+    if not args.no_analysis and not args.join:
+        _regenerate_figures(experiment.name, sweep_args.tracking_uri)
+    return 1 if failed else 0
+
+
+def _regenerate_figures(experiment: str, tracking_uri: str) -> None:
+    from analysis import NoFinishedRuns, regenerate
+    try:
+        paths = regenerate(experiment, tracking_uri)
+        print(f"figures and tables: {len(paths)} files under figures/{experiment}/")
+    except NoFinishedRuns as exc:
+        print(f"no figures: {exc}")
 
 
 if __name__ == "__main__":

@@ -228,6 +228,13 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def identity(cfg: Config) -> dict:
+    """What a trial's result depends on: everything but where it runs and how it is labelled."""
+    tree = to_dict(cfg)
+    del tree["train"]["device"], tree["train"]["threads"], tree["tracking"]["run_name"]
+    return tree
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """{"model": {"d_model": 144}} -> {"model.d_model": 144}; used for MLflow params."""
     flat = {}

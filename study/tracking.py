@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlflow
 
-from study.config import Config, flatten, to_dict
+from study.config import Config, flatten, identity, to_dict
 
 DEFAULT_STORE = Path("runs") / "mlflow.db"
 
@@ -45,8 +45,9 @@ def run_params(cfg: Config) -> dict[str, str]:
 
 
 def recipe_key(cfg: Config) -> str:
-    """What a dense model depends on (data, features, model, training): equal keys, same dense run."""
-    tree = to_dict(cfg)
+    """What a dense model depends on (data, features, model, training; not where it ran): equal keys,
+    same dense run."""
+    tree = identity(cfg)
     recipe = {k: tree[k] for k in ("data", "features", "model", "train")}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -77,11 +78,22 @@ def start_run(tracking_uri: str, cfg: Config, run_id: str | None = None,
     """Starts (or, with run_id, resumes) the MLflow run of one trial. `tags` may hold
     mlflow.parentRunId to nest the run under its sweep."""
     mlflow.set_tracking_uri(tracking_uri)
-    if run_id is not None:
-        return mlflow.start_run(run_id=run_id)
+    if run_id is not None:  # resuming: the tags of this attempt (e.g. its Optuna trial) replace the old
+        run = mlflow.start_run(run_id=run_id)
+        if tags:
+            mlflow.set_tags(tags)
+        return run
     mlflow.set_experiment(cfg.tracking.experiment)
     all_tags = {"method": cfg.method, "seed": str(cfg.train.seed), "locations": location_label(cfg),
                 "recipe_key": recipe_key(cfg), "sweep.role": "trial", **(tags or {})}
     run = mlflow.start_run(run_name=cfg.tracking.run_name or run_label(cfg), tags=all_tags)
     mlflow.log_params(run_params(cfg))
     return run
+
+
+def run_status(run_id: str, tracking_uri: str) -> str | None:
+    """RUNNING, FINISHED, FAILED, KILLED; None when the run is not in this store."""
+    try:
+        return mlflow.MlflowClient(tracking_uri).get_run(run_id).info.status
+    except mlflow.exceptions.MlflowException:
+        return None

@@ -17,22 +17,27 @@ from study import baselines
 from study.accounting import analytic_params, count_params, encoder_flops, kept_units, latency_ms
 from study.adl import AdlSettings
 from study.adl_training import AdlController
-from study.config import Config, ModelConfig, dumps_toml, to_dict
+from study.config import Config, ModelConfig, dumps_toml, identity, to_dict
 from study.data.splits import SPLITS, load_splits
 from study.dense_source import dense_config, find_dense_run, load_dense_model
 from study.features import compute_features, mean_std
 from study.model import BlockWidths, ConformerCTC
 from study.model.io import save_model
 from study.pruning import adl_decisions, attach_adls, prune
-from study.tracking import start_run
+from study.tracking import run_status, start_run
 from study.train import SplitData, Trainer, error_rates, resolve_device, set_threads
 
 MAGNITUDE = ("magnitude_structured", "magnitude_unstructured")
 
 
 def trial_key(cfg: Config) -> str:
-    """Same resolved configuration -> same key -> same checkpoint folder (resume after a crash)."""
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    """Same resolved configuration -> same key -> same checkpoint folder (resume after a crash),
+    whatever the device or thread count it resumes on."""
+    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trial_dir(cfg: Config, runs_dir: Path) -> Path:
+    return Path(runs_dir) / "trials" / cfg.tracking.experiment / trial_key(cfg)
 
 
 def seed_everything(seed: int) -> None:
@@ -137,8 +142,8 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
     """Runs (or resumes) one trial; the MLflow run ends FINISHED or FAILED (KILLED on Ctrl-C or SIGTERM).
 
     A trial whose folder says DONE, with its run FINISHED in this store, is not run again."""
-    trial_dir = Path(runs_dir) / "trials" / cfg.tracking.experiment / trial_key(cfg)
-    finished = _finished(trial_dir, tracking_uri)
+    folder = trial_dir(cfg, runs_dir)
+    finished = _finished(folder, tracking_uri)
     if finished:
         return finished
     seed_everything(cfg.train.seed)
@@ -146,15 +151,15 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
     device = resolve_device(cfg.train.device)
     data = prepare_data(cfg)  # every data error surfaces here, before a run or a model exists
     mean, std = mean_std(data["train"].features)
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    ctx = TrialContext(cfg, data, mean, std, device, trial_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    ctx = TrialContext(cfg, data, mean, std, device, folder)
     tags = dict(tags or {})
     source = None
     if cfg.method in MAGNITUDE:
         source = _dense_source(cfg, tracking_uri, runs_dir, tags)
         tags["source_dense_run_id"] = source[0]
 
-    run_id_file = trial_dir / "mlflow_run_id"
+    run_id_file = folder / "mlflow_run_id"
     with start_run(tracking_uri, cfg, run_id=_unfinished_run(run_id_file, tracking_uri), tags=tags) as run:
         run_id_file.write_text(run.info.run_id)
         try:
@@ -163,15 +168,8 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
             mlflow.set_tag("failure_reason", f"{type(exc).__name__}: {exc}"[:5000])
             mlflow.end_run(status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
             raise
-    (trial_dir / "DONE").write_text(json.dumps({"run_id": run.info.run_id, "metrics": metrics}))
+    (folder / "DONE").write_text(json.dumps({"run_id": run.info.run_id, "metrics": metrics}))
     return TrialResult(run.info.run_id, metrics)
-
-
-def _run_status(run_id: str, tracking_uri: str) -> str | None:
-    try:
-        return mlflow.MlflowClient(tracking_uri).get_run(run_id).info.status
-    except mlflow.exceptions.MlflowException:
-        return None  # not in this store (e.g. another tracking URI)
 
 
 def _finished(trial_dir: Path, tracking_uri: str) -> TrialResult | None:
@@ -179,7 +177,7 @@ def _finished(trial_dir: Path, tracking_uri: str) -> TrialResult | None:
     if not done.is_file():
         return None
     record = json.loads(done.read_text())
-    if _run_status(record["run_id"], tracking_uri) != "FINISHED":
+    if run_status(record["run_id"], tracking_uri) != "FINISHED":
         return None
     print(f"trial {trial_dir.name} already finished (MLflow run {record['run_id']})")
     return TrialResult(record["run_id"], record["metrics"])
@@ -190,7 +188,7 @@ def _unfinished_run(run_id_file: Path, tracking_uri: str) -> str | None:
     if not run_id_file.is_file():
         return None
     run_id = run_id_file.read_text().strip()
-    return run_id if _run_status(run_id, tracking_uri) not in (None, "FINISHED") else None
+    return run_id if run_status(run_id, tracking_uri) not in (None, "FINISHED") else None
 
 
 def _dense_source(cfg: Config, tracking_uri: str, runs_dir: Path, tags: dict[str, str]) -> tuple[str, ConformerCTC]:

@@ -1,0 +1,208 @@
+"""The sweep driver: creates the Optuna studies and the MLflow parent run once, starts the worker
+processes, reports progress, and closes the parent run when the workers are done.
+
+Another machine joins a running sweep with `--join` (same experiment, storage and tracking URI):
+it only starts workers, which load the studies and the parent run the driver created.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import mlflow
+import optuna
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from study.experiment import Experiment
+from study.optuna_store import create_studies, fail_stale_trials, open_storage, study_names
+from study.tracking import run_status
+from study.worker import WorkerSettings, point_of, settings_json
+
+POLL_SECONDS = 2
+
+
+@dataclass
+class SweepArgs:
+    workers: int = 1
+    storage: str | None = None
+    tracking_uri: str = ""
+    devices: tuple[str, ...] = ()
+    runs_dir: Path = Path("runs")
+    join: bool = False
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start (e.g. joining a sweep that does not exist)."""
+
+
+def placements(experiment: Experiment, args: SweepArgs) -> list[dict]:
+    """Per worker: a GPU each when devices are given, else an equal share of this machine's cores."""
+    if args.devices:
+        return [{"train.device": args.devices[i % len(args.devices)]} for i in range(args.workers)]
+    if experiment.config().train.threads:  # the experiment fixed its thread count
+        return [{} for _ in range(args.workers)]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return [{"train.threads": max(1, cores // args.workers)} for _ in range(args.workers)]
+
+
+def _mark_lost_runs(lost: list[optuna.trial.FrozenTrial], client: mlflow.MlflowClient) -> None:
+    """The MLflow run of a lost trial is closed as FAILED; its rerun resumes it."""
+    for trial in lost:
+        run_file = Path(trial.user_attrs.get("trial_dir", "/nonexistent")) / "mlflow_run_id"
+        if run_file.is_file():
+            run_id = run_file.read_text().strip()
+            if run_status(run_id, client.tracking_uri) == "RUNNING":
+                client.set_tag(run_id, "failure_reason", "worker lost (stale trial); rerun resumes this run")
+                client.set_terminated(run_id, status="FAILED")
+
+
+def _enqueue_retries(study: optuna.Study) -> int:
+    """Points whose every attempt failed are queued once per launch (the grid sampler counts a
+    failed point as visited and would never draw it again)."""
+    by_point: dict[str, list[TrialState]] = {}
+    for t in study.get_trials(deepcopy=False):
+        by_point.setdefault(point_of(t), []).append(t.state)
+    retries = [k for k, states in by_point.items() if k is not None and TrialState.FAIL in states
+               and not {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING} & set(states)]
+    for key in retries:
+        study.enqueue_trial({"point": key}, skip_if_exists=False)
+    return len(retries)
+
+
+def _close_previous_parent(study: optuna.Study, client: mlflow.MlflowClient) -> None:
+    """A driver that was killed left its parent run RUNNING; this launch takes over."""
+    previous = study.user_attrs.get("parent_run_id")
+    if previous and run_status(previous, client.tracking_uri) == "RUNNING":
+        client.set_tag(previous, "failure_reason", "sweep driver lost; a later launch continued the sweep")
+        client.set_terminated(previous, status="FAILED")
+
+
+def _start_parent_run(experiment: Experiment, args: SweepArgs, n_points: int) -> str:
+    mlflow.set_tracking_uri(args.tracking_uri)
+    exp = mlflow.set_experiment(experiment.name)
+    client = mlflow.MlflowClient(args.tracking_uri)
+    run = client.create_run(exp.experiment_id, run_name=f"sweep-{datetime.now():%Y%m%d-%H%M%S}",
+                            tags={"sweep.role": "parent", "sweep.mode": experiment.spec.mode})
+    client.log_artifact(run.info.run_id, str(experiment.path))
+    for key, value in {"workers": args.workers, "storage": "journal" if not args.storage else args.storage.split(":")[0],
+                       "devices": ",".join(args.devices) or "cpu", "points": n_points,
+                       "experiment_file": str(experiment.path)}.items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def expected_trials(experiment: Experiment) -> int:
+    if experiment.spec.mode == "search":
+        return experiment.spec.trials
+    points = experiment.points()
+    per_match = {arm.match: 0 for arm in experiment.arms if arm.match}
+    for arm in experiment.arms:  # a matched arm runs once per point of the method it matches
+        if arm.match:
+            sources = sum(1 for p in points if dict(p.overrides).get("method", experiment.config().method) == arm.match)
+            per_match[arm.match] += sources * len(experiment._arm_points(arm, {}))
+    return len(points) + sum(per_match.values())
+
+
+def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> int:
+    """Runs (or continues, or joins) the sweep; returns the number of failed trials."""
+    storage = open_storage(args.storage, experiment.name, args.runs_dir)
+    client = mlflow.MlflowClient(args.tracking_uri)
+    if args.join:
+        try:
+            studies = [optuna.load_study(study_name=n, storage=storage) for n in study_names(experiment.name)]
+        except KeyError:
+            raise SweepError(f"no sweep of {experiment.name} in this storage: start it first without --join") from None
+        parent = studies[0].user_attrs["parent_run_id"]
+    else:
+        studies = create_studies(storage, experiment.name)
+        for study in studies:
+            _mark_lost_runs(fail_stale_trials(study, args.runs_dir), client)
+            _enqueue_retries(study)
+        _close_previous_parent(studies[0], client)
+        parent = _start_parent_run(experiment, args, expected_trials(experiment))
+        for study in studies:
+            study.set_user_attr("parent_run_id", parent)
+            study.set_user_attr("launch_time", datetime.now().isoformat())
+    print(f"sweep {experiment.name}: {expected_trials(experiment)} trials, {args.workers} worker(s); "
+          f"MLflow parent run {parent}; worker logs in {args.runs_dir / 'logs' / experiment.name}")
+    workers = _start_workers(experiment, overrides, args)
+    interrupted = False
+    try:
+        _monitor(experiment, studies, workers)
+    except KeyboardInterrupt:
+        interrupted = True
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            proc.wait()
+    failed = sum(1 for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                 if t.datetime_start and t.datetime_start >= datetime.fromisoformat(s.user_attrs["launch_time"]))
+    if not args.join:
+        done = sum(len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) for s in studies)
+        client.log_metric(parent, "sweep/finished_trials", done)
+        client.log_metric(parent, "sweep/failed_trials", failed)
+        client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
+    if interrupted:
+        raise KeyboardInterrupt
+    if any(proc.returncode for proc in workers):
+        raise SweepError(f"a worker exited with an error; see {args.runs_dir / 'logs' / experiment.name}")
+    return failed
+
+
+def _start_workers(experiment: Experiment, overrides: dict, args: SweepArgs) -> list[subprocess.Popen]:
+    log_dir = args.runs_dir / "logs" / experiment.name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workers = []
+    for i, placement in enumerate(placements(experiment, args)):
+        settings = WorkerSettings(str(experiment.path), overrides, args.storage, args.tracking_uri,
+                                  str(args.runs_dir), placement)
+        log = open(log_dir / f"worker-{os.getpid()}-{i}.log", "a")
+        workers.append(subprocess.Popen([sys.executable, "-m", "study.worker", settings_json(settings)],
+                                        stdout=log, stderr=subprocess.STDOUT, env=_worker_env()))
+        log.close()
+    return workers
+
+
+def _worker_env() -> dict[str, str]:
+    """This checkout first on the path, so workers run the same code whatever the working directory."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
+    name = trial.user_attrs.get("run_name", f"trial {trial.number}")
+    if trial.state == TrialState.FAIL:
+        return f"FAILED   {name}: {trial.user_attrs.get('failure_reason', 'see the worker log')}"
+    a = trial.user_attrs
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+    return (f"finished {name}: dev WER {a['dev/wer']:.2%}, test WER {a['test/wer']:.2%}, "
+            f"{int(a['params/total']):,} params ({a['params/reduction']:.1%} pruned), {seconds:.0f} s")
+
+
+def _monitor(experiment: Experiment, studies: list[optuna.Study], workers: list[subprocess.Popen]) -> None:
+    """One line per trial that ends, and a bar of trials done out of the expected total."""
+    seen = {(s.study_name, t.number) for s in studies for t in s.get_trials(deepcopy=False)
+            if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
+    already = sum(1 for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    bar = tqdm(total=max(expected_trials(experiment), already), initial=already, unit="trial",
+               desc=experiment.name, dynamic_ncols=True)
+    while True:
+        running = any(proc.poll() is None for proc in workers)
+        for study in studies:
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+                if (study.study_name, trial.number) not in seen:
+                    seen.add((study.study_name, trial.number))
+                    bar.write(_trial_line(trial))
+                    bar.update(1)
+        if not running:
+            break
+        time.sleep(POLL_SECONDS)
+    bar.total = max(bar.n, 1)  # the matched arms may have had fewer distinct budgets than expected
+    bar.refresh()
+    bar.close()

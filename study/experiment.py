@@ -1,0 +1,171 @@
+"""Experiment files: a base configuration plus a `[sweep]` table saying which variants to run.
+
+    method = "dense"              # the base configuration: any keys of study/config.py
+    [sweep]
+    mode = "grid"                 # grid: every point below; search: Optuna ranges, `trials` of them
+    grid = { "train.seed" = [0, 1] }            # axes crossed with every arm
+    [[sweep.arms]]                               # one family of variants
+    name = "adl"
+    set = { method = "adaptive_dropout" }        # fixed overrides
+    grid = { "adl.tau" = [0.3, 1.0] }           # the arm's own axes
+    [[sweep.arms]]
+    name = "magnitude"
+    set = { method = "magnitude_structured" }
+    match = "adaptive_dropout"   # one point per finished run of that method in this sweep, with
+                                 # prune.target_params set to that run's parameter count
+
+Every point is built into a full Config when the file is loaded, so a bad key or value anywhere
+is reported (file and key named) before any trial starts.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from study.config import METHODS, Config, ConfigError, build, knob, set_dotted
+
+
+@dataclass
+class ArmSpec:
+    name: str = ""
+    set: dict = field(default_factory=dict)  # dotted key -> value
+    grid: dict = field(default_factory=dict)  # dotted key -> list of values
+    match: str = knob("", choices=("",) + METHODS)
+
+
+@dataclass
+class SweepSpec:
+    mode: str = knob("grid", choices=("grid", "search"))
+    trials: int = knob(20, min=1)  # search mode: the trial budget of the whole sweep
+    grid: dict = field(default_factory=dict)
+    search: dict = field(default_factory=dict)  # dotted key -> {low, high, log, step} or {choices}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One variant: the overrides that turn the base configuration into its Config."""
+    arm: str
+    overrides: tuple[tuple[str, Any], ...]
+
+    @property
+    def key(self) -> str:  # stable across launches: the grid value Optuna stores
+        return json.dumps({"arm": self.arm, **dict(self.overrides)}, sort_keys=True)
+
+    @classmethod
+    def from_key(cls, key: str) -> "Point":
+        values = json.loads(key)
+        arm = values.pop("arm")
+        return cls(arm, tuple(sorted(values.items())))
+
+
+@dataclass
+class Experiment:
+    path: Path
+    name: str
+    base: dict  # the TOML without [sweep], plus command-line overrides
+    spec: SweepSpec
+    arms: list[ArmSpec]
+
+    def config(self, point: Point | None = None, extra: dict[str, Any] | None = None) -> Config:
+        tree = copy.deepcopy(self.base)
+        for key, value in [*(point.overrides if point else ()), *(extra or {}).items()]:
+            set_dotted(tree, key, value)
+        try:
+            cfg = build(Config, tree)
+        except ConfigError as exc:
+            where = f" (arm {point.arm!r}, {dict(point.overrides)})" if point else ""
+            raise ConfigError(f"{self.path}{where}: {exc}") from None
+        cfg.tracking.experiment = cfg.tracking.experiment or self.name
+        return cfg
+
+    def points(self) -> list[Point]:
+        """The grid points known before any trial runs (every arm without `match`)."""
+        return [p for arm in self.arms if not arm.match for p in self._arm_points(arm, {})]
+
+    def matched_points(self, finished: list[tuple[str, int]]) -> list[Point]:
+        """Points of the `match` arms, given (method, params/total) of the finished trials so far."""
+        points = []
+        for arm in self.arms:
+            targets = sorted({params for method, params in finished if method == arm.match})
+            for target in targets:
+                points.extend(self._arm_points(arm, {"prune.target_params": int(target)}))
+        return points
+
+    def _arm_points(self, arm: ArmSpec, extra: dict[str, Any]) -> list[Point]:
+        """The arm's grid crossed with the common one; an arm's own `set` and `grid` win over the
+        common axes (e.g. a baseline pinned to one seed), and repeated points are dropped."""
+        axes = {**self.spec.grid, **arm.grid}
+        points = []
+        for values in itertools.product(*axes.values()):
+            chosen = dict(zip(axes, values))
+            common = {k: v for k, v in chosen.items() if k not in arm.set and k not in arm.grid}
+            overrides = {**common, **arm.set, **{k: chosen[k] for k in arm.grid}, **extra}
+            point = Point(arm.name, tuple(sorted(overrides.items())))
+            if point not in points:
+                points.append(point)
+        return points
+
+
+def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
+    """Reads and checks an experiment file; a file with no [sweep] table is a single trial."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            tree = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: experiment file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    sweep = tree.pop("sweep", {})
+    for key, value in (overrides or {}).items():
+        set_dotted(tree, key, value)
+    try:
+        raw_arms = sweep.pop("arms", [{}]) if isinstance(sweep, dict) else sweep
+        spec = build(SweepSpec, sweep, "sweep.")
+        if not isinstance(raw_arms, list) or not raw_arms:
+            raise ConfigError("sweep.arms: expected a non-empty list of tables")
+        arms = [build(ArmSpec, arm, f"sweep.arms[{i}].") for i, arm in enumerate(raw_arms)]
+        _check_axes(spec.grid, "sweep.grid")
+        for i, arm in enumerate(arms):
+            arm.name = arm.name or str(arm.set.get("method", f"arm{i}"))
+            _check_axes(arm.grid, f"sweep.arms[{i}].grid")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    if len({a.name for a in arms}) != len(arms):
+        raise ConfigError(f"{path}: sweep.arms: two arms share a name")
+    experiment = Experiment(path, path.stem, tree, spec, arms)
+    for point in experiment.points():
+        experiment.config(point)  # every known point must build
+    for arm in arms:
+        if arm.match:  # a matched point must build too, with a placeholder budget
+            for point in experiment._arm_points(arm, {"prune.target_params": 1}):
+                experiment.config(point)
+    if spec.mode == "search":
+        _check_search(experiment)
+    return experiment
+
+
+def _check_axes(axes: dict, where: str) -> None:
+    for key, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.{key}: expected a non-empty list of values, got {values!r}")
+
+
+SEARCH_KEYS = {"low", "high", "log", "step", "choices"}
+
+
+def _check_search(experiment: Experiment) -> None:
+    if not experiment.spec.search:
+        raise ConfigError(f"{experiment.path}: sweep.search: search mode needs at least one range")
+    for key, rng in experiment.spec.search.items():
+        where = f"{experiment.path}: sweep.search.{key}"
+        if not isinstance(rng, dict) or set(rng) - SEARCH_KEYS or not ({"low", "high"} <= set(rng) or "choices" in rng):
+            raise ConfigError(f"{where}: expected {{low, high[, log, step]}} or {{choices}}, got {rng!r}")
+        probe = rng["choices"] if "choices" in rng else [rng["low"], rng["high"]]
+        for value in probe:
+            experiment.config(Point("search", ()), {key: value})

@@ -1,0 +1,113 @@
+"""Where a sweep's Optuna studies live, and how lost trials are found.
+
+One machine: a journal file under runs/optuna/ (SQLite is not safe with parallel writers).
+Several machines: PostgreSQL (or any SQLAlchemy URL) through RDBStorage, whose heartbeat marks a
+trial whose worker vanished as FAIL. The journal has no heartbeat, so each worker records its
+host and pid on the trial and touches a heartbeat file; a RUNNING trial whose process is gone (or
+whose heartbeat is older than STALE_SECONDS) is stale.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+# Optuna flags heartbeats as experimental; they are what makes multi-machine sweeps recoverable.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+HEARTBEAT_SECONDS = 20
+STALE_SECONDS = 120
+DIRECTIONS = ["minimize", "minimize"]  # dev/wer, params/total
+
+
+def open_storage(url: str | None, experiment: str, runs_dir: Path) -> BaseStorage:
+    if not url:
+        path = Path(runs_dir) / "optuna" / f"{experiment}.journal"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=STALE_SECONDS)
+
+
+def study_names(experiment: str) -> tuple[str, str]:
+    """The grid known up front, and the points matched to its results (filled in later)."""
+    return experiment, f"{experiment}.matched"
+
+
+def create_studies(storage: BaseStorage, experiment: str) -> list[optuna.Study]:
+    return [optuna.create_study(study_name=name, storage=storage, directions=DIRECTIONS, load_if_exists=True)
+            for name in study_names(experiment)]
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def heartbeat_path(runs_dir: Path, study: optuna.Study, trial_number: int) -> Path:
+    return Path(runs_dir) / "optuna" / "heartbeats" / f"{study.study_name}-{trial_number}"
+
+
+class Heartbeat:
+    """Touches a file every HEARTBEAT_SECONDS while a trial runs (journal storage only)."""
+
+    def __init__(self, path: Path):
+        self.path, self._stop = path, threading.Event()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            self.path.touch()
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_stale(trial: FrozenTrial, study: optuna.Study, runs_dir: Path) -> bool:
+    """A RUNNING journal trial whose worker process is gone or has stopped beating."""
+    owner = trial.user_attrs.get("worker", "")
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+        return True
+    beat = heartbeat_path(runs_dir, study, trial.number)
+    last = beat.stat().st_mtime if beat.exists() else trial.datetime_start.timestamp()
+    return time.time() - last > STALE_SECONDS
+
+
+def fail_stale_trials(study: optuna.Study, runs_dir: Path) -> list[FrozenTrial]:
+    """Marks lost trials FAIL (they are run again) and returns them."""
+    if is_heartbeat_enabled(study._storage):  # RDB storage: Optuna's own heartbeat decides
+        stale_ids = set(study._storage._get_stale_trial_ids(study._study_id))
+        optuna.storages.fail_stale_trials(study)
+        return [t for t in study.get_trials(deepcopy=False) if t._trial_id in stale_ids]
+    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if is_stale(t, study, runs_dir)]
+    for trial in stale:
+        study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", "worker lost (stale trial)")
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process got there first
+    return stale

@@ -1,0 +1,174 @@
+"""A sweep worker process: takes grid points (or search trials) from Optuna until none is left.
+
+Started by the driver (study/driver.py) as `python -m study.worker SETTINGS_JSON`; several run at
+once, on one machine or many, and coordinate only through the Optuna storage.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from study.experiment import Experiment, Point, load_experiment
+from study.optuna_store import Heartbeat, fail_stale_trials, heartbeat_path, open_storage, study_names, worker_id
+from study.tracking import run_label
+from study.trial import run_trial, trial_dir
+
+REPORTED = ("dev/wer", "test/wer", "test/cer", "params/total", "params/reduction", "flops/encoder_10s",
+            "latency/ms_b1_10s")
+PHASE_POLL_SECONDS = 3
+
+
+@dataclass
+class WorkerSettings:
+    experiment: str
+    overrides: dict[str, Any]
+    storage: str | None
+    tracking_uri: str
+    runs_dir: str
+    placement: dict[str, Any] = field(default_factory=dict)  # train.threads / train.device of this worker
+
+
+def point_of(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The grid point of a trial, including an enqueued (WAITING) one."""
+    return trial.params.get("point", trial.system_attrs.get("fixed_params", {}).get("point"))
+
+
+def pending(study: optuna.Study, keys: list[str], since: datetime) -> list[str]:
+    """Points still to run: never finished, not running, not already failed in this launch."""
+    states = defaultdict(list)
+    for t in study.get_trials(deepcopy=False):
+        states[point_of(t)].append(t)
+    def settled(key: str) -> bool:
+        return any(t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+                   or (t.state == TrialState.FAIL and t.datetime_start and t.datetime_start >= since)
+                   for t in states[key])
+    return [k for k in keys if not settled(k)]
+
+
+def _taken_by_another(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
+    """True when another trial already finished this point, or runs it and started first."""
+    return any(point_of(t) == key and t.number != trial.number and
+               (t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number))
+               for t in study.get_trials(deepcopy=False))
+
+
+def suggest(trial: optuna.Trial, search: dict[str, dict]) -> dict[str, Any]:
+    """Optuna ranges -> overrides; list-valued choices travel as JSON strings."""
+    values = {}
+    for key, rng in search.items():
+        if "choices" in rng:
+            encoded = [json.dumps(c) for c in rng["choices"]]
+            values[key] = json.loads(trial.suggest_categorical(key, encoded))
+        elif isinstance(rng["low"], int) and isinstance(rng["high"], int) and not rng.get("log"):
+            values[key] = trial.suggest_int(key, rng["low"], rng["high"], step=rng.get("step", 1))
+        else:
+            values[key] = trial.suggest_float(key, rng["low"], rng["high"], log=rng.get("log", False),
+                                              step=rng.get("step"))
+    return values
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings):
+        self.settings = settings
+        self.runs_dir = Path(settings.runs_dir)
+        self.experiment: Experiment = load_experiment(settings.experiment, settings.overrides)
+        self.storage = open_storage(settings.storage, self.experiment.name, self.runs_dir)
+
+    def load(self, name: str, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+        return optuna.load_study(study_name=name, storage=self.storage, sampler=sampler)
+
+    def objective(self, study: optuna.Study, points: list[Point] | None):
+        def run(trial: optuna.Trial) -> tuple[float, float]:
+            if points is not None:
+                key = trial.suggest_categorical("point", [p.key for p in points])
+                if _taken_by_another(study, trial, key):  # two workers drew the same point at once
+                    trial.set_user_attr("skipped", "duplicate of a running or finished trial")
+                    raise optuna.TrialPruned()
+                point, chosen = Point.from_key(key), {}
+            else:
+                point, chosen = Point("search", ()), suggest(trial, self.experiment.spec.search)
+            cfg = self.experiment.config(point, {**chosen, **self.settings.placement})
+            for name, value in (("worker", worker_id()), ("method", cfg.method), ("run_name", run_label(cfg)),
+                                ("trial_dir", str(trial_dir(cfg, self.runs_dir).resolve()))):
+                trial.set_user_attr(name, value)
+            tags = {"mlflow.parentRunId": study.user_attrs["parent_run_id"], "optuna.study_name": study.study_name,
+                    "optuna.trial_number": str(trial.number),
+                    "grid_point": point.key if points is not None else json.dumps(chosen, sort_keys=True)}
+            with Heartbeat(heartbeat_path(self.runs_dir, study, trial.number)):
+                try:
+                    result = run_trial(cfg, self.settings.tracking_uri, self.runs_dir, tags)
+                except Exception as exc:
+                    trial.set_user_attr("failure_reason", f"{type(exc).__name__}: {exc}"[:2000])
+                    raise
+            trial.set_user_attr("mlflow_run_id", result.run_id)
+            for name in REPORTED:
+                trial.set_user_attr(name, result.metrics[name])
+            return result.metrics["dev/wer"], result.metrics["params/total"]
+        return run
+
+    def run_grid(self, study: optuna.Study, points: list[Point]) -> None:
+        keys = [p.key for p in points]
+        since = datetime.fromisoformat(study.user_attrs["launch_time"])
+        objective = self.objective(study, points)
+        while pending(study, keys, since):
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+
+    def run_search(self, study: optuna.Study) -> None:
+        objective = self.objective(study, None)
+        budget = self.experiment.spec.trials
+        while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
+                                                            TrialState.FAIL))) < budget:
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+
+    def wait_until_settled(self, study: optuna.Study) -> None:
+        """Matched points need every result of the first phase, so wait for the other workers."""
+        while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            fail_stale_trials(study, self.runs_dir)
+            time.sleep(PHASE_POLL_SECONDS)
+
+    def run(self) -> None:
+        first, matched = study_names(self.experiment.name)
+        if self.experiment.spec.mode == "search":
+            self.run_search(self.load(first, optuna.samplers.TPESampler()))
+            return
+        points = self.experiment.points()
+        grid = self.load(first, optuna.samplers.GridSampler({"point": [p.key for p in points]}))
+        self.run_grid(grid, points)
+        if not any(arm.match for arm in self.experiment.arms):
+            return
+        self.wait_until_settled(grid)
+        finished = [(t.user_attrs["method"], int(t.user_attrs["params/total"]))
+                    for t in grid.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        matched_points = self.experiment.matched_points(finished)
+        if matched_points:
+            sampler = optuna.samplers.GridSampler({"point": [p.key for p in matched_points]})
+            self.run_grid(self.load(matched, sampler), matched_points)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # the running MLflow run ends KILLED, the Optuna trial FAIL
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    Worker(WorkerSettings(**json.loads(argv[0]))).run()
+    return 0
+
+
+def settings_json(settings: WorkerSettings) -> str:
+    return json.dumps(asdict(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,204 @@
+"""The sweep driver: grid points run once across workers, lost trials rerun, failures recorded,
+runs nested under their sweep, on journal and PostgreSQL storage and an MLflow tracking server."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import sweep
+from study.config import dumps_toml
+from tests.conftest import TINY_RECIPE
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES", "postgresql://postgres:postgres@127.0.0.1:5432/sweep_test")
+
+
+def write_experiment(folder: Path, cache: Path, sweep_toml: str, epochs: int = 1) -> Path:
+    recipe = {**TINY_RECIPE, "data": {**TINY_RECIPE["data"], "cache_dir": str(cache)},
+              "train": {**TINY_RECIPE["train"], "epochs": epochs}}
+    recipe.pop("tracking")
+    path = folder / "tiny_sweep.toml"
+    path.write_text(dumps_toml(recipe) + "\n" + sweep_toml)
+    return path
+
+
+FOUR_POINTS_AND_A_FAILURE = """
+[sweep]
+grid = { "train.seed" = [0, 1] }
+[[sweep.arms]]
+name = "dense"
+set = { method = "dense" }
+grid = { "model.ffn_dim" = [32, 64] }
+[[sweep.arms]]
+name = "impossible"   # no dense shape has 10 parameters: this trial raises
+set = { method = "small_dense", "prune.target_params" = 10, "train.seed" = 0 }
+"""
+
+
+def trials(name: str, storage) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def child_runs(tracking_uri: str, experiment: str = "tiny_sweep"):
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return ([r for r in runs if r.data.tags.get("sweep.role") == "trial"],
+            [r for r in runs if r.data.tags.get("sweep.role") == "parent"])
+
+
+def check_grid_ran_once(tracking_uri: str, storage, failing: bool = True) -> None:
+    done = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
+    points = [t.params["point"] for t in done]
+    assert len(points) == len(set(points)) == 4  # every point exactly once
+    children, parents = child_runs(tracking_uri)
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert sorted(r.data.tags["grid_point"] for r in finished) == sorted(points)
+    assert not [r for r in children + parents if r.info.status == "RUNNING"]
+    assert all(r.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents} for r in children)
+    for t in done:  # each side finds the other
+        run = mlflow.MlflowClient(tracking_uri).get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.tags["optuna.trial_number"] == str(t.number)
+        assert run.data.metrics["test/wer"] == pytest.approx(t.user_attrs["test/wer"])
+    if failing:
+        failed = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.FAIL]
+        assert len(failed) == 1 and "BudgetError" in failed[0].user_attrs["failure_reason"]
+        failed_runs = [r for r in children if r.info.status == "FAILED"]
+        assert len(failed_runs) == 1 and "3%" in failed_runs[0].data.tags["failure_reason"]
+
+
+def test_grid_with_two_workers_runs_each_point_once_and_records_a_failure(tmp_path, corpus_cache, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main([str(exp), "--workers", "2", "--tracking-uri", uri, "--no-analysis"]) == 1  # one failed
+    out = capsys.readouterr().out
+    assert out.count("finished dense-s") == 4 and "FAILED   small-dense-p10-s0" in out
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
+    check_grid_ran_once(uri, storage)
+    # The same command again: nothing finished is rerun; the failed point is retried once.
+    assert sweep.main([str(exp), "--workers", "2", "--tracking-uri", uri, "--no-analysis"]) == 1
+    assert len([t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]) == 4
+    capsys.readouterr()
+    assert sweep.main([str(exp), "--status"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("COMPLETE") == 4 and table.count("FAIL") == 2 and "dense-s1" in table
+
+
+def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_cache):
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]\nname = \"impossible\"")[0],
+                           epochs=6)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis"]
+    proc = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while not list((tmp_path / "runs/trials").glob("*/*/checkpoint.pt")):  # a trial is mid-way
+        assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # driver and worker vanish, as with a lost machine
+    proc.wait()
+    children, _ = child_runs(uri)
+    assert [r.info.status for r in children] == ["RUNNING"]  # what a lost machine leaves behind
+
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
+    check_grid_ran_once(uri, storage, failing=False)
+    children, parents = child_runs(uri)
+    assert len(children) == 4  # the killed trial's run was resumed, not duplicated
+    resumed = [r for r in children if r.data.tags.get("resumed_from_epoch", "0") != "0"]
+    assert len(resumed) == 1
+    assert sorted(p.info.status for p in parents) == ["FAILED", "FINISHED"]
+    lost = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.FAIL]
+    assert len(lost) == 1 and "worker lost" in lost[0].user_attrs["failure_reason"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_or_skip() -> str:
+    import sqlalchemy
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL)
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("select 1"))
+    except Exception as exc:  # no server: a developer machine without PostgreSQL
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL} ({type(exc).__name__}); .ci/run starts one")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_storage(tmp_path) -> str:
+    url = _postgres_or_skip()
+    for name in optuna.get_all_study_names(url):
+        if name.startswith("tiny_sweep"):
+            optuna.delete_study(study_name=name, storage=url)
+    return url
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+            time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def test_the_grid_on_postgresql_and_a_tracking_server(tmp_path, corpus_cache, monkeypatch, postgres_storage, mlflow_server):
+    monkeypatch.chdir(tmp_path)
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE)
+    assert sweep.main([str(exp), "--workers", "2", "--storage", postgres_storage,
+                       "--tracking-uri", mlflow_server, "--no-analysis"]) == 1
+    check_grid_ran_once(mlflow_server, postgres_storage)
+    workers = {t.user_attrs["worker"] for t in trials("tiny_sweep", postgres_storage) if "worker" in t.user_attrs}
+    assert len(workers) == 2  # both workers took points
+
+
+def test_bad_experiment_files_are_rejected_before_any_trial(tmp_path, corpus_cache, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cases = {
+        '[sweep]\ngrid = { "train.epoch" = [1] }\n': "train.epoch",
+        '[sweep]\ngrid = { "adl.tau" = [] }\n': "sweep.grid.adl.tau",
+        '[sweep]\ngrid = { "model.dropout" = [0.1, 2.0] }\n': "model.dropout",
+        '[[sweep.arms]]\nset = { method = "lottery" }\n': "method",
+        '[sweep]\nmode = "grid"\nworkers = 2\n': "sweep.workers",
+        '[[sweep.arms]]\nset = { method = "small_dense" }\nmatch = "nothing"\n': "sweep.arms[0].match",
+    }
+    for text, key in cases.items():
+        exp = write_experiment(tmp_path, corpus_cache, text)
+        assert sweep.main([str(exp), "--no-analysis"]) == 2
+        err = capsys.readouterr().err
+        assert "tiny_sweep.toml" in err and key in err, (text, err)
+    assert not (tmp_path / "runs" / "optuna").exists()  # nothing started
