@@ -42,6 +42,7 @@ class ArmSpec:
 class SweepSpec:
     mode: str = knob("grid", choices=("grid", "search"))
     trials: int = knob(20, min=1)  # search mode: the trial budget of the whole sweep
+    workers: int = knob(1, min=1)  # trials at once on one machine, unless --workers says otherwise
     grid: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)  # dotted key -> {low, high, log, step} or {choices}
 
@@ -132,13 +133,14 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
         arms = [build(ArmSpec, arm, f"sweep.arms[{i}].") for i, arm in enumerate(raw_arms)]
         _check_axes(spec.grid, "sweep.grid")
         for i, arm in enumerate(arms):
-            arm.name = arm.name or str(arm.set.get("method", f"arm{i}"))
+            arm.name = arm.name or str(arm.set.get("method", tree.get("method", "dense")))
             _check_axes(arm.grid, f"sweep.arms[{i}].grid")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     if len({a.name for a in arms}) != len(arms):
         raise ConfigError(f"{path}: sweep.arms: two arms share a name")
-    experiment = Experiment(path, path.stem, tree, spec, arms)
+    name = tree.get("tracking", {}).get("experiment") or path.stem  # the MLflow experiment and Optuna study
+    experiment = Experiment(path, name, tree, spec, arms)
     for point in experiment.points():
         experiment.config(point)  # every known point must build
     for arm in arms:

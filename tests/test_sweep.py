@@ -193,7 +193,7 @@ def test_bad_experiment_files_are_rejected_before_any_trial(tmp_path, corpus_cac
         '[sweep]\ngrid = { "adl.tau" = [] }\n': "sweep.grid.adl.tau",
         '[sweep]\ngrid = { "model.dropout" = [0.1, 2.0] }\n': "model.dropout",
         '[[sweep.arms]]\nset = { method = "lottery" }\n': "method",
-        '[sweep]\nmode = "grid"\nworkers = 2\n': "sweep.workers",
+        '[sweep]\nmode = "grid"\nworker = 2\n': "sweep.worker",
         '[[sweep.arms]]\nset = { method = "small_dense" }\nmatch = "nothing"\n': "sweep.arms[0].match",
     }
     for text, key in cases.items():

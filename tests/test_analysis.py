@@ -1,0 +1,242 @@
+"""The analysis package on a small hand-made MLflow store: loading, Pareto fronts, figures, tables, CLI."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from analysis import ExperimentNotFound, NoFinishedRuns, load_trials, regenerate
+from analysis import figures
+from analysis.__main__ import main
+from analysis.groups import seed_groups
+from analysis.pareto import front, pareto_mask
+from analysis.plotting import new_figure, save
+from analysis.runs import COLUMNS, experiments_with_trials
+from tests.analysis_store import BROKEN, BUDGET, EXPERIMENT, FINISHED, SOURCE_DENSE, Store, build_store
+
+FIGURES = ("pareto_params", "pareto_flops", "pareto_latency", "location_ablation", "effect_tau", "effect_alpha",
+           "retention_histograms", "kept_fraction")
+TABLES = ("ablation_table", "pareto_runs")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Store:
+    return build_store(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def written(store: Store, tmp_path_factory) -> list[Path]:
+    """One regeneration, shared by the tests that look at its output (drawing is the slow part)."""
+    return regenerate(EXPERIMENT, store.tracking_uri, tmp_path_factory.mktemp("figures"))
+
+
+# --- Pareto front on hand-made points ---
+
+def test_pareto_mask_excludes_dominated_points():
+    x = [1.0, 2.0, 3.0, 2.5, 4.0]
+    y = [5.0, 3.0, 1.0, 3.5, 1.0]  # (2.5, 3.5) is beaten by (2, 3); (4, 1) by (3, 1)
+    assert pareto_mask(x, y).tolist() == [True, True, True, False, False]
+
+
+def test_pareto_mask_ties():
+    # identical points are both kept; equal x with larger y, or equal y with larger x, is dominated
+    x = [1.0, 1.0, 1.0, 2.0, 3.0]
+    y = [2.0, 2.0, 3.0, 1.0, 1.0]
+    assert pareto_mask(x, y).tolist() == [True, True, False, True, False]
+
+
+def test_pareto_mask_nan_empty_and_single():
+    assert pareto_mask([1.0, np.nan, 0.5], [1.0, 0.0, np.nan]).tolist() == [True, False, False]
+    assert pareto_mask([], []).tolist() == []
+    assert pareto_mask([7.0], [7.0]).tolist() == [True]
+    with pytest.raises(ValueError):
+        pareto_mask([1.0, 2.0], [1.0])
+
+
+def test_front_is_sorted_by_x():
+    fx, fy = front([3.0, 1.0, 2.0, 2.5], [1.0, 3.0, 2.0, 2.5])
+    assert fx.tolist() == [1.0, 2.0, 3.0] and fy.tolist() == [3.0, 2.0, 1.0]
+
+
+# --- loading runs ---
+
+def test_load_trials_rows_columns_and_types(store: Store):
+    trials = load_trials(store.tracking_uri, [EXPERIMENT])
+    frame = trials.frame
+    assert list(frame.columns) == list(COLUMNS)
+    assert sorted(frame["run_name"]) == sorted(t.name for t in FINISHED)  # no failed, running or stray run
+    assert frame["run_id"].is_unique
+    for col in ("experiment", "run_id", "run_name", "method", "locations", "setting"):
+        assert isinstance(frame[col].dtype, pd.StringDtype), col
+    for col in ("seed", "params", "budget_params"):
+        assert frame[col].dtype == "Int64", col
+    for col in ("tau", "alpha", "dev_wer", "test_wer", "reduction", "flops", "latency_ms"):
+        assert frame[col].dtype == np.float64, col
+    assert isinstance(frame["start_time"].dtype, pd.DatetimeTZDtype)
+
+    by_name = frame.set_index("run_name")
+    adl = by_name.loc["adl-mhsa+conv-t0.3-a0.001-s0"]
+    assert (adl["method"], adl["locations"], adl["tau"], adl["alpha"], adl["seed"]) == (
+        "adaptive_dropout", "mhsa+conv", 0.3, 0.001, 0)
+    assert adl["params"] == 800_000 and math.isclose(adl["reduction"], 0.2) and math.isclose(adl["test_wer"], 0.23)
+    assert by_name.loc["magnitude_structured-s0", "budget_params"] == BUDGET
+    assert by_name.loc["magnitude_structured-s0", "locations"] == "none"
+    assert math.isnan(by_name.loc["dense-s1", "tau"])  # a dense run has no temperature
+    assert (frame["setting"] == "").all()  # the runs differ only in typed columns
+    # rows come in table order: dense first, adaptive dropout last
+    assert frame["method"].iloc[0] == "dense" and frame["method"].iloc[-1] == "adaptive_dropout"
+
+
+def test_failed_and_unfinished_runs_are_counted_not_mixed_in(store: Store):
+    trials = load_trials(store.tracking_uri, [EXPERIMENT])
+    left = trials.excluded.set_index("run_name")
+    assert sorted(left.index) == ["adl-conv-t0.3-a0.001-s0", "adl-ffn+conv-t0.3-a0.001-s0"]
+    assert left.loc["adl-ffn+conv-t0.3-a0.001-s0", "kind"] == "failed"
+    assert left.loc["adl-ffn+conv-t0.3-a0.001-s0", "reason"] == "FloatingPointError: loss is NaN"
+    assert left.loc["adl-conv-t0.3-a0.001-s0", "status"] == "RUNNING"
+    report = trials.report(EXPERIMENT)
+    assert f"{len(FINISHED)} finished trial runs; left out 1 failed, 1 unfinished" in report
+    assert "loss is NaN" in report
+    assert trials.parents == {EXPERIMENT: store.parent_run_id}
+
+
+def test_one_sweep_keeps_its_source_dense_run(store: Store):
+    trials = load_trials(store.tracking_uri, parent_run_id=store.parent_run_id)
+    assert SOURCE_DENSE.name in set(trials.frame["run_name"])  # not a child, but its baselines' reference
+    assert len(trials.frame) == len(FINISHED)
+    with pytest.raises(ExperimentNotFound):
+        load_trials(store.tracking_uri, [BROKEN], parent_run_id=store.parent_run_id)
+
+
+def test_unknown_experiment_and_experiment_listing(store: Store):
+    with pytest.raises(ExperimentNotFound, match="no experiment named 'nope'"):
+        load_trials(store.tracking_uri, ["nope"])
+    assert experiments_with_trials(store.tracking_uri) == sorted([BROKEN, EXPERIMENT])
+
+
+def test_seed_groups_mean_and_spread(store: Store):
+    groups = seed_groups(load_trials(store.tracking_uri, [EXPERIMENT]).frame)
+    both = groups[(groups["locations"] == "ffn+mhsa+conv") & (groups["tau"] == 0.3) & (groups["alpha"] == 0.001)]
+    assert len(both) == 1
+    row = both.iloc[0]
+    assert row["n"] == 2 and row["seeds"] == "0,1"
+    assert math.isclose(row["test_wer_mean"], 0.245) and math.isclose(row["test_wer_std"], 0.01 / math.sqrt(2))
+    assert row["test_wer_min"] == 0.24 and row["test_wer_max"] == 0.25
+    dense = groups[groups["method"] == "dense"].iloc[0]
+    assert dense["n"] == 2  # the sweep's dense run and the one outside it share a configuration
+
+
+# --- figures and tables ---
+
+def test_every_figure_and_table_is_written(written: list[Path]):
+    names = {p.name for p in written}
+    expected = ({f"{f}.{ext}" for f in FIGURES for ext in ("png", "pdf")}
+                | {f"{t}.{ext}" for t in TABLES for ext in ("csv", "md")})
+    assert names == expected
+    for path in written:
+        assert path.parent.name == EXPERIMENT and path.stat().st_size > 0
+    png = next(p for p in written if p.suffix == ".png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+    assert next(p for p in written if p.suffix == ".pdf").read_bytes().startswith(b"%PDF")
+    assert not [p for p in written[0].parent.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_tables_content(written: list[Path]):
+    folder = written[0].parent
+    ablation = pd.read_csv(folder / "ablation_table.csv", dtype=str, keep_default_na=False)
+    assert ablation["method"].tolist()[:4] == ["dense", "small_dense", "magnitude_structured", "magnitude_unstructured"]
+    adl = ablation[ablation["method"] == "adaptive_dropout"]
+    assert adl["locations"].tolist() == ["ffn+mhsa+conv"] * 3 + ["mhsa+conv", "ffn"]  # largest subsets first
+    row = adl[(adl["locations"] == "ffn+mhsa+conv") & (adl["tau"] == "0.3") & (adl["alpha"] == "0.001")]
+    assert row[["n_runs", "test_wer_pct_mean", "test_wer_pct_std", "params_mean"]].values.tolist() == [
+        ["2", "24.50", "0.71", "520000"]]
+    assert ablation.loc[ablation["method"] == "small_dense", "budget_params"].tolist() == [str(BUDGET)]
+    markdown = (folder / "ablation_table.md").read_text()
+    assert "| 24.50 ± 0.71 |" in markdown and markdown.count("\n") == len(ablation) + 2
+
+    pareto = pd.read_csv(folder / "pareto_runs.csv", dtype=str, keep_default_na=False)
+    adl = pareto[pareto["method"] == "adaptive_dropout"]
+    # the second seed of a setting (25 %, 540k) is dominated by the first (24 %, 500k)
+    assert "adl-all-t0.3-a0.001-s1" not in set(adl["run_name"])
+    assert adl["run_name"].tolist() == ["adl-all-t0.3-a0.01-s0", "adl-all-t1-a0.001-s0", "adl-all-t0.3-a0.001-s0",
+                                        "adl-ffn-t0.3-a0.001-s0"]
+    assert pareto.loc[pareto["method"] == "dense", "run_name"].tolist() == ["dense-s0"]
+
+
+def test_figures_are_logged_to_the_parent_run(store: Store, written: list[Path]):
+    logged = {a.path for a in MlflowClient(store.tracking_uri).list_artifacts(store.parent_run_id, "figures")}
+    assert logged == {f"figures/{p.name}" for p in written}
+
+
+def test_figures_without_their_data_are_skipped(store: Store):
+    frame = load_trials(store.tracking_uri, [EXPERIMENT]).frame
+    baselines = frame[frame["method"] != "adaptive_dropout"]
+    for draw in (figures.location_ablation, lambda f: figures.hyperparameter_effect(f, "tau")):
+        with pytest.raises(figures.Skipped, match="no finished adaptive_dropout trials"):
+            draw(baselines)
+    with pytest.raises(figures.Skipped, match="no finished adaptive_dropout trial has a retention.json"):
+        figures.retention_histograms(baselines, {})
+    with pytest.raises(figures.Skipped, match="only one location subset"):
+        figures.location_ablation(frame[frame["locations"].isin(["none", "ffn"])])
+    with pytest.raises(figures.Skipped, match="adl.tau is 0.3 in every"):
+        figures.hyperparameter_effect(frame[frame["tau"] != 1.0], "tau")
+    with pytest.raises(figures.Skipped, match="no finished trial logged latency"):
+        figures.pareto(frame.assign(latency_ms=np.nan), "latency")
+    figures.pareto(baselines, "params")  # a sweep of baselines alone still gets its Pareto plot
+
+
+def test_a_failing_save_leaves_no_file(tmp_path: Path, monkeypatch):
+    fig, _ = new_figure()
+
+    def half_then_fail(path, **kwargs):
+        Path(path).write_bytes(b"half a figure")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", half_then_fail)
+    with pytest.raises(RuntimeError):
+        save(fig, tmp_path / "figure")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- the command line ---
+
+def test_cli_regenerates_identical_tables(store: Store, written: list[Path], tmp_path: Path, capsys):
+    assert main([EXPERIMENT, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path),
+                 "--parent-run", store.parent_run_id]) == 0
+    assert "logged them to run" in capsys.readouterr().out
+    for table in TABLES:
+        for ext in ("csv", "md"):
+            first = written[0].parent / f"{table}.{ext}"
+            assert (tmp_path / EXPERIMENT / f"{table}.{ext}").read_bytes() == first.read_bytes(), first.name
+
+
+def test_cli_experiment_without_finished_runs_exits_3(store: Store, tmp_path: Path, capsys):
+    assert main([BROKEN, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path)]) == 3
+    captured = capsys.readouterr()
+    assert f"experiment '{BROKEN}' has no finished trial runs (1 failed or unfinished)" in captured.err
+    assert "left out adl-ffn+conv-t0.3-a0.001-s0 (FAILED: FloatingPointError: loss is NaN)" in captured.out
+    assert not (tmp_path / BROKEN).exists()
+    with pytest.raises(NoFinishedRuns):
+        regenerate(BROKEN, store.tracking_uri, tmp_path)
+
+
+def test_cli_unknown_experiment_exits_2(store: Store, tmp_path: Path, capsys):
+    assert main(["nope", "--tracking-uri", store.tracking_uri, "--out", str(tmp_path)]) == 2
+    assert "no experiment named 'nope'" in capsys.readouterr().err
+    assert main(["--parent-run", "0" * 32, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path)]) == 2
+
+
+def test_cli_store_without_trials_exits_3(store: Store, tmp_path: Path, capsys):
+    # a copy of the store with every run deleted (a fresh store would spend seconds creating its tables)
+    shutil.copy(store.tracking_uri.removeprefix("sqlite:///"), tmp_path / "empty.db")
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    client = MlflowClient(uri)
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        client.delete_run(run.info.run_id)
+    assert main(["--tracking-uri", uri, "--out", str(tmp_path)]) == 3
+    assert "has trial runs" in capsys.readouterr().err
