@@ -49,7 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("experiment", nargs="?", default="experiments/default.toml",
                    help="experiment TOML file (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="trials run at once on this machine (default 1)")
+    p.add_argument("--workers", type=int, help="trials run at once on this machine "
+                   "(default: the experiment's sweep.workers, else 1)")
     p.add_argument("--devices", default="", help="comma-separated devices, one per worker in turn, e.g. cuda:0,cuda:1")
     p.add_argument("--storage", help="Optuna storage URL for several machines, e.g. postgresql://... "
                    "(default: a journal file under runs/optuna/)")
@@ -68,16 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     # `kill` (SIGTERM) unwinds like Ctrl-C: workers stop, runs close as KILLED, never left RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        if args.workers < 1:
-            raise ConfigError(f"--workers must be at least 1, got {args.workers}")
         overrides = parse_overrides(args.overrides)
         experiment = load_experiment(args.experiment, overrides)
+        workers = args.workers or experiment.spec.workers
+        if workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {workers}")
         if args.status:
             table = status_table(experiment, args.storage, Path("runs"))
             print(table.to_string(index=False) if len(table) else f"no trials of {experiment.name} yet")
             return 0
         load_splits(experiment.config().data)  # a missing or broken data set stops here, before any worker
-        sweep_args = SweepArgs(args.workers, args.storage, resolve_tracking_uri(args.tracking_uri),
+        sweep_args = SweepArgs(workers, args.storage, resolve_tracking_uri(args.tracking_uri),
                                tuple(d for d in args.devices.split(",") if d), Path("runs"), args.join)
         failed = launch(experiment, overrides, sweep_args)
     except (ConfigError, DataError, SweepError) as exc:

@@ -70,8 +70,8 @@ def _enqueue_retries(study: optuna.Study) -> int:
         by_point.setdefault(point_of(t), []).append(t.state)
     retries = [k for k, states in by_point.items() if k is not None and TrialState.FAIL in states
                and not {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING} & set(states)]
-    for key in retries:
-        study.enqueue_trial({"point": key}, skip_if_exists=False)
+    for key in retries:  # the worker reads the point from the user attribute
+        study.enqueue_trial({}, user_attrs={"point": key}, skip_if_exists=False)
     return len(retries)
 
 

@@ -5,6 +5,7 @@ once, on one machine or many, and coordinate only through the Optuna storage.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import sys
@@ -38,9 +39,23 @@ class WorkerSettings:
     placement: dict[str, Any] = field(default_factory=dict)  # train.threads / train.device of this worker
 
 
+class TrialFailed(Exception):
+    """A trial that raised (bad audio, NaN loss, impossible budget): recorded FAIL, the sweep goes on.
+    Any other error in a worker (storage, sampler) stops it."""
+
+
+def point_param(keys: list[str]) -> str:
+    """Optuna fixes a categorical's choices per study, so each grid (a changed experiment file,
+    a new set of matched budgets) gets its own parameter name."""
+    return "point_" + hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:8]
+
+
 def point_of(trial: optuna.trial.FrozenTrial) -> str | None:
     """The grid point of a trial, including an enqueued (WAITING) one."""
-    return trial.params.get("point", trial.system_attrs.get("fixed_params", {}).get("point"))
+    if "point" in trial.user_attrs:
+        return trial.user_attrs["point"]
+    fixed = getattr(trial, "system_attrs", {}).get("fixed_params", {})  # a live Trial has none
+    return next((v for k, v in {**trial.params, **fixed}.items() if k.startswith("point_")), None)
 
 
 def pending(study: optuna.Study, keys: list[str], since: datetime) -> list[str]:
@@ -77,6 +92,11 @@ def suggest(trial: optuna.Trial, search: dict[str, dict]) -> dict[str, Any]:
     return values
 
 
+def grid_sampler(points: list[Point]) -> optuna.samplers.GridSampler:
+    keys = [p.key for p in points]
+    return optuna.samplers.GridSampler({point_param(keys): keys})
+
+
 class Worker:
     def __init__(self, settings: WorkerSettings):
         self.settings = settings
@@ -90,7 +110,13 @@ class Worker:
     def objective(self, study: optuna.Study, points: list[Point] | None):
         def run(trial: optuna.Trial) -> tuple[float, float]:
             if points is not None:
-                key = trial.suggest_categorical("point", [p.key for p in points])
+                keys = [p.key for p in points]
+                queued = point_of(trial)
+                if queued is not None and queued not in keys:  # queued for a grid that has since changed
+                    trial.set_user_attr("skipped", "queued point is no longer in the grid")
+                    raise optuna.TrialPruned()
+                key = queued if queued is not None else trial.suggest_categorical(point_param(keys), keys)
+                trial.set_user_attr("point", key)
                 if _taken_by_another(study, trial, key):  # two workers drew the same point at once
                     trial.set_user_attr("skipped", "duplicate of a running or finished trial")
                     raise optuna.TrialPruned()
@@ -109,7 +135,7 @@ class Worker:
                     result = run_trial(cfg, self.settings.tracking_uri, self.runs_dir, tags)
                 except Exception as exc:
                     trial.set_user_attr("failure_reason", f"{type(exc).__name__}: {exc}"[:2000])
-                    raise
+                    raise TrialFailed(str(exc)) from exc
             trial.set_user_attr("mlflow_run_id", result.run_id)
             for name in REPORTED:
                 trial.set_user_attr(name, result.metrics[name])
@@ -121,14 +147,14 @@ class Worker:
         since = datetime.fromisoformat(study.user_attrs["launch_time"])
         objective = self.objective(study, points)
         while pending(study, keys, since):
-            study.optimize(objective, n_trials=1, catch=(Exception,))
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,))
 
     def run_search(self, study: optuna.Study) -> None:
         objective = self.objective(study, None)
         budget = self.experiment.spec.trials
         while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
                                                             TrialState.FAIL))) < budget:
-            study.optimize(objective, n_trials=1, catch=(Exception,))
+            study.optimize(objective, n_trials=1, catch=(TrialFailed,))
 
     def wait_until_settled(self, study: optuna.Study) -> None:
         """Matched points need every result of the first phase, so wait for the other workers."""
@@ -142,7 +168,7 @@ class Worker:
             self.run_search(self.load(first, optuna.samplers.TPESampler()))
             return
         points = self.experiment.points()
-        grid = self.load(first, optuna.samplers.GridSampler({"point": [p.key for p in points]}))
+        grid = self.load(first, grid_sampler(points))
         self.run_grid(grid, points)
         if not any(arm.match for arm in self.experiment.arms):
             return
@@ -151,8 +177,7 @@ class Worker:
                     for t in grid.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         matched_points = self.experiment.matched_points(finished)
         if matched_points:
-            sampler = optuna.samplers.GridSampler({"point": [p.key for p in matched_points]})
-            self.run_grid(self.load(matched, sampler), matched_points)
+            self.run_grid(self.load(matched, grid_sampler(matched_points)), matched_points)
 
 
 def _interrupt(signum: int, frame: object) -> None:

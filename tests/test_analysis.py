@@ -219,7 +219,8 @@ def test_cli_experiment_without_finished_runs_exits_3(store: Store, tmp_path: Pa
     assert main([BROKEN, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path)]) == 3
     captured = capsys.readouterr()
     assert f"experiment '{BROKEN}' has no finished trial runs (1 failed or unfinished)" in captured.err
-    assert "left out adl-ffn+conv-t0.3-a0.001-s0 (FAILED: FloatingPointError: loss is NaN)" in captured.out
+    assert "left out adl-ffn+conv-t0.3-a0.001-s0 (run " in captured.out
+    assert "FAILED: FloatingPointError: loss is NaN)" in captured.out
     assert not (tmp_path / BROKEN).exists()
     with pytest.raises(NoFinishedRuns):
         regenerate(BROKEN, store.tracking_uri, tmp_path)

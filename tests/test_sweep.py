@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 import sweep
 from study.config import dumps_toml
+from study.worker import point_of
 from tests.conftest import TINY_RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,7 @@ def child_runs(tracking_uri: str, experiment: str = "tiny_sweep"):
 
 def check_grid_ran_once(tracking_uri: str, storage, failing: bool = True) -> None:
     done = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
-    points = [t.params["point"] for t in done]
+    points = [point_of(t) for t in done]
     assert len(points) == len(set(points)) == 4  # every point exactly once
     children, parents = child_runs(tracking_uri)
     finished = [r for r in children if r.info.status == "FINISHED"]
@@ -88,13 +89,16 @@ def test_grid_with_two_workers_runs_each_point_once_and_records_a_failure(tmp_pa
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
     check_grid_ran_once(uri, storage)
-    # The same command again: nothing finished is rerun; the failed point is retried once.
-    assert sweep.main([str(exp), "--workers", "2", "--tracking-uri", uri, "--no-analysis"]) == 1
-    assert len([t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]) == 4
+    # A third seed added to the file: only the new points run; the failed point is retried once.
+    exp.write_text(exp.read_text().replace('"train.seed" = [0, 1]', '"train.seed" = [0, 1, 2]'))
     capsys.readouterr()
+    assert sweep.main([str(exp), "--workers", "2", "--tracking-uri", uri, "--no-analysis"]) == 1
+    assert capsys.readouterr().out.count("finished dense-s2") == 2
+    done = [point_of(t) for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
+    assert len(done) == len(set(done)) == 6
     assert sweep.main([str(exp), "--status"]) == 0
     table = capsys.readouterr().out
-    assert table.count("COMPLETE") == 4 and table.count("FAIL") == 2 and "dense-s1" in table
+    assert table.count("COMPLETE") == 6 and table.count("FAIL") == 2 and "dense-s1" in table
 
 
 def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_cache):

@@ -1,0 +1,294 @@
+"""The figures, drawn from the tidy trial table (analysis.runs) and, for the adaptive-dropout ones,
+the retention probabilities and kept-fraction histories (analysis.artifacts).
+
+Each function returns a finished Figure, or raises Skipped saying which data is missing. Error rates
+and reductions are drawn in percent; repeated seeds as their mean with a bar of one standard deviation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from analysis.groups import seed_groups
+from analysis.pareto import front
+from analysis.plotting import SERIES_COLOURS, method_look, new_figure, si_scale
+from analysis.runs import LOCATIONS, METHODS, locations_rank
+
+ADL = "adaptive_dropout"
+MAX_SERIES = 6  # more lines than this on one panel cannot be told apart
+PREFIX_WORDS = {"G": "billions", "M": "millions", "k": "thousands", "": "count"}
+# name -> (column, metric as logged, what the axis shows)
+PARETO_AXES = {
+    "params": ("params", "params/total", "parameters"),
+    "flops": ("flops", "flops/encoder_10s", "encoder FLOPs"),
+    "latency": ("latency_ms", "latency/ms_b1_10s", "latency"),
+}
+HYPERPARAMETERS = {"tau": "temperature τ (adl.tau)", "alpha": "penalty weight α (adl.alpha)"}
+
+
+class Skipped(Exception):
+    """A figure whose data is absent; the message says what is missing."""
+
+
+def _experiment(frame: pd.DataFrame) -> str:
+    return ", ".join(sorted(frame["experiment"].unique()))
+
+
+def _methods(frame: pd.DataFrame) -> list[str]:
+    present = set(frame["method"])
+    return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+
+
+def _std(values: pd.Series) -> np.ndarray:
+    """Error bar lengths: the std over seeds, zero for a setting run once."""
+    return values.fillna(0.0).to_numpy(dtype=float)
+
+
+def _dense_line(ax, frame: pd.DataFrame) -> Line2D | None:
+    """The dense baseline's mean test WER as a dashed line across the panel (None without dense runs)."""
+    dense = frame.loc[frame["method"] == "dense", "test_wer"]
+    if dense.empty:
+        return None
+    return ax.axhline(100 * dense.mean(), color="black", linestyle="--", linewidth=1.2,
+                   label=f"dense baseline: {100 * dense.mean():.1f}% (mean of {len(dense)})")
+
+
+def _pareto_axis_label(axis: str, prefix: str) -> str:
+    if axis == "params":
+        return f"parameters ({PREFIX_WORDS[prefix]})"
+    if axis == "flops":
+        return f"encoder {prefix}FLOPs per 10 s of audio"
+    return "latency per 10 s utterance, batch of 1 (ms)"
+
+
+def pareto(frame: pd.DataFrame, axis: str) -> Figure:
+    """Test WER against size (parameters, encoder FLOPs or latency): every trial a faint point, each
+    setting's mean over seeds a marker with error bars, and each method's Pareto front through those
+    means a step line; the dense baseline a dashed horizontal line."""
+    column, metric, what = PARETO_AXES[axis]
+    data = frame[frame[column].notna()]
+    if data.empty:
+        raise Skipped(f"no finished trial logged {metric}")
+    groups = seed_groups(data)
+    factor, prefix = (1.0, "") if axis == "latency" else si_scale(float(data[column].max()))
+    fig, (ax,) = new_figure(width=9.0)
+    for method in _methods(data):
+        colour, marker, name = method_look(method)
+        trials, means = data[data["method"] == method], groups[groups["method"] == method]
+        ax.scatter(trials[column].astype(float) / factor, 100 * trials["test_wer"], s=16, marker=marker,
+                   color=colour, alpha=0.3, linewidths=0)
+        ax.errorbar(means[f"{column}_mean"] / factor, 100 * means["test_wer_mean"],
+                    xerr=_std(means[f"{column}_std"]) / factor, yerr=100 * _std(means["test_wer_std"]),
+                    fmt=marker, color=colour, markersize=7, capsize=3, linewidth=1,
+                    label=f"{name} ({len(trials)} trial{'s' * (len(trials) != 1)})")
+        fx, fy = front(means[f"{column}_mean"], means["test_wer_mean"])
+        if len(fx) > 1:
+            ax.step(fx / factor, 100 * fy, where="post", color=colour, linewidth=1.5, alpha=0.8)
+    _dense_line(ax, data)
+    ax.set_xlabel(_pareto_axis_label(axis, prefix))
+    ax.set_ylabel("test WER (%)")
+    ax.set_title(f"{_experiment(data)}: test WER against {what} (lower left is better)")
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="gray", marker="o", linestyle="", alpha=0.4, label="one trial (seed)"),
+                Line2D([], [], color="gray", marker="o", linestyle="", label="mean ± std over seeds"),
+                Line2D([], [], color="gray", linewidth=1.5, label="Pareto front of a method")]
+    fig.legend(handles=handles, loc="outside right upper")
+    return fig
+
+
+def _labels(settings: pd.DataFrame, omit: str = "") -> list[str]:
+    """Short names for adaptive-dropout settings: the location subset, then only the hyperparameters
+    that differ between the settings (less `omit`, the one on the x axis)."""
+    varied = [k for k in ("tau", "alpha") if k != omit and settings[k].nunique() > 1]
+    symbol = {"tau": "τ", "alpha": "α"}
+    labels = []
+    for _, row in settings.iterrows():
+        words = [str(row["locations"]), *(f"{symbol[k]}={row[k]:g}" for k in varied)]
+        labels.append(", ".join(words + ([str(row["setting"])] if row["setting"] else [])))
+    return labels
+
+
+def _fixed_setting(adl: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The trials at the (τ, α, other) setting shared by the most location subsets, so that the
+    subsets are compared with everything else equal; and that setting, in words."""
+    key = adl["tau"].map("{:g}".format) + "|" + adl["alpha"].map("{:g}".format) + "|" + adl["setting"]
+    reach = adl.groupby(key, sort=True).agg(subsets=("locations", "nunique"), trials=("run_id", "size"))
+    best = reach.sort_values(["subsets", "trials"], ascending=False, kind="mergesort").index[0]
+    tau, alpha, setting = best.split("|", 2)
+    return adl[key == best], f"τ = {tau}, α = {alpha}" + (f", {setting}" if setting else "")
+
+
+def _bars(ax, groups: pd.DataFrame, trials: pd.DataFrame, value: str, colour: str) -> None:
+    """A bar per location subset (mean, error bar = std) with every trial as a dot on it."""
+    x = np.arange(len(groups))
+    means = 100 * groups[f"{value}_mean"].to_numpy(dtype=float)
+    ax.bar(x, means, yerr=100 * _std(groups[f"{value}_std"]), color=colour, alpha=0.55, capsize=4, width=0.6)
+    for i, subset in enumerate(groups["locations"]):
+        points = 100 * trials.loc[trials["locations"] == subset, value].to_numpy(dtype=float)
+        ax.scatter(i + np.linspace(-0.12, 0.12, len(points)) * (len(points) > 1), points, color="black", s=14, zorder=3)
+        top = max(means[i] + 100 * _std(groups[f"{value}_std"])[i], points.max(initial=means[i]))
+        ax.annotate(f"{means[i]:.1f}", (i, top), xytext=(0, 4), textcoords="offset points", ha="center",
+                    va="bottom", fontsize=9)
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.08)  # room for the value labels
+    ax.set_xticks(x, [f"{s}\n(n={n})" for s, n in zip(groups["locations"], groups["n"])])
+    ax.set_xlabel("locations with adaptive dropout")
+
+
+def location_ablation(frame: pd.DataFrame) -> Figure:
+    """Test WER and parameter reduction for each subset of {ffn, mhsa, conv} given adaptive dropout."""
+    adl = frame[frame["method"] == ADL]
+    if adl.empty:
+        raise Skipped("no finished adaptive_dropout trials")
+    trials, fixed = _fixed_setting(adl)
+    groups = seed_groups(trials, keys=("locations",))
+    groups = groups.iloc[np.argsort(locations_rank(groups["locations"]).to_numpy(), kind="stable")]
+    if len(groups) < 2:
+        raise Skipped(f"only one location subset ({groups['locations'].iloc[0]}) at {fixed}")
+    fig, (wer_ax, red_ax) = new_figure(ncols=2, width=11.0, height=4.8)
+    _bars(wer_ax, groups, trials, "test_wer", "tab:blue")
+    if (dense := _dense_line(wer_ax, frame)) is not None:
+        wer_ax.legend(handles=[dense], loc="lower right")
+    wer_ax.set_ylabel("test WER (%)")
+    wer_ax.set_title("error rate (lower is better)")
+    _bars(red_ax, groups, trials, "reduction", "tab:green")
+    red_ax.set_ylabel("parameter reduction vs dense (%)")
+    red_ax.set_title("size (higher is a smaller model)")
+    fig.suptitle(f"{_experiment(frame)}: where adaptive dropout is applied ({fixed}; bars: mean ± std, dots: trials)")
+    return fig
+
+
+def hyperparameter_effect(frame: pd.DataFrame, name: str) -> Figure:
+    """Test WER and reduction against adl.tau or adl.alpha: one line per combination of the other
+    settings (location subset, the other hyperparameter) under which it was varied."""
+    adl = frame[frame["method"] == ADL]
+    if adl.empty:
+        raise Skipped("no finished adaptive_dropout trials")
+    if adl[name].nunique() < 2:
+        raise Skipped(f"adl.{name} is {adl[name].iloc[0]:g} in every adaptive_dropout trial")
+    groups = seed_groups(adl)
+    others = [k for k in ("locations", "tau", "alpha", "setting") if k != name]
+    lines = [g.sort_values(name) for _, g in groups.groupby(others, dropna=False, sort=False) if g[name].nunique() > 1]
+    if not lines:
+        raise Skipped(f"adl.{name} was never varied with the other settings held fixed")
+    labels = _labels(pd.DataFrame([g.iloc[0] for g in lines]), omit=name)
+    fig, (wer_ax, red_ax) = new_figure(ncols=2, width=11.0, height=4.6)
+    for i, (g, label) in enumerate(zip(lines, labels)):
+        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        for ax, value in ((wer_ax, "test_wer"), (red_ax, "reduction")):
+            ax.errorbar(g[name], 100 * g[f"{value}_mean"], yerr=100 * _std(g[f"{value}_std"]), marker="o",
+                        color=colour, capsize=3, label=label)
+    handles, names = wer_ax.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncols=min(3, len(names)), title="adaptive dropout at")
+    if (dense := _dense_line(wer_ax, frame)) is not None:
+        wer_ax.legend(handles=[dense], loc="best")
+    values = np.unique(adl[name].to_numpy(dtype=float))
+    for ax, ylabel in ((wer_ax, "test WER (%)"), (red_ax, "parameter reduction vs dense (%)")):
+        if values.min() > 0 and values.max() / values.min() >= 10:
+            ax.set_xscale("log")
+        if len(values) <= 8:  # ticks at the values tried, written as in the experiment file
+            ax.set_xticks(values, [f"{v:g}" for v in values])
+            ax.set_xticks([], minor=True)
+        ax.set_xlabel(HYPERPARAMETERS[name] + (", log scale" if ax.get_xscale() == "log" else ""))
+        ax.set_ylabel(ylabel)
+    wer_ax.set_title("error rate (lower is better)")
+    red_ax.set_title("size (higher is a smaller model)")
+    fig.suptitle(f"{_experiment(frame)}: effect of the {HYPERPARAMETERS[name].split(' (')[0]} (mean ± std over seeds)")
+    return fig
+
+
+@dataclass
+class Series:
+    """One adaptive-dropout setting drawn as one line: its trials pooled over seeds."""
+    label: str
+    colour: str
+    run_ids: list[str]
+
+
+def adl_series(frame: pd.DataFrame) -> tuple[list[Series], str]:
+    """The adaptive-dropout settings to draw, with fixed colours; at most MAX_SERIES, those with the
+    lowest test WER, and a note saying so when some were left out."""
+    adl = frame[frame["method"] == ADL]
+    groups = seed_groups(adl)
+    labels = _labels(groups)
+    chosen = sorted(np.argsort(groups["test_wer_mean"].to_numpy(), kind="stable")[:MAX_SERIES])
+    series = []
+    for i in chosen:
+        row = groups.iloc[i]
+        series.append(Series(labels[i], SERIES_COLOURS[len(series)], list(row["run_ids"])))
+    note = f"; the {MAX_SERIES} of {len(groups)} settings with the lowest test WER" if len(groups) > MAX_SERIES else ""
+    return series, note
+
+
+def _location_panels(present: set[str]) -> list[str]:
+    return [loc for loc in LOCATIONS if loc in present]
+
+
+def _series_legend(fig: Figure, axes: list, series: list[Series]) -> None:
+    """One legend for all panels: the settings in their fixed order, then any reference lines."""
+    handles = {label: h for ax in axes for h, label in zip(*ax.get_legend_handles_labels())}
+    order = [s.label for s in series if s.label in handles] + [k for k in handles if k not in {s.label for s in series}]
+    # Below the panels: setting names can be long, and a legend at the side would run into the title.
+    fig.legend([handles[k] for k in order], order, loc="outside lower center", ncols=min(2, len(order)),
+               title="adaptive dropout at")
+
+
+def retention_histograms(frame: pd.DataFrame, retention: dict[str, dict[str, np.ndarray]]) -> Figure:
+    """The final retention probabilities of each location's units, one panel per location, one
+    outline per adaptive-dropout setting (seeds pooled); the pruning threshold dashed."""
+    series, note = adl_series(frame[frame["run_id"].isin(list(retention))])
+    if not series:
+        raise Skipped("no finished adaptive_dropout trial has a retention.json artifact")
+    locations = _location_panels({loc for probs in retention.values() for loc in probs})
+    fig, axes = new_figure(ncols=len(locations), width=max(6.5, 4.6 * len(locations)), height=4.9)
+    thresholds = frame.loc[frame["method"] == ADL, "threshold"].dropna().unique()
+    for ax, loc in zip(axes, locations):
+        for s in series:
+            pooled = [retention[r][loc] for r in s.run_ids if loc in retention.get(r, {})]
+            if not pooled:
+                continue
+            p = np.concatenate(pooled)
+            counts, edges = np.histogram(p, bins=20, range=(0.0, 1.0))
+            ax.stairs(100 * counts / len(p), edges, color=s.colour, linewidth=1.6, label=s.label)
+        for t in thresholds:
+            ax.axvline(t, color="black", linestyle="--", linewidth=1, label=f"pruning threshold {t:g}")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("retention probability p (final)")
+        ax.set_ylabel("units (% of the location's units)")
+        ax.set_title(loc)
+    _series_legend(fig, axes, series)
+    fig.suptitle(f"{_experiment(frame)}: retention probabilities per location "
+                 f"(units right of the threshold are kept{note})")
+    return fig
+
+
+def kept_fraction(frame: pd.DataFrame, history: pd.DataFrame) -> Figure:
+    """The fraction of units kept (p above the threshold) after each epoch, one panel per location,
+    one line per adaptive-dropout setting (mean over seeds, band = min to max)."""
+    series, note = adl_series(frame[frame["run_id"].isin(history["run_id"].unique())])
+    if not series or history.empty:
+        raise Skipped("no finished adaptive_dropout trial logged adl/kept_fraction/<location>")
+    locations = _location_panels(set(history["location"]))
+    fig, axes = new_figure(ncols=len(locations), width=max(6.5, 4.6 * len(locations)), height=4.9)
+    for ax, loc in zip(axes, locations):
+        for s in series:
+            h = history[(history["location"] == loc) & history["run_id"].isin(s.run_ids)]
+            if h.empty:
+                continue
+            by_epoch = h.groupby("epoch")["kept_fraction"].agg(["mean", "min", "max"])
+            ax.plot(by_epoch.index, 100 * by_epoch["mean"], marker="o", markersize=3.5, color=s.colour, label=s.label)
+            if h["run_id"].nunique() > 1:
+                ax.fill_between(by_epoch.index, 100 * by_epoch["min"], 100 * by_epoch["max"], color=s.colour,
+                                alpha=0.15)
+        ax.set_ylim(0, 105)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("units kept (%)")
+        ax.set_title(loc)
+    _series_legend(fig, axes, series)
+    fig.suptitle(f"{_experiment(frame)}: units kept during training (mean over seeds, band: min to max{note})")
+    return fig

@@ -1,0 +1,74 @@
+"""Regenerating one experiment's figures and tables from its runs in MLflow (never retraining), and
+logging them to the sweep's parent run."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from mlflow.tracking import MlflowClient
+
+from analysis import figures, tables
+from analysis.artifacts import load_kept_history, load_retention
+from analysis.errors import NoFinishedRuns
+from analysis.plotting import FORMATS, save, style
+from analysis.runs import load_trials
+
+ARTIFACT_PATH = "figures"
+
+
+def regenerate(experiment: str, tracking_uri: str, out_dir: Path = Path("figures"),
+               parent_run_id: str | None = None) -> list[Path]:
+    """Writes the figures and tables of `experiment` under out_dir/<experiment>/ and logs them to the
+    sweep's parent run (parent_run_id, else the experiment's latest one). With parent_run_id only that
+    sweep's trials are read. Returns the files written.
+
+    Raises ExperimentNotFound for an unknown experiment or run, NoFinishedRuns when no trial finished.
+    """
+    trials = load_trials(tracking_uri, [experiment], parent_run_id)
+    print(trials.report(experiment), flush=True)
+    frame = trials.frame
+    if frame.empty:
+        left = trials.excluded
+        raise NoFinishedRuns(f"experiment {experiment!r} has no finished trial runs"
+                             + (f" ({len(left)} failed or unfinished)" if len(left) else ""))
+    target = Path(out_dir) / experiment
+    target.mkdir(parents=True, exist_ok=True)
+
+    client = MlflowClient(tracking_uri)
+    adl = frame[frame["method"] == figures.ADL]
+    retention = load_retention(client, adl["run_id"])
+    history = load_kept_history(client, adl)
+    drawings: dict[str, Callable[[], Figure]] = {
+        "pareto_params": lambda: figures.pareto(frame, "params"),
+        "pareto_flops": lambda: figures.pareto(frame, "flops"),
+        "pareto_latency": lambda: figures.pareto(frame, "latency"),
+        "location_ablation": lambda: figures.location_ablation(frame),
+        "effect_tau": lambda: figures.hyperparameter_effect(frame, "tau"),
+        "effect_alpha": lambda: figures.hyperparameter_effect(frame, "alpha"),
+        "retention_histograms": lambda: figures.retention_histograms(frame, retention),
+        "kept_fraction": lambda: figures.kept_fraction(frame, history),
+    }
+    written = []
+    for name, draw in drawings.items():
+        with style():
+            try:
+                fig = draw()
+            except figures.Skipped as why:
+                print(f"skipped figure {name}: {why}", flush=True)
+                for fmt in FORMATS:  # a figure from older runs would now be wrong
+                    (target / f"{name}.{fmt}").unlink(missing_ok=True)
+                continue
+            written += save(fig, target / name)
+    written += tables.write_table(tables.ablation_table(frame), target / "ablation_table")
+    written += tables.write_table(tables.pareto_table(frame), target / "pareto_runs")
+    print(f"wrote {len(written)} files to {target}", flush=True)
+
+    parent = parent_run_id or trials.parents.get(experiment)
+    if parent:
+        for path in written:
+            client.log_artifact(parent, str(path), ARTIFACT_PATH)
+        print(f"logged them to run {parent} under {ARTIFACT_PATH}/", flush=True)
+    else:
+        print(f"experiment {experiment!r} has no sweep parent run: the files were not logged to MLflow", flush=True)
+    return written

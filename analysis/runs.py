@@ -1,0 +1,277 @@
+"""Reading trial runs from MLflow into one tidy table: a row per finished trial, with typed columns.
+
+A trial is a run tagged sweep.role=trial, or a run with no sweep.role but a `method` tag (a single
+trial launched outside a sweep, or the dense run that budget-matched baselines were derived from).
+Failed and unfinished trials are listed in `Trials.excluded`, never mixed into `Trials.frame`.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import mlflow
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from analysis.errors import ExperimentNotFound
+
+METHODS = ("dense", "small_dense", "magnitude_structured", "magnitude_unstructured", "adaptive_dropout")
+LOCATIONS = ("ffn", "mhsa", "conv")
+# Every subset of the locations, largest first, in the canonical location order: the row order of tables.
+LOCATION_SUBSETS = tuple("+".join(s) for n in range(len(LOCATIONS), 0, -1)
+                         for s in itertools.combinations(LOCATIONS, n)) + ("none",)
+
+# Final metrics (logged once, at the last epoch) and the column each becomes.
+METRICS = {
+    "dev/wer": "dev_wer", "dev/cer": "dev_cer", "test/wer": "test_wer", "test/cer": "test_cer",
+    "params/total": "params", "params/encoder": "params_encoder", "params/dense_total": "dense_params",
+    "params/reduction": "reduction", "flops/encoder_10s": "flops", "flops/dense_encoder_10s": "dense_flops",
+    "latency/ms_b1_10s": "latency_ms", "latency/dense_ms_b1_10s": "dense_latency_ms", "time/train_s": "train_s",
+    **{f"params/kept/{loc}": f"kept_params_{loc}" for loc in LOCATIONS},
+    **{f"units/kept/{loc}": f"kept_units_{loc}" for loc in LOCATIONS},
+}
+# A FINISHED run without these never reached its final evaluation.
+REQUIRED = ("test_wer", "params")
+INTEGER_METRICS = ("params", "params_encoder", "dense_params")
+
+# Parameters that say where or how a run ran, not what was trained: they never separate two settings.
+BOOKKEEPING = ("code_version", "train.seed", "train.device", "train.threads", "data.cache_dir", "data.root")
+# Parameters that have typed columns of their own, so the free-form `setting` label leaves them out.
+DESCRIBED = ("method", "adl.locations", "adl.tau", "adl.alpha", "adl.threshold",
+             "prune.target_params", "prune.target_reduction")
+
+FAILED, UNFINISHED, INCOMPLETE = "failed", "unfinished", "finished without final metrics"
+STATUS_KIND = {"FAILED": FAILED, "KILLED": FAILED, "RUNNING": UNFINISHED, "SCHEDULED": UNFINISHED}
+
+
+def ignored_prefixes(method: str) -> tuple[str, ...]:
+    """Configuration sections a method does not read: they must not split its runs into settings."""
+    if method == "dense":
+        return ("adl.", "prune.")
+    if method == "adaptive_dropout":
+        return ("prune.",)
+    return ("adl.",)
+
+
+@dataclass
+class Trials:
+    frame: pd.DataFrame  # one row per finished trial; columns in COLUMNS order
+    excluded: pd.DataFrame  # experiment, run_id, run_name, status, kind, reason: trials left out
+    parents: dict[str, str]  # experiment -> its latest sweep parent run (or the one asked for)
+
+    def report(self, experiment: str) -> str:
+        """A few lines for a person: what was read and what was left out, and why."""
+        n = int((self.frame["experiment"] == experiment).sum())
+        left = self.excluded[self.excluded["experiment"] == experiment]
+        counts = left["kind"].value_counts()
+        summary = ", ".join(f"{counts[k]} {k}" for k in (FAILED, UNFINISHED, INCOMPLETE) if k in counts)
+        lines = [f"{experiment}: {n} finished trial run{'s' * (n != 1)}"
+                 + (f"; left out {summary}" if summary else "")]
+        for row in left.itertuples():
+            reason = f": {row.reason}" if row.reason else ""
+            lines.append(f"  left out {row.run_name} (run {row.run_id[:8]}, {row.status}{reason})")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """mlflow.search_runs reads the global tracking URI; set it for the call and put it back after."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _search(tracking_uri: str, experiment_ids: Sequence[str]) -> pd.DataFrame:
+    with _tracking_uri(tracking_uri):
+        runs = mlflow.search_runs(experiment_ids=list(experiment_ids), output_format="pandas")
+    return runs.reset_index(drop=True)
+
+
+def _column(runs: pd.DataFrame, name: str) -> pd.Series:
+    """A column of search_runs' table; all missing when no run has that tag, param or metric."""
+    if name in runs.columns:
+        return runs[name].astype(object).where(runs[name].notna(), None)
+    return pd.Series([None] * len(runs), index=runs.index, dtype=object)
+
+
+def _is_trial(runs: pd.DataFrame) -> pd.Series:
+    role = _column(runs, "tags.sweep.role")
+    return (role == "trial") | (role.isna() & _column(runs, "tags.method").notna())
+
+
+def find_experiments(client: MlflowClient, names: Sequence[str]) -> dict[str, str]:
+    """Experiment id -> name for each name; ExperimentNotFound for a name the store does not have."""
+    found = {}
+    for name in names:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            known = sorted(e.name for e in client.search_experiments())
+            raise ExperimentNotFound(f"no experiment named {name!r} (the store has: {', '.join(known) or 'none'})")
+        found[experiment.experiment_id] = name
+    return found
+
+
+def parent_experiment(tracking_uri: str, parent_run_id: str) -> str:
+    """The name of the experiment a sweep's parent run belongs to."""
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(parent_run_id)
+    except MlflowException as exc:
+        raise ExperimentNotFound(f"no run with id {parent_run_id!r}") from exc
+    return client.get_experiment(run.info.experiment_id).name
+
+
+def experiments_with_trials(tracking_uri: str) -> list[str]:
+    """Every experiment of the store that holds at least one trial run (finished or not), by name."""
+    client = MlflowClient(tracking_uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    if not experiments:
+        return []
+    runs = _search(tracking_uri, list(experiments))
+    if runs.empty:
+        return []
+    ids = runs.loc[_is_trial(runs), "experiment_id"].unique()
+    return sorted(experiments[i] for i in ids)
+
+
+def load_trials(tracking_uri: str, experiments: Sequence[str] = (), parent_run_id: str | None = None) -> Trials:
+    """The trials of the named experiments; with parent_run_id, only that sweep's children, plus the
+    dense runs its baselines were derived from (they serve as its reference)."""
+    client = MlflowClient(tracking_uri)
+    if parent_run_id:
+        name = parent_experiment(tracking_uri, parent_run_id)
+        if experiments and list(experiments) != [name]:
+            raise ExperimentNotFound(f"run {parent_run_id} belongs to experiment {name!r}, "
+                                     f"not {', '.join(experiments)}")
+        experiments = [name]
+    names = find_experiments(client, experiments)
+    runs = _search(tracking_uri, list(names))
+    if runs.empty:
+        runs = pd.DataFrame(columns=["run_id", "experiment_id", "status", "start_time"])
+    runs["experiment"] = runs["experiment_id"].map(names)
+
+    parent_of = _column(runs, "tags.mlflow.parentRunId")
+    trials = runs[_is_trial(runs)]
+    if parent_run_id:
+        children = trials[parent_of[trials.index] == parent_run_id]
+        sources = set(_column(children, "tags.source_dense_run_id").dropna())
+        trials = trials[(parent_of[trials.index] == parent_run_id) | trials["run_id"].isin(sources)]
+        parents = {experiments[0]: parent_run_id}
+    else:
+        parents = _latest_parents(runs)
+
+    kind = trials["status"].map(STATUS_KIND)
+    finished = trials["status"] == "FINISHED"
+    complete = pd.Series(True, index=trials.index)
+    for metric, col in METRICS.items():
+        if col in REQUIRED:
+            complete &= _column(trials, f"metrics.{metric}").notna()
+    kind[finished & ~complete] = INCOMPLETE
+    kind[~finished & kind.isna()] = UNFINISHED  # any other status MLflow may add
+    excluded = pd.DataFrame({
+        "experiment": trials["experiment"], "run_id": trials["run_id"],
+        "run_name": _column(trials, "tags.mlflow.runName"), "status": trials["status"], "kind": kind,
+        "reason": _column(trials, "tags.failure_reason").fillna(""),
+    })[~(finished & complete)].sort_values(["experiment", "run_name", "run_id"]).reset_index(drop=True)
+    return Trials(frame=tidy(trials[finished & complete]), excluded=excluded, parents=parents)
+
+
+def _latest_parents(runs: pd.DataFrame) -> dict[str, str]:
+    parents = runs[_column(runs, "tags.sweep.role") == "parent"].sort_values(["start_time", "run_id"])
+    return dict(zip(parents["experiment"], parents["run_id"]))  # later rows win: the latest start
+
+
+def _numeric(values: pd.Series) -> pd.Series:
+    return pd.to_numeric(values, errors="coerce").astype(float)
+
+
+def _locations(tag: pd.Series, param: pd.Series, method: pd.Series) -> pd.Series:
+    """"ffn+mhsa+conv" style, in the canonical order; "none" for methods without adaptive dropout."""
+    def one(tag_value: object, param_value: object, method_value: object) -> str:
+        if method_value != "adaptive_dropout":
+            return "none"
+        for text in (tag_value, param_value):  # the tag, else the configuration's list
+            words = str(text or "").translate(str.maketrans("'\"+,[]", "      ")).split()
+            if found := [loc for loc in LOCATIONS if loc in words]:
+                return "+".join(found)
+        return "none"
+    return pd.Series([one(*v) for v in zip(tag, param, method)], index=tag.index, dtype=object)
+
+
+def _settings(runs: pd.DataFrame, method: pd.Series) -> pd.Series:
+    """A label of the parameters that vary between one method's trials and are not typed columns,
+    e.g. "model.d_model=64"; empty when a method's trials differ only in the typed columns."""
+    keys = sorted(c[len("params."):] for c in runs.columns if c.startswith("params."))
+    keys = [k for k in keys if k not in BOOKKEEPING and k not in DESCRIBED and not k.startswith("tracking.")]
+    labels = pd.Series("", index=runs.index, dtype=object)
+    for name, rows in runs.groupby(method, sort=True):
+        varied = [k for k in keys if not k.startswith(ignored_prefixes(name))
+                  and rows[f"params.{k}"].astype(object).fillna("-").nunique() > 1]
+        values = rows[[f"params.{k}" for k in varied]].astype(object).fillna("-")
+        for idx, row in zip(rows.index, values.itertuples(index=False)):
+            labels[idx] = ", ".join(f"{k}={v}" for k, v in zip(varied, row))
+    return labels
+
+
+COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "start_time", "method", "locations", "seed",
+           "tau", "alpha", "threshold", "budget_params", "target_reduction", "setting", "epochs",
+           *METRICS.values())
+TEXT_COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "method", "locations", "setting")
+
+
+def tidy(runs: pd.DataFrame) -> pd.DataFrame:
+    """search_runs' wide table of strings -> one typed row per trial, sorted by setting then seed."""
+    method = _column(runs, "tags.method").fillna(_column(runs, "params.method")).fillna("unknown")
+    is_adl = method == "adaptive_dropout"
+    is_baseline = ~method.isin(["dense", "adaptive_dropout"])
+    budget = _numeric(_column(runs, "tags.budget.target_params"))
+    budget = budget.fillna(_numeric(_column(runs, "params.prune.target_params")).where(lambda v: v > 0))
+    reduction_target = _numeric(_column(runs, "params.prune.target_reduction")).where(lambda v: v > 0)
+    frame = pd.DataFrame({
+        "experiment": runs["experiment"],
+        "run_id": runs["run_id"],
+        "run_name": _column(runs, "tags.mlflow.runName").fillna(runs["run_id"]),
+        "parent_run_id": _column(runs, "tags.mlflow.parentRunId"),
+        "start_time": pd.to_datetime(runs["start_time"], utc=True),
+        "method": method,
+        "locations": _locations(_column(runs, "tags.locations"), _column(runs, "params.adl.locations"), method),
+        "seed": _numeric(_column(runs, "tags.seed").fillna(_column(runs, "params.train.seed"))).astype("Int64"),
+        "tau": _numeric(_column(runs, "params.adl.tau")).where(is_adl),
+        "alpha": _numeric(_column(runs, "params.adl.alpha")).where(is_adl),
+        "threshold": _numeric(_column(runs, "params.adl.threshold")).where(is_adl),
+        "budget_params": budget.where(is_baseline).round().astype("Int64"),
+        "target_reduction": reduction_target.where(is_baseline),
+        "setting": _settings(runs, method),
+        "epochs": _numeric(_column(runs, "params.train.epochs")).astype("Int64"),
+    }, index=runs.index)
+    for metric, col in METRICS.items():
+        values = _numeric(_column(runs, f"metrics.{metric}"))
+        frame[col] = values.round().astype("Int64") if col in INTEGER_METRICS else values
+    for col in TEXT_COLUMNS:
+        frame[col] = frame[col].astype("string")
+    return sort_rows(frame).reset_index(drop=True)[list(COLUMNS)]
+
+
+def method_rank(method: pd.Series) -> pd.Series:
+    """The order methods appear in tables and legends: dense first, unknown methods last."""
+    return method.map(lambda m: METHODS.index(m) if m in METHODS else len(METHODS)).astype(int)
+
+
+def locations_rank(locations: pd.Series) -> pd.Series:
+    return locations.map(lambda s: LOCATION_SUBSETS.index(s) if s in LOCATION_SUBSETS else len(LOCATION_SUBSETS))
+
+
+def sort_rows(frame: pd.DataFrame, then: Sequence[str] = ("seed", "run_name", "run_id")) -> pd.DataFrame:
+    """Rows in a fixed order (method, locations, budget, hyperparameters, setting, then `then`),
+    so every table made from the same runs is the same file."""
+    keys = frame.assign(_method=method_rank(frame["method"]), _locations=locations_rank(frame["locations"]))
+    by = ["experiment", "_method", "method", "_locations", "budget_params", "target_reduction", "tau", "alpha",
+          "setting", *[c for c in then if c in frame.columns]]
+    order = keys.sort_values(by, kind="mergesort", na_position="first").index
+    return frame.loc[order]

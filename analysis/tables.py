@@ -1,0 +1,139 @@
+"""The tables, as CSV (for scripts) and Markdown (for people): the ablation table of every setting,
+and the Pareto-optimal trials of each method.
+
+Rows are sorted and every number has a fixed format, so tables regenerated from the same runs are
+byte-identical files.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.groups import seed_groups
+from analysis.pareto import pareto_mask
+from analysis.plotting import write_text
+from analysis.runs import method_rank
+
+# Setting columns left out of a table when no row has a value (a sweep without baselines, say).
+OPTIONAL = ("budget_params", "target_reduction_pct", "tau", "alpha", "setting")
+
+
+def _blank(value: object) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _fixed(digits: int, scale: float = 1.0) -> Callable[[object], str]:
+    return lambda v: "" if _blank(v) else f"{float(v) * scale:.{digits}f}"
+
+
+def _integer(v: object) -> str:
+    return "" if _blank(v) else str(int(round(float(v))))
+
+
+def _short(v: object) -> str:
+    return "" if _blank(v) else f"{float(v):g}"
+
+
+def _text(v: object) -> str:
+    return "" if _blank(v) else str(v)
+
+
+@dataclass
+class Column:
+    name: str  # CSV header
+    header: str  # Markdown header
+    source: str  # column of the frame it comes from
+    format: Callable[[object], str]
+    spread: str = ""  # a column whose value follows as "± spread" in the Markdown cell
+
+
+@dataclass
+class Table:
+    columns: list[Column]
+    rows: pd.DataFrame  # the source columns, in output order
+
+    def cells(self) -> dict[str, list[str]]:
+        return {c.name: [c.format(v) for v in self.rows[c.source]] for c in self.columns}
+
+    def csv(self) -> str:
+        return pd.DataFrame(self.cells(), dtype=str).to_csv(index=False, lineterminator="\n")
+
+    def markdown(self) -> str:
+        cells = self.cells()
+        shown = [c for c in self.columns if c.name not in {s.spread for s in self.columns if s.spread}]
+        lines = ["| " + " | ".join(c.header for c in shown) + " |",
+                 "| " + " | ".join("---:" if c.format is not _text else "---" for c in shown) + " |"]
+        for i in range(len(self.rows)):
+            row = []
+            for c in shown:
+                cell = cells[c.name][i]
+                spread = cells[c.spread][i] if c.spread else ""
+                row.append((f"{cell} ± {spread}" if spread else cell).replace("|", "\\|"))
+            lines.append("| " + " | ".join(row) + " |")
+        return "\n".join(lines) + "\n"
+
+
+def _present(columns: list[Column], rows: pd.DataFrame) -> list[Column]:
+    """Drops optional setting columns that are empty in every row."""
+    return [c for c in columns if c.name not in OPTIONAL or any(not _blank(v) and v != "" for v in rows[c.source])]
+
+
+SETTING_COLUMNS = [
+    Column("method", "Method", "method", _text),
+    Column("locations", "ADL locations", "locations", _text),
+    Column("budget_params", "Budget (params)", "budget_params", _integer),
+    Column("target_reduction_pct", "Target reduction (%)", "target_reduction", _fixed(1, 100)),
+    Column("tau", "τ", "tau", _short),
+    Column("alpha", "α", "alpha", _short),
+    Column("setting", "Other settings", "setting", _text),
+]
+
+
+def ablation_table(frame: pd.DataFrame) -> Table:
+    """One row per setting (location subset or baseline, with its budget and hyperparameters): size,
+    dev and test WER as mean and std over seeds, FLOPs, latency and the number of trials."""
+    groups = seed_groups(frame)
+    columns = SETTING_COLUMNS + [
+        Column("n_runs", "n", "n", _integer),
+        Column("seeds", "Seeds", "seeds", _text),
+        Column("params_mean", "Params", "params_mean", _integer),
+        Column("reduction_pct_mean", "Reduction (%)", "reduction_mean", _fixed(1, 100)),
+        Column("dev_wer_pct_mean", "Dev WER (%)", "dev_wer_mean", _fixed(2, 100), spread="dev_wer_pct_std"),
+        Column("dev_wer_pct_std", "", "dev_wer_std", _fixed(2, 100)),
+        Column("test_wer_pct_mean", "Test WER (%)", "test_wer_mean", _fixed(2, 100), spread="test_wer_pct_std"),
+        Column("test_wer_pct_std", "", "test_wer_std", _fixed(2, 100)),
+        Column("encoder_mflops_10s_mean", "Encoder MFLOPs (10 s)", "flops_mean", _fixed(1, 1e-6)),
+        Column("latency_ms_mean", "Latency (ms)", "latency_ms_mean", _fixed(2)),
+    ]
+    return Table(_present(columns, groups), groups)
+
+
+def pareto_table(frame: pd.DataFrame) -> Table:
+    """The trials on their method's Pareto front of parameters against test WER."""
+    on_front = pd.Series(False, index=frame.index)
+    for _, trials in frame.groupby("method"):
+        on_front[trials.index] = pareto_mask(trials["params"].astype(float), trials["test_wer"])
+    rows = frame[on_front].assign(_rank=method_rank(frame["method"]))
+    rows = rows.sort_values(["_rank", "method", "params", "test_wer", "run_id"], kind="mergesort")
+    columns = SETTING_COLUMNS + [
+        Column("seed", "Seed", "seed", _integer),
+        Column("run_name", "Run", "run_name", _text),
+        Column("params", "Params", "params", _integer),
+        Column("reduction_pct", "Reduction (%)", "reduction", _fixed(1, 100)),
+        Column("dev_wer_pct", "Dev WER (%)", "dev_wer", _fixed(2, 100)),
+        Column("test_wer_pct", "Test WER (%)", "test_wer", _fixed(2, 100)),
+        Column("encoder_mflops_10s", "Encoder MFLOPs (10 s)", "flops", _fixed(1, 1e-6)),
+        Column("latency_ms", "Latency (ms)", "latency_ms", _fixed(2)),
+        Column("run_id", "Run id", "run_id", _text),
+    ]
+    return Table(_present(columns, rows), rows.reset_index(drop=True))
+
+
+def write_table(table: Table, stem: Path) -> list[Path]:
+    """stem.csv and stem.md, each written whole or not at all."""
+    return [write_text(stem.with_suffix(".csv"), table.csv()), write_text(stem.with_suffix(".md"), table.markdown())]
+
