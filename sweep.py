@@ -20,11 +20,11 @@ from pathlib import Path
 
 from study.config import ConfigError
 from study.data.manifest import DataError
-from study.data.splits import load_splits
 from study.driver import SweepArgs, SweepError, launch
 from study.experiment import load_experiment
 from study.status import pareto_front, status_table
 from study.tracking import resolve_tracking_uri
+from study.trial import prepare_data
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             table = status_table(experiment, args.storage, Path("runs"))
             print(table.to_string(index=False) if len(table) else f"no trials of {experiment.name} yet")
             return 0
-        load_splits(experiment.config().data)  # a missing or broken data set stops here, before any worker
+        if not args.join:  # a broken data set stops here, before any worker; corpus and features are
+            prepare_data(experiment.config())  # made once, not by every worker at the same time
         sweep_args = SweepArgs(workers, args.storage, resolve_tracking_uri(args.tracking_uri),
                                tuple(d for d in args.devices.split(",") if d), Path("runs"), args.join)
         failed = launch(experiment, overrides, sweep_args)

@@ -254,16 +254,20 @@ def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
     tree[last] = value
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a TOML experiment file into a Config; every error names `path` and the key."""
-    path = Path(path)
+def read_toml(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"{path}: experiment file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a TOML configuration (no [sweep] table) into a Config; every error names `path` and the key."""
+    path = Path(path)
+    data = read_toml(path)
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     try:

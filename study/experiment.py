@@ -22,12 +22,11 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.config import METHODS, Config, ConfigError, build, knob, set_dotted
+from study.config import METHODS, Config, ConfigError, build, knob, read_toml, set_dotted
 
 
 @dataclass
@@ -115,13 +114,7 @@ class Experiment:
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
     """Reads and checks an experiment file; a file with no [sweep] table is a single trial."""
     path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            tree = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: experiment file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    tree = read_toml(path)
     sweep = tree.pop("sweep", {})
     for key, value in (overrides or {}).items():
         set_dotted(tree, key, value)

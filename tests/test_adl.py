@@ -135,3 +135,13 @@ def test_controller_schedule_hard_phase_and_optimizer_groups():
     assert torch.equal(layers[0].train()(x), layers[0].eval()(x))
     metrics = controller.epoch_metrics(0.9)
     assert metrics["adl/kept_fraction/ffn"] == 1.0 and "adl/mean_retention/conv" in metrics
+
+
+def test_adaptive_dropout_with_no_location_is_the_dense_model(tiny_config, tracking_uri, tmp_path):
+    """The eighth subset of the location ablation: no ADL anywhere, so nothing is pruned."""
+    from study.trial import run_trial
+    tiny_config.method = "adaptive_dropout"
+    tiny_config.adl.locations = []
+    tiny_config.train.epochs = 1
+    metrics = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path).metrics
+    assert metrics["params/reduction"] == 0.0 and metrics["params/total"] == metrics["params/dense_total"]

@@ -71,6 +71,19 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     assert flatten(to_dict(cfg))["model.d_model"] == 64
 
 
-def test_shipped_experiment_files_load():
+def test_shipped_experiment_files_load_with_every_point():
+    from study.accounting import count_params
+    from study.experiment import load_experiment
+    from study.model import ConformerCTC
+    sizes = {}
     for path in sorted((REPO / "experiments").glob("*.toml")):
-        load_config(path)
+        experiment = load_experiment(path)  # builds the Config of every grid point
+        assert experiment.points(), path
+        sizes[path.stem] = len(experiment.points())
+    assert sizes["default"] == 5 and sizes["ablation"] == 160
+    ablation = load_experiment(REPO / "experiments" / "ablation.toml")
+    subsets = {tuple(ablation.config(p).adl.locations) for p in ablation.points() if ablation.config(p).method == "adaptive_dropout"}
+    assert len(subsets) == 8  # every subset of {ffn, mhsa, conv}, the empty one included
+    librispeech = load_experiment(REPO / "experiments" / "librispeech.toml").config()
+    assert librispeech.data.source == "librispeech" and librispeech.train.device == "cuda"
+    assert 10e6 <= count_params(ConformerCTC(librispeech.model, librispeech.features.n_mels, 29)) <= 30e6
