@@ -67,13 +67,14 @@ class Point:
 class Experiment:
     path: Path
     name: str
-    base: dict  # the TOML without [sweep], plus command-line overrides
+    base: dict  # the TOML without [sweep]
     spec: SweepSpec
     arms: list[ArmSpec]
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set: applied last, to every point
 
     def config(self, point: Point | None = None, extra: dict[str, Any] | None = None) -> Config:
         tree = copy.deepcopy(self.base)
-        for key, value in [*(point.overrides if point else ()), *(extra or {}).items()]:
+        for key, value in [*(point.overrides if point else ()), *self.overrides.items(), *(extra or {}).items()]:
             set_dotted(tree, key, value)
         try:
             cfg = build(Config, tree)
@@ -116,8 +117,6 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     path = Path(path)
     tree = read_toml(path)
     sweep = tree.pop("sweep", {})
-    for key, value in (overrides or {}).items():
-        set_dotted(tree, key, value)
     try:
         raw_arms = sweep.pop("arms", [{}]) if isinstance(sweep, dict) else sweep
         spec = build(SweepSpec, sweep, "sweep.")
@@ -132,8 +131,8 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
         raise ConfigError(f"{path}: {exc}") from None
     if len({a.name for a in arms}) != len(arms):
         raise ConfigError(f"{path}: sweep.arms: two arms share a name")
-    name = tree.get("tracking", {}).get("experiment") or path.stem  # the MLflow experiment and Optuna study
-    experiment = Experiment(path, name, tree, spec, arms)
+    name = (overrides or {}).get("tracking.experiment") or tree.get("tracking", {}).get("experiment") or path.stem  # the MLflow experiment and Optuna study
+    experiment = Experiment(path, name, tree, spec, arms, dict(overrides or {}))
     for point in experiment.points():
         experiment.config(point)  # every known point must build
     for arm in arms:
