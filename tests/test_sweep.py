@@ -206,3 +206,23 @@ def test_bad_experiment_files_are_rejected_before_any_trial(tmp_path, corpus_cac
         err = capsys.readouterr().err
         assert "tiny_sweep.toml" in err and key in err, (text, err)
     assert not (tmp_path / "runs" / "optuna").exists()  # nothing started
+
+
+def test_search_mode_runs_its_budget_and_prints_the_pareto_front(tmp_path, corpus_cache, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exp = write_experiment(tmp_path, corpus_cache, """
+[sweep]
+mode = "search"
+trials = 2
+[sweep.search]
+"model.ffn_dim" = { low = 16, high = 64, step = 16 }
+"model.dropout" = { low = 0.0, high = 0.2 }
+""")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main([str(exp), "--tracking-uri", uri, "--no-analysis"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front" in out and out.count("finished dense-s0") == 2
+    children, _ = child_runs(uri)
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    chosen = [json.loads(r.data.tags["grid_point"]) for r in children]
+    assert all(16 <= c["model.ffn_dim"] <= 64 and 0.0 <= c["model.dropout"] <= 0.2 for c in chosen)
