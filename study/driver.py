@@ -62,13 +62,14 @@ def _mark_lost_runs(lost: list[optuna.trial.FrozenTrial], client: mlflow.MlflowC
                 client.set_terminated(run_id, status="FAILED")
 
 
-def _enqueue_retries(study: optuna.Study) -> int:
+def _enqueue_retries(study: optuna.Study, keys: set[str] | None) -> int:
     """Points whose every attempt failed are queued once per launch (the grid sampler counts a
-    failed point as visited and would never draw it again)."""
+    failed point as visited and would never draw it again); `keys`: the current grid, if known."""
     by_point: dict[str, list[TrialState]] = {}
     for t in study.get_trials(deepcopy=False):
         by_point.setdefault(point_of(t), []).append(t.state)
-    retries = [k for k, states in by_point.items() if k is not None and TrialState.FAIL in states
+    retries = [k for k, states in by_point.items() if k is not None and (keys is None or k in keys)
+               and TrialState.FAIL in states
                and not {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING} & set(states)]
     for key in retries:  # the worker reads the point from the user attribute
         study.enqueue_trial({}, user_attrs={"point": key}, skip_if_exists=False)
@@ -121,9 +122,10 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> int:
         parent = studies[0].user_attrs["parent_run_id"]
     else:
         studies = create_studies(storage, experiment.name)
-        for study in studies:
+        grid = {p.key for p in experiment.points()}
+        for study, keys in zip(studies, (grid, None)):  # matched points are known only later
             _mark_lost_runs(fail_stale_trials(study, args.runs_dir), client)
-            _enqueue_retries(study)
+            _enqueue_retries(study, keys)
         _close_previous_parent(studies[0], client)
         parent = _start_parent_run(experiment, args, expected_trials(experiment))
         for study in studies:

@@ -70,11 +70,11 @@ class Experiment:
     base: dict  # the TOML without [sweep]
     spec: SweepSpec
     arms: list[ArmSpec]
-    overrides: dict[str, Any] = field(default_factory=dict)  # --set: applied last, to every point
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set: part of every point, applied last
 
     def config(self, point: Point | None = None, extra: dict[str, Any] | None = None) -> Config:
         tree = copy.deepcopy(self.base)
-        for key, value in [*(point.overrides if point else ()), *self.overrides.items(), *(extra or {}).items()]:
+        for key, value in [*(point.overrides if point else self.overrides.items()), *(extra or {}).items()]:
             set_dotted(tree, key, value)
         try:
             cfg = build(Config, tree)
@@ -105,7 +105,7 @@ class Experiment:
         for values in itertools.product(*axes.values()):
             chosen = dict(zip(axes, values))
             common = {k: v for k, v in chosen.items() if k not in arm.set and k not in arm.grid}
-            overrides = {**common, **arm.set, **{k: chosen[k] for k in arm.grid}, **extra}
+            overrides = {**common, **arm.set, **{k: chosen[k] for k in arm.grid}, **extra, **self.overrides}
             point = Point(arm.name, tuple(sorted(overrides.items())))
             if point not in points:
                 points.append(point)

@@ -92,9 +92,17 @@ def suggest(trial: optuna.Trial, search: dict[str, dict]) -> dict[str, Any]:
     return values
 
 
+class PointSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, tolerating the queued retries (trials with no grid id of their own)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        if "grid_id" in study._storage.get_trial_system_attrs(trial._trial_id):
+            super().after_trial(study, trial, state, values)
+
+
 def grid_sampler(points: list[Point]) -> optuna.samplers.GridSampler:
     keys = [p.key for p in points]
-    return optuna.samplers.GridSampler({point_param(keys): keys})
+    return PointSampler({point_param(keys): keys})
 
 
 class Worker:

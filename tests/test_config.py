@@ -87,3 +87,13 @@ def test_shipped_experiment_files_load_with_every_point():
     librispeech = load_experiment(REPO / "experiments" / "librispeech.toml").config()
     assert librispeech.data.source == "librispeech" and librispeech.train.device == "cuda"
     assert 10e6 <= count_params(ConformerCTC(librispeech.model, librispeech.features.n_mels, 29)) <= 30e6
+
+
+def test_command_line_overrides_are_part_of_every_point_and_win():
+    from study.experiment import load_experiment
+    path = REPO / "experiments" / "default.toml"
+    plain = load_experiment(path)
+    changed = load_experiment(path, {"train.epochs": 2, "method": "dense"})
+    assert {p.key for p in plain.points()}.isdisjoint(p.key for p in changed.points())  # not "already done"
+    assert {changed.config(p).method for p in changed.points()} == {"dense"}  # --set beats an arm's set
+    assert all(changed.config(p).train.epochs == 2 for p in changed.points())
