@@ -64,6 +64,8 @@ def run_label(cfg: Config) -> str:
     budget = (f"p{cfg.prune.target_params}" if cfg.prune.target_params
               else f"r{_short(cfg.prune.target_reduction)}")
     finetune = f"-ft{cfg.prune.finetune_epochs}" if cfg.prune.finetune_epochs else ""
+    if cfg.method == "magnitude_structured" and cfg.prune.ranking != "global":
+        finetune += f"-{cfg.prune.ranking}"
     prefix = {"dense": "dense", "magnitude_structured": "mag-struct", "magnitude_unstructured": "mag-unstruct",
               "small_dense": "small-dense"}[cfg.method]
     return f"{prefix}-{seed}" if cfg.method == "dense" else f"{prefix}-{budget}{finetune}-{seed}"
