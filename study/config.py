@@ -49,6 +49,7 @@ class DataConfig:
     train_subsets: list[str] = knob(lambda: ["train-clean-100"], factory=True)  # librispeech
     dev_subsets: list[str] = knob(lambda: ["dev-clean"], factory=True)
     test_subsets: list[str] = knob(lambda: ["test-clean"], factory=True)
+    extra_test_subsets: list[str] = knob(list, factory=True)  # librispeech: each reported as <subset>/wer, /cer
     max_train_seconds: float = knob(30.0, min=0.5)  # longer training utterances are skipped
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     fsdd: FsddConfig = field(default_factory=FsddConfig)

@@ -18,7 +18,7 @@ from study.accounting import analytic_params, count_params, encoder_flops, kept_
 from study.adl import AdlSettings
 from study.adl_training import AdlController
 from study.config import Config, ModelConfig, dumps_toml, identity, to_dict
-from study.data.splits import SPLITS, load_splits
+from study.data.splits import SPLITS, load_extra_tests, load_splits
 from study.dense_source import dense_config, find_dense_run, load_dense_model
 from study.features import compute_features, mean_std
 from study.model import BlockWidths, ConformerCTC
@@ -48,10 +48,10 @@ def seed_everything(seed: int) -> None:
 
 def prepare_data(cfg: Config) -> dict[str, SplitData]:
     """Lists and checks every split, then computes (or reads cached) log-mel features."""
-    splits = load_splits(cfg.data)
+    splits = {**load_splits(cfg.data), **load_extra_tests(cfg.data)}
     cache = Path(cfg.data.cache_dir) / "features"
     data = {}
-    for name in SPLITS:
+    for name in [*SPLITS, *cfg.data.extra_test_subsets]:
         utts = splits[name]
         if name == "train":
             utts = [u for u in utts if u.duration <= cfg.data.max_train_seconds]
@@ -256,6 +256,8 @@ def _evaluate_and_log(ctx: TrialContext, outcome: Outcome) -> dict[str, float]:
     dense = build_model(cfg).to(ctx.device).eval()  # the full-size reference of every method
     final = {"dev/wer": dev_wer, "dev/cer": dev_cer, "test/wer": test_wer, "test/cer": test_cer,
              "time/train_s": outcome.train_seconds, **size_metrics(outcome, dense)}
+    for subset in cfg.data.extra_test_subsets:
+        final[f"{subset}/wer"], final[f"{subset}/cer"], _ = ctx.error_rates(model, subset)
     mlflow.log_metrics(final, step=cfg.train.epochs)
 
     with tempfile.TemporaryDirectory() as tmp:

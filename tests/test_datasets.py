@@ -206,3 +206,12 @@ def test_fsdd_real_recordings() -> None:
     assert wave.dtype.is_floating_point and wave.dim() == 1
     assert wave.numel() == pytest.approx(u.duration * SAMPLE_RATE, abs=SAMPLE_RATE * 0.01)
     assert 0.1 < wave.numel() / SAMPLE_RATE < 3.0 and float(wave.abs().max()) <= 1.0
+
+
+def test_extra_test_sets_are_librispeech_only(libri: Path) -> None:
+    from study.config import DataConfig
+    from study.data.splits import load_extra_tests
+    with pytest.raises(DataError, match="data.extra_test_subsets"):
+        load_extra_tests(DataConfig(source="fsdd", extra_test_subsets=["test-other"]))
+    extra = load_extra_tests(DataConfig(source="librispeech", root=str(libri), extra_test_subsets=["train-b"]))
+    assert [u.text for u in extra["train-b"]] == ["the end"]

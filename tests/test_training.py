@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -66,3 +67,29 @@ def test_non_finite_loss_fails_the_run_with_its_reason(tiny_config, tracking_uri
     _, runs = finished_run(tracking_uri)
     assert runs[0].info.status == "FAILED"
     assert "non-finite" in runs[0].data.tags["failure_reason"]
+
+
+def test_librispeech_layout_with_an_extra_test_set_reports_it_separately(tiny_config, tracking_uri, tmp_path):
+    """A LibriSpeech tree (made from the tiny corpus's FLAC files): test-clean is test/wer and
+    test-other, evaluated by the same trial, is test-other/wer."""
+    from study.data.synthetic import build_synthetic_corpus
+    splits = build_synthetic_corpus(tiny_config.data.synthetic, Path(tiny_config.data.cache_dir))
+    root = tmp_path / "LibriSpeech"
+    layout = {"train-clean-100": splits["train"], "dev-clean": splits["dev"],
+              "test-clean": splits["test"][:2], "test-other": splits["test"][2:]}
+    for chapter, (subset, utts) in enumerate(layout.items()):
+        folder = root / subset / "7" / str(chapter)
+        folder.mkdir(parents=True)
+        lines = []
+        for i, utt in enumerate(utts):
+            (folder / f"7-{chapter}-{i:04d}.flac").symlink_to(utt.path)
+            lines.append(f"7-{chapter}-{i:04d} {utt.text.upper()}")
+        (folder / f"7-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+    tiny_config.data.source, tiny_config.data.root = "librispeech", str(root)
+    tiny_config.data.extra_test_subsets = ["test-other"]
+    tiny_config.train.epochs = 1
+    metrics = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path).metrics
+    for key in ("test/wer", "test-other/wer", "test-other/cer"):
+        assert 0.0 <= metrics[key] and math.isfinite(metrics[key])
+    _, runs = finished_run(tracking_uri)
+    assert "test-other/wer" in runs[0].data.metrics

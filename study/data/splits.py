@@ -31,3 +31,11 @@ def load_splits(cfg: DataConfig) -> dict[str, list[Utterance]]:
         if not splits.get(name):
             raise DataError(f"split {name!r} of data source {cfg.source!r} is empty")
     return splits
+
+
+def load_extra_tests(cfg: DataConfig) -> dict[str, list[Utterance]]:
+    """Further test sets evaluated separately (LibriSpeech test-other beside test-clean)."""
+    if cfg.extra_test_subsets and cfg.source != "librispeech":
+        raise DataError(f"data.extra_test_subsets: only for data.source = 'librispeech', not {cfg.source!r}")
+    from study.data.librispeech import load_librispeech
+    return {subset: load_librispeech(cfg.root, [subset]) for subset in cfg.extra_test_subsets}
