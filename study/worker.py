@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import optuna
 from optuna.trial import TrialState
 
@@ -170,6 +171,14 @@ class Worker:
             fail_stale_trials(study, self.runs_dir)
             time.sleep(PHASE_POLL_SECONDS)
 
+    def finished_sizes(self, study: optuna.Study) -> list[tuple[str, int]]:
+        """(method, params/total) of this sweep's finished trial runs, read from MLflow."""
+        mlflow.set_tracking_uri(self.settings.tracking_uri)
+        runs = mlflow.search_runs(experiment_names=[self.experiment.name], output_format="list",
+                                  filter_string=f"attributes.status = 'FINISHED' and "
+                                                f"tags.`optuna.study_name` = '{study.study_name}'")
+        return [(r.data.tags["method"], int(r.data.metrics["params/total"])) for r in runs]
+
     def run(self) -> None:
         first, matched = study_names(self.experiment.name)
         if self.experiment.spec.mode == "search":
@@ -181,9 +190,7 @@ class Worker:
         if not any(arm.match for arm in self.experiment.arms):
             return
         self.wait_until_settled(grid)
-        finished = [(t.user_attrs["method"], int(t.user_attrs["params/total"]))
-                    for t in grid.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        matched_points = self.experiment.matched_points(finished)
+        matched_points = self.experiment.matched_points(self.finished_sizes(grid))
         if matched_points:
             self.run_grid(self.load(matched, grid_sampler(matched_points)), matched_points)
 

@@ -226,3 +226,36 @@ trials = 2
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     chosen = [json.loads(r.data.tags["grid_point"]) for r in children]
     assert all(16 <= c["model.ffn_dim"] <= 64 and 0.0 <= c["model.dropout"] <= 0.2 for c in chosen)
+
+
+def test_matched_arm_prunes_the_swept_dense_model_to_each_adaptive_runs_size(tmp_path, corpus_cache, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exp = write_experiment(tmp_path, corpus_cache, """
+[sweep]
+workers = 2
+[[sweep.arms]]
+name = "dense"
+set = { method = "dense" }
+[[sweep.arms]]
+name = "adl"
+set = { method = "adaptive_dropout", "adl.alpha" = 5.0, "adl.lr" = 0.5, "adl.c1" = -8.0, "adl.t0" = 0.0, "adl.t1" = 0.5 }
+grid = { "adl.locations" = [["ffn"], ["ffn", "mhsa", "conv"]] }
+[[sweep.arms]]
+name = "magnitude"
+set = { method = "magnitude_structured" }
+match = "adaptive_dropout"
+""", epochs=2)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main([str(exp), "--tracking-uri", uri, "--no-analysis"]) == 0
+    children, _ = child_runs(uri)
+    by_method: dict[str, list] = {}
+    for run in children:
+        by_method.setdefault(run.data.tags["method"], []).append(run)
+    adl_sizes = sorted(int(r.data.metrics["params/total"]) for r in by_method["adaptive_dropout"])
+    matched = by_method["magnitude_structured"]
+    assert sorted(int(r.data.tags["budget.target_params"]) for r in matched) == sorted(set(adl_sizes))
+    assert {r.data.tags["source_dense_run_id"] for r in matched} == {by_method["dense"][0].info.run_id}
+    assert all(r.data.tags["optuna.study_name"] == "tiny_sweep.matched" for r in matched)
+    for run in matched:  # at or just under its adaptive run's size
+        target = int(run.data.tags["budget.target_params"])
+        assert 0.99 * target <= run.data.metrics["params/total"] <= target
