@@ -99,15 +99,14 @@ def _start_parent_run(experiment: Experiment, args: SweepArgs, n_points: int) ->
 
 
 def expected_trials(experiment: Experiment) -> int:
+    """Grid points plus, for each matched arm, its points times the runs of the method it matches."""
     if experiment.spec.mode == "search":
         return experiment.spec.trials
     points = experiment.points()
-    per_match = {arm.match: 0 for arm in experiment.arms if arm.match}
-    for arm in experiment.arms:  # a matched arm runs once per point of the method it matches
-        if arm.match:
-            sources = sum(1 for p in points if dict(p.overrides).get("method", experiment.config().method) == arm.match)
-            per_match[arm.match] += sources * len(experiment._arm_points(arm, {}))
-    return len(points) + sum(per_match.values())
+    methods = [experiment.config(p).method for p in points]
+    matched = sum(methods.count(arm.match) * len(experiment.arm_points(arm, {}))
+                  for arm in experiment.arms if arm.match)
+    return len(points) + matched
 
 
 def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> int:

@@ -86,7 +86,7 @@ class Experiment:
 
     def points(self) -> list[Point]:
         """The grid points known before any trial runs (every arm without `match`)."""
-        return [p for arm in self.arms if not arm.match for p in self._arm_points(arm, {})]
+        return [p for arm in self.arms if not arm.match for p in self.arm_points(arm, {})]
 
     def matched_points(self, finished: list[tuple[str, int]]) -> list[Point]:
         """Points of the `match` arms, given (method, params/total) of the finished trials so far."""
@@ -94,10 +94,10 @@ class Experiment:
         for arm in self.arms:
             targets = sorted({params for method, params in finished if method == arm.match})
             for target in targets:
-                points.extend(self._arm_points(arm, {"prune.target_params": int(target)}))
+                points.extend(self.arm_points(arm, {"prune.target_params": int(target)}))
         return points
 
-    def _arm_points(self, arm: ArmSpec, extra: dict[str, Any]) -> list[Point]:
+    def arm_points(self, arm: ArmSpec, extra: dict[str, Any]) -> list[Point]:
         """The arm's grid crossed with the common one; an arm's own `set` and `grid` win over the
         common axes (e.g. a baseline pinned to one seed), and repeated points are dropped."""
         axes = {**self.spec.grid, **arm.grid}
@@ -137,7 +137,7 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
         experiment.config(point)  # every known point must build
     for arm in arms:
         if arm.match:  # a matched point must build too, with a placeholder budget
-            for point in experiment._arm_points(arm, {"prune.target_params": 1}):
+            for point in experiment.arm_points(arm, {"prune.target_params": 1}):
                 experiment.config(point)
     if spec.mode == "search":
         _check_search(experiment)
