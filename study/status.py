@@ -22,7 +22,7 @@ def status_table(experiment: Experiment, storage_url: str | None, runs_dir) -> p
             continue
         for t in study.get_trials(deepcopy=False):
             point = json.loads(point_of(t) or "{}")
-            knobs = {k: v for k, v in point.items() if k not in ("arm", "method")} or dict(t.params)
+            knobs = {k: v for k, v in point.items() if k not in ("arm", "method")} if point else dict(t.params)
             a = t.user_attrs
             rows.append({"study": name, "trial": t.number, "state": t.state.name,
                          "method": a.get("method", point.get("method", "")), "run": a.get("run_name", ""),
