@@ -23,7 +23,7 @@ from torch.nn.utils import prune as torch_prune
 
 from study.accounting import analytic_params
 from study.config import ModelConfig
-from study.model.conformer import BlockWidths, ConformerCTC
+from study.model.conformer import BlockWidths, ConformerCTC, dense_widths
 from study.pruning import GROUPS, UnitDecision, pruned_widths
 
 UNIT_KIND = {"ffn1": "ffn", "ffn2": "ffn", "query": "query", "value": "value", "conv": "conv"}
@@ -145,8 +145,8 @@ def _total(cfg: ModelConfig, widths: list[BlockWidths], n_mels: int, vocab: int)
 
 def _fit_ffn(cfg: ModelConfig, make: Callable[[int], list[BlockWidths]], target: int, n_mels: int, vocab: int) -> tuple[int, int]:
     """The FFN width (>= 1) whose model is closest to `target`, and that model's size."""
-    base, per_unit = (_total(cfg, make(1), n_mels, vocab),
-                      _total(cfg, make(2), n_mels, vocab) - _total(cfg, make(1), n_mels, vocab))
+    base = _total(cfg, make(1), n_mels, vocab)
+    per_unit = _total(cfg, make(2), n_mels, vocab) - base
     ffn = max(1, round(1 + (target - base) / per_unit))
     return ffn, _total(cfg, make(ffn), n_mels, vocab)
 
@@ -173,12 +173,12 @@ def small_dense_shape(cfg: ModelConfig, target: int, shrink: str, n_mels: int,
         ffn_ratio, conv_ratio = cfg.ffn_dim / cfg.d_model, cfg.conv_channels / cfg.d_model
         for d in range(heads, cfg.d_model + 1, heads):
             shape = dataclasses.replace(cfg, d_model=d, conv_channels=max(1, round(conv_ratio * d)))
-            ffn, total = _fit_ffn(shape, lambda f: [BlockWidths.dense(dataclasses.replace(shape, ffn_dim=f))] * blocks,
+            ffn, total = _fit_ffn(shape, lambda f: dense_widths(dataclasses.replace(shape, ffn_dim=f)),
                                   target, n_mels, vocab)
             candidates.append((abs(total - target) > 0.03 * target, abs(ffn / d - ffn_ratio),
                                dataclasses.replace(shape, ffn_dim=ffn)))
         best = _closest(candidates, target)
-        return best, [BlockWidths.dense(best)] * blocks
+        return best, dense_widths(best)
     head = cfg.d_model // heads
     for step in range(1, 101):
         scale = step / 100

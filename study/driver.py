@@ -113,6 +113,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> int:
     """Runs (or continues, or joins) the sweep; returns the number of failed trials."""
     storage = open_storage(args.storage, experiment.name, args.runs_dir)
     client = mlflow.MlflowClient(args.tracking_uri)
+    total = expected_trials(experiment)
     if args.join:
         try:
             studies = [optuna.load_study(study_name=n, storage=storage) for n in study_names(experiment.name)]
@@ -126,16 +127,16 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> int:
             _mark_lost_runs(fail_stale_trials(study, args.runs_dir), client)
             _enqueue_retries(study, keys)
         _close_previous_parent(studies[0], client)
-        parent = _start_parent_run(experiment, args, expected_trials(experiment))
+        parent = _start_parent_run(experiment, args, total)
         for study in studies:
             study.set_user_attr("parent_run_id", parent)
             study.set_user_attr("launch_time", datetime.now().isoformat())
-    print(f"sweep {experiment.name}: {expected_trials(experiment)} trials, {args.workers} worker(s); "
+    print(f"sweep {experiment.name}: {total} trials, {args.workers} worker(s); "
           f"MLflow parent run {parent}; worker logs in {args.runs_dir / 'logs' / experiment.name}")
     workers = _start_workers(experiment, overrides, args)
     interrupted = False
     try:
-        _monitor(experiment, studies, workers)
+        _monitor(experiment.name, total, studies, workers)
     except KeyboardInterrupt:
         interrupted = True
         for proc in workers:
@@ -186,13 +187,12 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
             f"{int(a['params/total']):,} params ({a['params/reduction']:.1%} pruned), {seconds:.0f} s")
 
 
-def _monitor(experiment: Experiment, studies: list[optuna.Study], workers: list[subprocess.Popen]) -> None:
+def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[subprocess.Popen]) -> None:
     """One line per trial that ends, and a bar of trials done out of the expected total."""
     seen = {(s.study_name, t.number) for s in studies for t in s.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
     already = sum(1 for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    bar = tqdm(total=max(expected_trials(experiment), already), initial=already, unit="trial",
-               desc=experiment.name, dynamic_ncols=True)
+    bar = tqdm(total=max(total, already), initial=already, unit="trial", desc=name, dynamic_ncols=True)
     while True:
         running = any(proc.poll() is None for proc in workers)
         for study in studies:

@@ -72,6 +72,11 @@ def lr_lambda(total_steps: int, warmup_fraction: float) -> Callable[[int], float
     return factor
 
 
+def batch_frames(cfg: Config) -> int:
+    """Feature frames per batch: train.batch_seconds of audio at the feature hop."""
+    return round(cfg.train.batch_seconds * 1000 / cfg.features.hop_ms)
+
+
 def feasible(data: SplitData) -> list[int]:
     """Indices whose transcript fits in the encoder's output frames (CTC needs T >= S + repeats)."""
     keep = []
@@ -98,7 +103,7 @@ class Trainer:
         if not self.train_indices:
             raise TrainingError("no training utterance is long enough for its transcript after 4x subsampling")
         self.skipped = len(train.utterances) - len(self.train_indices)
-        self.max_frames = round(cfg.train.batch_seconds * 1000 / cfg.features.hop_ms)
+        self.max_frames = batch_frames(cfg)
         self.steps_per_epoch = len(self._epoch_batches(0))
         self.total_steps = self.steps_per_epoch * self.epochs
         groups = param_groups or [{"params": list(model.parameters())}]

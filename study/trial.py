@@ -21,11 +21,11 @@ from study.config import Config, ModelConfig, dumps_toml, identity, to_dict
 from study.data.splits import SPLITS, load_extra_tests, load_splits
 from study.dense_source import dense_config, find_dense_run, load_dense_model
 from study.features import compute_features, mean_std
-from study.model import BlockWidths, ConformerCTC
+from study.model import BlockWidths, ConformerCTC, dense_widths
 from study.model.io import save_model
 from study.pruning import adl_decisions, attach_adls, prune
 from study.tracking import run_status, start_run
-from study.train import SplitData, Trainer, error_rates, resolve_device, set_threads
+from study.train import SplitData, Trainer, batch_frames, error_rates, resolve_device, set_threads
 
 MAGNITUDE = ("magnitude_structured", "magnitude_unstructured")
 
@@ -99,7 +99,7 @@ class TrialContext:
 
     @property
     def max_frames(self) -> int:
-        return round(self.cfg.train.batch_seconds * 1000 / self.cfg.features.hop_ms)
+        return batch_frames(self.cfg)
 
     def error_rates(self, model: torch.nn.Module, split: str) -> tuple[float, float, list[str]]:
         return error_rates(model, self.data[split], self.mean, self.std, self.device, self.max_frames)
@@ -218,12 +218,12 @@ def _produce(ctx: TrialContext, source: tuple[str, ConformerCTC] | None) -> Outc
         if trainer.skipped:
             mlflow.set_tag("train_utterances_skipped", str(trainer.skipped))
         if not adl:
-            return Outcome(model.eval(), cfg.model, [BlockWidths.dense(cfg.model)] * cfg.model.num_blocks, seconds)
+            return Outcome(model.eval(), cfg.model, dense_widths(cfg.model), seconds)
         pruned, widths = prune(model.eval(), cfg.model, adl_decisions(model))
         seconds += ctx.finetune(pruned, cfg.adl.finetune_epochs)  # the paper prunes with no fine-tuning
         return Outcome(pruned, cfg.model, widths, seconds, adl=adl)
 
-    dense_total = count_params(build_model(cfg))
+    dense_total = analytic_params(cfg.model, dense_widths(cfg.model), cfg.features.n_mels, text.vocab_size())["total"]
     target = baselines.resolve_target(cfg.prune.target_params, cfg.prune.target_reduction, dense_total)
     mlflow.set_tag("budget.target_params", str(target))
     if cfg.method == "small_dense":
@@ -263,7 +263,7 @@ def _evaluate_and_log(ctx: TrialContext, outcome: Outcome) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "config.toml").write_text(dumps_toml(to_dict(cfg)))
-        widths = outcome.widths or [BlockWidths.dense(cfg.model)] * cfg.model.num_blocks
+        widths = outcome.widths or dense_widths(cfg.model)
         save_model(tmp / "model.pt", outcome.model_cfg, model.cpu(), widths,
                    {"feature_mean": ctx.mean, "feature_std": ctx.std})
         examples = [f"REF: {u.text}\nHYP: {h}\n" for u, h in zip(ctx.data["test"].utterances[:50], test_hyps)]
@@ -285,7 +285,7 @@ def size_metrics(outcome: Outcome, dense: ConformerCTC) -> dict[str, float]:
     dense_total = count_params(dense)
     if outcome.widths is None:
         total, encoder = baselines.nonzero_params(model), baselines.nonzero_params(model.encoder)
-        widths = [BlockWidths.dense(outcome.model_cfg)] * outcome.model_cfg.num_blocks
+        widths = dense_widths(outcome.model_cfg)
         analytic = None
     else:
         total, encoder, widths = count_params(model), count_params(model.encoder), outcome.widths

@@ -37,6 +37,11 @@ class BlockWidths:
         return cls(cfg.ffn_dim, cfg.ffn_dim, [head] * cfg.num_heads, [head] * cfg.num_heads, cfg.conv_channels)
 
 
+def dense_widths(cfg: ModelConfig) -> list[BlockWidths]:
+    """The widths of every block of the unpruned model."""
+    return [BlockWidths.dense(cfg)] * cfg.num_blocks
+
+
 class Dropout(nn.Module):
     """Inverted dropout with a mask from torch.rand: about 2x faster than nn.Dropout's bernoulli_
     on the CPU (the RNG dominates there); same distribution and expected value."""
