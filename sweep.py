@@ -18,13 +18,15 @@ import sys
 import tomllib
 from pathlib import Path
 
+import mlflow
+
 from study.config import ConfigError
 from study.data.manifest import DataError
-from study.driver import SweepArgs, SweepError, launch
-from study.experiment import load_experiment
-from study.status import pareto_front, status_table
-from study.tracking import resolve_tracking_uri
-from study.trial import prepare_data
+from study.data.prepared import prepare_data
+from study.sweep.driver import SweepArgs, SweepError, launch
+from study.sweep.experiment_file import Experiment, load_experiment
+from study.sweep.status import pareto_front, status_table
+from study.tracking.store import resolve_tracking_uri, runs_url, ui_command
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -79,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             print(table.to_string(index=False) if len(table) else f"no trials of {experiment.name} yet")
             return 0
         if not args.join:  # a broken data set stops here, before any worker; corpus and features are
-            prepare_data(experiment.config())  # made once, not by every worker at the same time
+            _prepare_data(experiment)  # made once, not by every worker at the same time
         sweep_args = SweepArgs(workers, args.storage, resolve_tracking_uri(args.tracking_uri),
                                tuple(d for d in args.devices.split(",") if d), Path("runs"), args.join)
-        failed = launch(experiment, overrides, sweep_args)
+        result = launch(experiment, overrides, sweep_args)
     except (ConfigError, DataError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -93,7 +95,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  trial {t.number}: dev WER {t.values[0]:.2%}, {int(t.values[1]):,} params, {t.params}")
     if not args.no_analysis and not args.join:
         _regenerate_figures(experiment.name, sweep_args.tracking_uri)
-    return 1 if failed else 0
+    _print_ui_address(experiment.name, sweep_args.tracking_uri, result.parent_run_id)
+    return 1 if result.failed else 0
+
+
+def _prepare_data(experiment: Experiment) -> None:
+    try:
+        prepare_data(experiment.config())
+    except ConfigError as exc:  # a voice the installed eSpeak lacks, found when the corpus is made
+        raise ConfigError(f"{experiment.path}: {exc}") from None
+
+
+def _print_ui_address(experiment: str, tracking_uri: str, parent_run_id: str) -> None:
+    """Where the MLflow UI shows this sweep's runs (the experiment page alone may open on its GenAI view)."""
+    experiment_id = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment).experiment_id
+    command = ui_command(tracking_uri)
+    print("\nMLflow UI:" + (f" start it with\n  {command}\nthen open" if command else " open"))
+    print(f"  {runs_url(tracking_uri, experiment_id)}  (this sweep: the run sweep-..., expand it)")
+    print(f"  {runs_url(tracking_uri, experiment_id, parent_run_id)}  (this sweep's trials only)")
 
 
 def _regenerate_figures(experiment: str, tracking_uri: str) -> None:

@@ -9,8 +9,13 @@ or, from Python (sweep.py does this at the end of a sweep):
 """
 from __future__ import annotations
 
-from analysis.errors import AnalysisError, ExperimentNotFound, NoFinishedRuns
 from analysis.report import regenerate
-from analysis.runs import Trials, load_trials
+from analysis.runs import (
+    AnalysisError,
+    ExperimentNotFound,
+    NoFinishedRuns,
+    Trials,
+    load_trials,
+)
 
 __all__ = ["AnalysisError", "ExperimentNotFound", "NoFinishedRuns", "Trials", "load_trials", "regenerate"]

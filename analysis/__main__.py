@@ -9,10 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from analysis.errors import ExperimentNotFound, NoFinishedRuns
 from analysis.report import regenerate
-from analysis.runs import experiments_with_trials, parent_experiment
-from study.tracking import resolve_tracking_uri
+from analysis.runs import (
+    ExperimentNotFound,
+    NoFinishedRuns,
+    experiments_with_trials,
+    parent_experiment,
+)
+from study.tracking.store import resolve_tracking_uri
 
 NOT_FOUND, NOTHING_FINISHED = 2, 3
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from analysis.runs import LOCATIONS
+from study.names import LOCATIONS
 
 RETENTION = "retention.json"
 

@@ -14,12 +14,12 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from analysis.groups import seed_groups
-from analysis.pareto import front
 from analysis.plotting import SERIES_COLOURS, method_look, new_figure, si_scale
-from analysis.runs import LOCATIONS, METHODS, locations_rank
+from analysis.runs import locations_rank, seed_groups
+from analysis.tables import front
+from study.names import ADAPTIVE_DROPOUT, LOCATIONS, REPORT_ORDER
 
-ADL = "adaptive_dropout"
+ADL = ADAPTIVE_DROPOUT
 MAX_SERIES = 6  # more lines than this on one panel cannot be told apart
 PREFIX_WORDS = {"G": "billions", "M": "millions", "k": "thousands", "": "count"}
 # name -> (column, metric as logged, what the axis shows)
@@ -41,7 +41,7 @@ def _experiment(frame: pd.DataFrame) -> str:
 
 def _methods(frame: pd.DataFrame) -> list[str]:
     present = set(frame["method"])
-    return [m for m in METHODS if m in present] + sorted(present - set(METHODS))
+    return [m for m in REPORT_ORDER if m in present] + sorted(present - set(REPORT_ORDER))
 
 
 def _std(values: pd.Series) -> np.ndarray:

@@ -10,9 +10,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis import figures, tables
 from analysis.artifacts import load_kept_history, load_retention
-from analysis.errors import NoFinishedRuns
 from analysis.plotting import FORMATS, save, style
-from analysis.runs import load_trials
+from analysis.runs import NoFinishedRuns, load_trials
 
 ARTIFACT_PATH = "figures"
 

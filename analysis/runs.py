@@ -3,6 +3,7 @@
 A trial is a run tagged sweep.role=trial, or a run with no sweep.role but a `method` tag (a single
 trial launched outside a sweep, or the dense run that budget-matched baselines were derived from).
 Failed and unfinished trials are listed in `Trials.excluded`, never mixed into `Trials.frame`.
+Trials that differ only in their seed form one setting (`seed_groups`: mean and spread).
 """
 from __future__ import annotations
 
@@ -16,10 +17,8 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from analysis.errors import ExperimentNotFound
+from study.names import LOCATIONS, REPORT_ORDER
 
-METHODS = ("dense", "small_dense", "magnitude_structured", "magnitude_unstructured", "adaptive_dropout")
-LOCATIONS = ("ffn", "mhsa", "conv")
 # Every subset of the locations, largest first, in the canonical location order: the row order of tables.
 LOCATION_SUBSETS = tuple("+".join(s) for n in range(len(LOCATIONS), 0, -1)
                          for s in itertools.combinations(LOCATIONS, n)) + ("none",)
@@ -45,6 +44,18 @@ DESCRIBED = ("method", "adl.locations", "adl.tau", "adl.alpha", "adl.threshold",
 
 FAILED, UNFINISHED, INCOMPLETE = "failed", "unfinished", "finished without final metrics"
 STATUS_KIND = {"FAILED": FAILED, "KILLED": FAILED, "RUNNING": UNFINISHED, "SCHEDULED": UNFINISHED}
+
+
+class AnalysisError(Exception):
+    """Base class: the tracking store does not hold what an analysis needs."""
+
+
+class ExperimentNotFound(AnalysisError):
+    """An experiment (or a sweep's parent run) named on the command line is not in the store."""
+
+
+class NoFinishedRuns(AnalysisError):
+    """An experiment exists but none of its trial runs finished with final metrics."""
 
 
 def ignored_prefixes(method: str) -> tuple[str, ...]:
@@ -260,7 +271,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
 
 def method_rank(method: pd.Series) -> pd.Series:
     """The order methods appear in tables and legends: dense first, unknown methods last."""
-    return method.map(lambda m: METHODS.index(m) if m in METHODS else len(METHODS)).astype(int)
+    return method.map(lambda m: REPORT_ORDER.index(m) if m in REPORT_ORDER else len(REPORT_ORDER)).astype(int)
 
 
 def locations_rank(locations: pd.Series) -> pd.Series:
@@ -275,3 +286,33 @@ def sort_rows(frame: pd.DataFrame, then: Sequence[str] = ("seed", "run_name", "r
           "setting", *[c for c in then if c in frame.columns]]
     order = keys.sort_values(by, kind="mergesort", na_position="first").index
     return frame.loc[order]
+
+
+# Everything that identifies a setting: the trials of one setting differ only in their seed.
+SETTING_KEYS = ("experiment", "method", "locations", "budget_params", "target_reduction", "tau", "alpha", "setting")
+VALUES = ("params", "reduction", "dev_wer", "test_wer", "flops", "latency_ms")
+
+
+def seed_groups(frame: pd.DataFrame, keys: Sequence[str] = SETTING_KEYS,
+                values: Sequence[str] = VALUES) -> pd.DataFrame:
+    """One row per setting: the keys, n (trials), seeds ("0,1"), run_ids (a tuple) and <value>_mean,
+    _std, _min and _max.
+
+    The std is the sample standard deviation (NaN for a single trial); rows keep the table order.
+    """
+    rows = []
+    for _, trials in frame.groupby(list(keys), dropna=False, sort=False):
+        row = {key: trials[key].iloc[0] for key in keys}
+        row["n"] = len(trials)
+        row["seeds"] = ",".join(str(s) for s in sorted(trials["seed"].dropna().unique()))
+        row["run_ids"] = tuple(sorted(trials["run_id"]))
+        for value in values:
+            column = trials[value].astype(float)
+            row |= {f"{value}_mean": column.mean(), f"{value}_std": column.std(ddof=1),
+                    f"{value}_min": column.min(), f"{value}_max": column.max()}
+        rows.append(row)
+    columns = [*keys, "n", "seeds", "run_ids", *(f"{v}_{s}" for v in values for s in ("mean", "std", "min", "max"))]
+    groups = pd.DataFrame(rows, columns=columns)
+    for key in keys:  # keep the typed columns' dtypes (an all-NaN float column would otherwise turn object)
+        groups[key] = groups[key].astype(frame[key].dtype)
+    return sort_rows(groups, then=()).reset_index(drop=True) if set(SETTING_KEYS) <= set(keys) else groups

@@ -20,13 +20,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from study import text  # noqa: E402
-from study.accounting import count_params, encoder_flops, latency_ms  # noqa: E402
-from study.adl import AdlSettings  # noqa: E402
 from study.config import ModelConfig  # noqa: E402
+from study.data import text  # noqa: E402
+from study.evaluation.accounting import count_params, encoder_flops, latency_ms  # noqa: E402
+from study.method.adaptive_dropout import AdlSettings  # noqa: E402
+from study.method.attach import adl_decisions, attach_adls  # noqa: E402
+from study.method.pruning import prune  # noqa: E402
 from study.model import ConformerCTC  # noqa: E402
 from study.model.io import load_model  # noqa: E402
-from study.pruning import adl_decisions, attach_adls, prune  # noqa: E402
 
 N_MELS = 80
 
@@ -92,7 +93,7 @@ def main() -> None:
     print(f"{'model':<16}{'step ms':>10}{'ratio':>8}")
     for name in models:
         print(f"{name:<16}{step[name]:>10.1f}{step[name] / step['dense']:>8.3f}")
-    print(f"\ninference, encoder, batch 1, 10 s of audio")
+    print("\ninference, encoder, batch 1, 10 s of audio")
     print(f"{'model':<16}{'params':>12}{'GFLOPs':>10}{'latency ms':>12}")
     for name in ("dense", "pruned"):
         print(f"{name:<16}{params[name]:>12,}{flops[name] / 1e9:>10.3f}{latency[name]:>12.2f}")

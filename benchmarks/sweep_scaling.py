@@ -23,8 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from study.experiment import load_experiment  # noqa: E402
-from study.trial import prepare_data  # noqa: E402
+from study.data.prepared import prepare_data  # noqa: E402
+from study.sweep.experiment_file import load_experiment  # noqa: E402
 
 GRID = """
 [data.synthetic]

@@ -9,7 +9,13 @@ import mlflow
 import pytest
 import torch
 
-from study.adl import AdaptiveDropout, AdlSettings, annealed_tau, regulariser, target_logit
+from study.method.adaptive_dropout import (
+    AdaptiveDropout,
+    AdlSettings,
+    annealed_tau,
+    regulariser,
+    target_logit,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +101,7 @@ def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_co
 import sys, torch
 from study.model.io import load_model
 model, saved = load_model({model_path!r})
-assert not any(m in sys.modules for m in ("study.adl", "study.train", "study.pruning", "study.trial"))
+assert not any(m in sys.modules for m in ("study.method.adaptive_dropout", "study.training", "study.method.pruning", "study.trial"))
 assert all("beta" not in name for name in saved["state_dict"])
 torch.manual_seed(0)
 feats = torch.randn(2, 120, saved["n_mels"])
@@ -114,8 +120,8 @@ print(sum(p.numel() for p in model.parameters()))
 
 
 def test_controller_schedule_hard_phase_and_optimizer_groups():
-    from study.adl_training import AdlController
     from study.config import AdlConfig
+    from study.method.adl_controller import AdlController
     cfg = AdlConfig(alpha=0.5, tau=1.0, tau_end=0.1, hard_phase=0.2, lr=0.05)
     layers = [AdaptiveDropout(5, "ffn", AdlSettings()), AdaptiveDropout(3, "conv", AdlSettings())]
     controller = AdlController(layers, cfg)

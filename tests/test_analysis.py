@@ -10,14 +10,26 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from analysis import ExperimentNotFound, NoFinishedRuns, load_trials, regenerate
-from analysis import figures
+from analysis import (
+    ExperimentNotFound,
+    NoFinishedRuns,
+    figures,
+    load_trials,
+    regenerate,
+)
 from analysis.__main__ import main
-from analysis.groups import seed_groups
-from analysis.pareto import front, pareto_mask
 from analysis.plotting import new_figure, save
-from analysis.runs import COLUMNS, experiments_with_trials
-from tests.analysis_store import BROKEN, BUDGET, EXPERIMENT, FINISHED, SOURCE_DENSE, Store, build_store
+from analysis.runs import COLUMNS, experiments_with_trials, seed_groups
+from analysis.tables import front, pareto_mask
+from tests.analysis_store import (
+    BROKEN,
+    BUDGET,
+    EXPERIMENT,
+    FINISHED,
+    SOURCE_DENSE,
+    Store,
+    build_store,
+)
 
 FIGURES = ("pareto_params", "pareto_flops", "pareto_latency", "location_ablation", "effect_tau", "effect_alpha",
            "retention_histograms", "kept_fraction")

@@ -6,11 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from study import baselines
-from study.accounting import analytic_params, count_params
-from study.config import ConfigError, ModelConfig, build, Config
+from study.config import Config, ConfigError, ModelConfig, build
+from study.evaluation.accounting import count_params
+from study.method import baselines
+from study.method.attach import gate_seam
+from study.method.pruning import GROUPS, prune
 from study.model.conformer import ConformerCTC
-from study.pruning import GROUPS, _gate_seam, prune
+from study.model.size import analytic_params
 from study.trial import run_trial
 
 CFG = ModelConfig(d_model=32, num_heads=2, ffn_dim=48, conv_channels=24, conv_kernel=5, num_blocks=2,
@@ -70,7 +72,7 @@ def test_structured_pruned_model_equals_the_masked_dense_model():
     pruned, _ = prune(model, CFG, plan)
     for block, decisions in zip(model.encoder.blocks, plan):
         for group in GROUPS:
-            setattr(*_gate_seam(block, group), FixedMask(decisions[group].keep))
+            setattr(*gate_seam(block, group), FixedMask(decisions[group].keep))
     torch.manual_seed(1)
     x, lengths = torch.randn(2, 120, 40), torch.tensor([120, 90])
     with torch.no_grad():

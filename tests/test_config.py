@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from study.config import Config, ConfigError, build, dumps_toml, flatten, load_config, to_dict
+from study.config import (
+    Config,
+    ConfigError,
+    build,
+    dumps_toml,
+    flatten,
+    load_config,
+    to_dict,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,9 +80,9 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
 
 
 def test_shipped_experiment_files_load_with_every_point():
-    from study.accounting import count_params
-    from study.experiment import load_experiment
+    from study.evaluation.accounting import count_params
     from study.model import ConformerCTC
+    from study.sweep.experiment_file import load_experiment
     sizes = {}
     for path in sorted((REPO / "experiments").glob("*.toml")):
         experiment = load_experiment(path)  # builds the Config of every grid point
@@ -90,7 +98,7 @@ def test_shipped_experiment_files_load_with_every_point():
 
 
 def test_command_line_overrides_are_part_of_every_point_and_win():
-    from study.experiment import load_experiment
+    from study.sweep.experiment_file import load_experiment
     path = REPO / "experiments" / "default.toml"
     plain = load_experiment(path)
     changed = load_experiment(path, {"train.epochs": 2, "method": "dense"})

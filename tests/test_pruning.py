@@ -6,11 +6,13 @@ import itertools
 import pytest
 import torch
 
-from study.accounting import analytic_params, count_params
-from study.adl import AdlSettings
 from study.config import ModelConfig
+from study.evaluation.accounting import count_params
+from study.method.adaptive_dropout import AdlSettings
+from study.method.attach import adl_decisions, adl_layers, attach_adls
+from study.method.pruning import prune
 from study.model import ConformerCTC
-from study.pruning import adl_decisions, adl_layers, attach_adls, prune
+from study.model.size import analytic_params
 
 CFG = ModelConfig(d_model=32, num_heads=4, ffn_dim=48, conv_channels=24, conv_kernel=5, num_blocks=2,
                   subsampling_channels=8, dropout=0.1)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import mlflow
-
 from conftest import TINY_RECIPE
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 import sweep
 from study.config import dumps_toml
-from study.worker import point_of
+from study.sweep.worker import point_of
 from tests.conftest import TINY_RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent

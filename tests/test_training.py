@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import torch
 
-from study.train import Trainer, TrainingError
+from study.training import Trainer, TrainingError
 from study.trial import run_trial
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 import espeakng_loader
 import numpy as np
 
+from study.config.synthetic import ENGLISH_ACCENTS, NONDETERMINISTIC_VARIANTS  # noqa: F401 (re-exported)
+
 # Constants from speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
@@ -35,24 +37,6 @@ _ESPEAK_RATE = 1
 _ESPEAK_PITCH = 3
 _EE_OK = 0
 _BUFFER_MS = 500  # length of the sound buffer handed to the callback per call
-
-ENGLISH_ACCENTS = (
-    "en",
-    "en-us",
-    "en-029",
-    "en-gb-scotland",
-    "en-gb-x-gbclan",
-    "en-gb-x-gbcwmd",
-    "en-gb-x-rp",
-    "en-us-nyc",
-)
-
-# Variants whose output differs between processes for identical input (measured with eSpeak NG
-# 1.52.0: hashes change with the environment size / PYTHONHASHSEED, i.e. the memory layout). They all
-# set per-formant `breath` noise; the synthetic corpus refuses them because it must be bit-exact.
-NONDETERMINISTIC_VARIANTS = frozenset(
-    {"Alicia", "Demonic", "f2", "f3", "f5", "sandro", "victor", "whisper", "whisperf"}
-)
 
 # int callback(short *wav, int numsamples, espeak_EVENT *events); the events are not read, so void*.
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)

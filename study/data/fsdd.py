@@ -12,7 +12,7 @@ from pathlib import Path
 
 from study.data.audio import audio_duration
 from study.data.manifest import DataError, Utterance
-from study.text import DIGIT_WORDS
+from study.data.text import DIGIT_WORDS
 
 SPLITS = ("train", "dev", "test")
 _NAME = re.compile(r"^([0-9])_([A-Za-z0-9]+)_([0-9]+)\.wav$")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from study.data.audio import audio_duration
 from study.data.manifest import DataError, Utterance
-from study.text import normalize
+from study.data.text import normalize
 
 _UTT_ID = re.compile(r"^(\d+)-(\d+)-(\d+)$")
 

@@ -17,7 +17,7 @@ class Utterance:
     id: str
     path: str  # absolute path to a 16 kHz (or resampled on load) audio file
     duration: float  # seconds
-    text: str  # normalised transcript (see study.text.normalize)
+    text: str  # normalised transcript (see study.data.text.normalize)
     speaker: str  # speaker or voice name; splits are disjoint in it where the corpus says so
 
 

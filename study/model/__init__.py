@@ -1,3 +1,8 @@
-from study.model.conformer import BlockWidths, ConformerCTC, dense_widths, output_lengths
+from study.model.conformer import (
+    BlockWidths,
+    ConformerCTC,
+    dense_widths,
+    output_lengths,
+)
 
 __all__ = ["BlockWidths", "ConformerCTC", "dense_widths", "output_lengths"]

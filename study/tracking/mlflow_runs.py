@@ -1,27 +1,22 @@
-"""MLflow plumbing: where the store is, and how a run records its configuration and results."""
+"""How a trial's MLflow run records what it is: its configuration, recipe key, name and tags."""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import mlflow
 
 from study.config import Config, flatten, identity, to_dict
+from study.tracking.store import ensure_experiment
 
-DEFAULT_STORE = Path("runs") / "mlflow.db"
-
-
-def resolve_tracking_uri(cli_uri: str | None = None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else a SQLite file under ./runs (absolute URI)."""
-    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    path = DEFAULT_STORE.resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+# The code a trained dense model depends on, beside its configuration: a dense run trained by other
+# model or training code has another recipe key, so magnitude pruning never reuses it silently.
+RECIPE_SOURCES = ("model/conformer.py", "training.py", "data/prepared.py", "data/features.py",
+                  "data/batching.py", "data/text.py")
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # study/
 
 
 def code_version() -> str:
@@ -44,11 +39,21 @@ def run_params(cfg: Config) -> dict[str, str]:
     return params
 
 
+@cache
+def recipe_source_hash() -> str:
+    """sha256 (16 hex digits) of RECIPE_SOURCES as they are on disk."""
+    digest = hashlib.sha256()
+    for relative in RECIPE_SOURCES:
+        digest.update(relative.encode() + b"\0" + (PACKAGE_ROOT / relative).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def recipe_key(cfg: Config) -> str:
-    """What a dense model depends on (data, features, model, training; not where it ran): equal keys,
-    same dense run."""
+    """What a dense model depends on (data, features, model, training, and the code that trains it;
+    not where it ran): equal keys, same dense run."""
     tree = identity(cfg)
     recipe = {k: tree[k] for k in ("data", "features", "model", "train")}
+    recipe["source"] = recipe_source_hash()
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -85,7 +90,7 @@ def start_run(tracking_uri: str, cfg: Config, run_id: str | None = None,
         if tags:
             mlflow.set_tags(tags)
         return run
-    mlflow.set_experiment(cfg.tracking.experiment)
+    ensure_experiment(tracking_uri, cfg.tracking.experiment)
     all_tags = {"method": cfg.method, "seed": str(cfg.train.seed), "locations": location_label(cfg),
                 "recipe_key": recipe_key(cfg), "sweep.role": "trial", **(tags or {})}
     run = mlflow.start_run(run_name=cfg.tracking.run_name or run_label(cfg), tags=all_tags)

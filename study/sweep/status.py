@@ -6,9 +6,9 @@ import json
 import optuna
 import pandas as pd
 
-from study.experiment import Experiment
-from study.optuna_store import open_storage, study_names
-from study.worker import point_of
+from study.sweep.experiment_file import Experiment
+from study.sweep.optuna_storage import open_storage, study_names
+from study.sweep.worker import point_of
 
 
 def status_table(experiment: Experiment, storage_url: str | None, runs_dir) -> pd.DataFrame:

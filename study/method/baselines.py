@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from study.accounting import analytic_params
 from study.config import ModelConfig
+from study.method.pruning import GROUPS, UnitDecision, pruned_widths
 from study.model.conformer import BlockWidths, ConformerCTC, dense_widths
-from study.pruning import GROUPS, UnitDecision, pruned_widths
+from study.model.size import analytic_params, nonzero_params
 
 UNIT_KIND = {"ffn1": "ffn", "ffn2": "ffn", "query": "query", "value": "value", "conv": "conv"}
 
@@ -113,11 +113,6 @@ def weight_matrices(model: nn.Module) -> list[tuple[nn.Module, str]]:
     """Every weight matrix or kernel (Linear, Conv1d, Conv2d); biases and norms are not pruned."""
     return [(m, "weight") for m in model.modules()
             if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and m.weight.dim() >= 2]
-
-
-def nonzero_params(model: nn.Module) -> int:
-    """Nonzero parameters (after masks are made permanent)."""
-    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
 
 
 def apply_global_magnitude(model: nn.Module, target_nonzero: int) -> None:

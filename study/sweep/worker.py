@@ -1,6 +1,6 @@
 """A sweep worker process: takes grid points (or search trials) from Optuna until none is left.
 
-Started by the driver (study/driver.py) as `python -m study.worker SETTINGS_JSON`; several run at
+Started by the driver (study/driver.py) as `python -m study.sweep.worker SETTINGS_JSON`; several run at
 once, on one machine or many, and coordinate only through the Optuna storage.
 """
 from __future__ import annotations
@@ -20,10 +20,18 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
-from study.experiment import Experiment, Point, load_experiment
-from study.optuna_store import Heartbeat, fail_stale_trials, heartbeat_path, open_storage, study_names, worker_id
-from study.tracking import run_label
-from study.trial import run_trial, trial_dir
+from study.sweep.experiment_file import Experiment, Point, load_experiment
+from study.sweep.optuna_storage import (
+    Heartbeat,
+    fail_stale_trials,
+    heartbeat_path,
+    open_storage,
+    study_names,
+    worker_id,
+)
+from study.tracking.mlflow_runs import run_label
+from study.tracking.trial_record import trial_dir
+from study.trial import run_trial
 
 REPORTED = ("dev/wer", "test/wer", "test/cer", "params/total", "params/reduction", "flops/encoder_10s",
             "latency/ms_b1_10s")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from study import text
+from study.data import text
 
 
 @dataclass

@@ -19,10 +19,16 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from study.experiment import Experiment
-from study.optuna_store import create_studies, fail_stale_trials, open_storage, study_names
-from study.tracking import run_status
-from study.worker import WorkerSettings, point_of, settings_json
+from study.sweep.experiment_file import Experiment
+from study.sweep.optuna_storage import (
+    create_studies,
+    fail_stale_trials,
+    open_storage,
+    study_names,
+)
+from study.sweep.worker import WorkerSettings, point_of, settings_json
+from study.tracking.mlflow_runs import run_status
+from study.tracking.store import ensure_experiment
 
 POLL_SECONDS = 2
 
@@ -85,10 +91,9 @@ def _close_previous_parent(study: optuna.Study, client: mlflow.MlflowClient) -> 
 
 
 def _start_parent_run(experiment: Experiment, args: SweepArgs, n_points: int) -> str:
-    mlflow.set_tracking_uri(args.tracking_uri)
-    exp = mlflow.set_experiment(experiment.name)
+    experiment_id = ensure_experiment(args.tracking_uri, experiment.name)
     client = mlflow.MlflowClient(args.tracking_uri)
-    run = client.create_run(exp.experiment_id, run_name=f"sweep-{datetime.now():%Y%m%d-%H%M%S}",
+    run = client.create_run(experiment_id, run_name=f"sweep-{datetime.now():%Y%m%d-%H%M%S}",
                             tags={"sweep.role": "parent", "sweep.mode": experiment.spec.mode})
     client.log_artifact(run.info.run_id, str(experiment.path))
     for key, value in {"workers": args.workers, "storage": "journal" if not args.storage else args.storage.split(":")[0],
@@ -109,8 +114,14 @@ def expected_trials(experiment: Experiment) -> int:
     return len(points) + matched
 
 
-def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> int:
-    """Runs (or continues, or joins) the sweep; returns the number of failed trials."""
+@dataclass
+class LaunchResult:
+    failed: int  # trials of this launch that failed
+    parent_run_id: str  # the sweep's MLflow parent run
+
+
+def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchResult:
+    """Runs (or continues, or joins) the sweep."""
     storage = open_storage(args.storage, experiment.name, args.runs_dir)
     client = mlflow.MlflowClient(args.tracking_uri)
     total = expected_trials(experiment)
@@ -154,7 +165,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> int:
         raise KeyboardInterrupt
     if any(proc.returncode for proc in workers):
         raise SweepError(f"a worker exited with an error; see {args.runs_dir / 'logs' / experiment.name}")
-    return failed
+    return LaunchResult(failed, parent)
 
 
 def _start_workers(experiment: Experiment, overrides: dict, args: SweepArgs) -> list[subprocess.Popen]:
@@ -165,7 +176,7 @@ def _start_workers(experiment: Experiment, overrides: dict, args: SweepArgs) -> 
         settings = WorkerSettings(str(experiment.path), overrides, args.storage, args.tracking_uri,
                                   str(args.runs_dir), placement)
         log = open(log_dir / f"worker-{os.getpid()}-{i}.log", "a")
-        workers.append(subprocess.Popen([sys.executable, "-m", "study.worker", settings_json(settings)],
+        workers.append(subprocess.Popen([sys.executable, "-m", "study.sweep.worker", settings_json(settings)],
                                         stdout=log, stderr=subprocess.STDOUT, env=_worker_env()))
         log.close()
     return workers
@@ -173,7 +184,7 @@ def _start_workers(experiment: Experiment, overrides: dict, args: SweepArgs) -> 
 
 def _worker_env() -> dict[str, str]:
     """This checkout first on the path, so workers run the same code whatever the working directory."""
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding `study`
     return {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 

@@ -1,7 +1,7 @@
-"""Parameter, FLOP and latency accounting, shared by every method.
+"""Parameter, FLOP and latency accounting of a final model, the same for every method.
 
 Counts never include ADL logits, masks or buffers: they are of the exported (pruned) model,
-which has none. FLOPs come from torch's FlopCounterMode on a fixed 10 s input (the encoder only).
+which has none; the counts implied by widths alone are in study/model/size.py. FLOPs come from torch's FlopCounterMode on a fixed 10 s input (the encoder only).
 """
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from study.adl import AdaptiveDropout
 from study.config import ModelConfig
-from study.model.conformer import BlockWidths, ConformerCTC
+from study.method.adaptive_dropout import AdaptiveDropout
+from study.model.conformer import BlockWidths, ConformerCTC, dense_widths
+from study.model.size import analytic_params, kept_units, nonzero_params
+from study.names import LOCATIONS
 
 TEN_SECONDS_FRAMES = 1000  # 10 s at a 10 ms hop
 
@@ -22,37 +24,6 @@ def count_params(module: torch.nn.Module) -> int:
     """Model parameters, excluding any adaptive dropout logits."""
     adl = {id(p) for m in module.modules() if isinstance(m, AdaptiveDropout) for p in m.parameters()}
     return sum(p.numel() for p in module.parameters() if id(p) not in adl)
-
-
-def block_params(cfg: ModelConfig, w: BlockWidths) -> dict[str, int]:
-    """Analytic parameter count of one block by module, from its widths."""
-    d, k = cfg.d_model, cfg.conv_kernel
-    ln = 2 * d
-
-    def ffn(f: int) -> int:
-        return ln + d * f + f + f * d + d if f else d
-
-    q, v = sum(w.query_dims), sum(w.value_dims)
-    mhsa = ln + 2 * (d * q + q) + d * v + v + v * d + d if w.value_dims else d
-    c = w.conv
-    conv = ln + d * 2 * c + 2 * c + c * k + c + 2 * c + c * d + d if c else d
-    return {"ffn": ffn(w.ffn1) + ffn(w.ffn2), "mhsa": mhsa, "conv": conv, "norm": ln}
-
-
-def analytic_params(cfg: ModelConfig, widths: list[BlockWidths], n_mels: int, vocab_size: int) -> dict[str, int]:
-    """Total, encoder and per-location parameter counts implied by the widths alone."""
-    sub_c = cfg.subsampling_channels
-    front = (9 * sub_c + sub_c) + (9 * sub_c * sub_c + sub_c) + (sub_c * (((n_mels - 1) // 2 - 1) // 2) + 1) * cfg.d_model
-    per_block = [block_params(cfg, w) for w in widths]
-    by_location = {loc: sum(b[loc] for b in per_block) for loc in ("ffn", "mhsa", "conv")}
-    encoder = front + sum(sum(b.values()) for b in per_block)
-    return {"total": encoder + cfg.d_model * vocab_size + vocab_size, "encoder": encoder, **by_location}
-
-
-def kept_units(widths: list[BlockWidths]) -> dict[str, int]:
-    return {"ffn": sum(w.ffn1 + w.ffn2 for w in widths),
-            "mhsa": sum(sum(w.query_dims) + sum(w.value_dims) for w in widths),
-            "conv": sum(w.conv for w in widths)}
 
 
 def encoder_inputs(n_mels: int, batch: int = 1, frames: int = TEN_SECONDS_FRAMES, device: str | torch.device = "cpu"):
@@ -90,3 +61,31 @@ def latency_ms(models: dict[str, ConformerCTC], repeats: int = 20, warmup: int =
                 torch.cuda.synchronize()
             times[name].append((time.perf_counter() - start) * 1000)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def size_metrics(model: ConformerCTC, model_cfg: ModelConfig, widths: list[BlockWidths] | None,
+                 dense: ConformerCTC) -> dict[str, float]:
+    """Parameters (checked against the analytic count), FLOPs and latency of a final model beside dense.
+
+    `widths` None means unstructured pruning: nonzero parameters are counted, and FLOPs and latency
+    are those of its dense shapes, so it never shows a speed-up it does not have."""
+    dense_total = count_params(dense)
+    if widths is None:
+        total, encoder = nonzero_params(model), nonzero_params(model.encoder)
+        widths = dense_widths(model_cfg)
+        analytic = None
+    else:
+        total, encoder = count_params(model), count_params(model.encoder)
+        analytic = analytic_params(model_cfg, widths, model.n_mels, model.head.out_features)
+        if analytic["total"] != total:
+            raise AssertionError(f"parameter count {total} differs from the analytic count {analytic['total']}")
+    latency = latency_ms({"model": model, "dense": dense})
+    metrics = {"params/total": total, "params/encoder": encoder, "params/dense_total": dense_total,
+               "params/reduction": 1.0 - total / dense_total, "flops/encoder_10s": encoder_flops(model),
+               "flops/dense_encoder_10s": encoder_flops(dense), "latency/ms_b1_10s": latency["model"],
+               "latency/dense_ms_b1_10s": latency["dense"]}
+    for loc in LOCATIONS:
+        if analytic:
+            metrics[f"params/kept/{loc}"] = analytic[loc]  # parameters the location still owns
+        metrics[f"units/kept/{loc}"] = kept_units(widths)[loc]
+    return metrics

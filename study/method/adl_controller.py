@@ -7,8 +7,14 @@ from pathlib import Path
 
 import torch
 
-from study.adl import LOCATIONS, AdaptiveDropout, annealed_tau, regulariser, target_logit
 from study.config import AdlConfig
+from study.method.adaptive_dropout import (
+    AdaptiveDropout,
+    annealed_tau,
+    regulariser,
+    target_logit,
+)
+from study.names import LOCATIONS
 
 
 class AdlController:

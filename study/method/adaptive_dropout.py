@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-LOCATIONS = ("ffn", "mhsa", "conv")
+from study.config import AdlConfig
 
 
 @dataclass
@@ -26,6 +26,12 @@ class AdlSettings:
     straight_through: bool = False
     rescale: str = "none"  # none | inverted
     beta0: float = 3.0
+
+    @classmethod
+    def from_config(cls, cfg: AdlConfig) -> "AdlSettings":
+        return cls(tau=cfg.tau, threshold=cfg.threshold, inference=cfg.inference,
+                   mask_granularity=cfg.mask_granularity, straight_through=cfg.straight_through,
+                   rescale=cfg.rescale, beta0=cfg.beta0)
 
 
 class AdaptiveDropout(nn.Module):

@@ -1,4 +1,4 @@
-"""Training and evaluation of a CTC model: AdamW, warm-up + cosine decay, clipping, checkpoints.
+"""Training a CTC model: AdamW, warm-up + cosine decay, clipping, per-epoch checkpoints.
 
 A checkpoint is written atomically after every epoch; `fit` resumes from it when present, with
 the same batches and dropout draws as an uninterrupted run (both are seeded by epoch).
@@ -10,38 +10,21 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
 import torch
 from tqdm import tqdm
 
-from study.batching import collate, make_batches
 from study.config import Config
-from study.data.manifest import Utterance
-from study.features import SpecAugment
-from study.metrics import char_error_rate, greedy_decode, word_error_rate
+from study.data.batching import collate, make_batches
+from study.data.features import SpecAugment
+from study.data.prepared import SplitData
 from study.model import output_lengths
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss); the message says where."""
-
-
-@dataclass
-class SplitData:
-    utterances: list[Utterance]
-    features: list[torch.Tensor]  # (frames, n_mels) each
-
-    # Cached: read per batch and per utterance, and the split never changes after loading.
-    @cached_property
-    def transcripts(self) -> list[str]:
-        return [u.text for u in self.utterances]
-
-    @cached_property
-    def lengths(self) -> list[int]:
-        return [f.shape[0] for f in self.features]
 
 
 @dataclass
@@ -184,22 +167,3 @@ class Trainer:
             self.save_checkpoint()
             on_epoch_end(epoch + 1, metrics)
         return self.history
-
-
-@torch.inference_mode()
-def transcribe(model: torch.nn.Module, data: SplitData, mean: torch.Tensor, std: torch.Tensor,
-               device: torch.device, max_frames: int) -> list[str]:
-    model.eval()
-    hyps: dict[int, str] = {}
-    for indices in make_batches(data.lengths, max_frames, shuffle_seed=None):
-        batch = collate(indices, data.features, data.transcripts, mean, std)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            log_probs, lengths = model(batch.features.to(device), batch.feature_lengths.to(device))
-        hyps.update(zip(indices, greedy_decode(log_probs.float(), lengths)))
-    return [hyps[i] for i in range(len(data.utterances))]
-
-
-def error_rates(model: torch.nn.Module, data: SplitData, mean: torch.Tensor, std: torch.Tensor,
-                device: torch.device, max_frames: int) -> tuple[float, float, list[str]]:
-    hyps = transcribe(model, data, mean, std, device, max_frames)
-    return word_error_rate(data.transcripts, hyps), char_error_rate(data.transcripts, hyps), hyps

@@ -12,7 +12,7 @@ import mlflow
 from study.config import AdlConfig, Config, PruneConfig, TrackingConfig
 from study.model import ConformerCTC
 from study.model.io import load_model
-from study.tracking import recipe_key
+from study.tracking.mlflow_runs import recipe_key
 
 
 def dense_config(cfg: Config) -> Config:

@@ -3,7 +3,8 @@
 A decision for each prunable group of one block is (keep: bool (n,), scale: float (n,)); `scale`
 is the factor a kept unit's output carries (the ADL's p with inference = "expected", else 1) and
 is folded into the next weights, so the pruned model has no per-unit multiply at run time.
-Which rows and columns each unit owns follows METHOD.md section 2. Used by every method.
+Which rows and columns each unit owns follows METHOD.md section 2. Used by every method; where the
+decisions come from (adaptive dropout: study/method/attach.py, magnitude: baselines.py) is not its concern.
 """
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from study.adl import AdaptiveDropout, AdlSettings
 from study.config import ModelConfig
-from study.model.conformer import BlockWidths, ConformerBlock, ConformerCTC, ConvModule, FeedForward, SelfAttention
+from study.model.conformer import (
+    BlockWidths,
+    ConformerCTC,
+    ConvModule,
+    FeedForward,
+    SelfAttention,
+)
 
 GROUPS = ("ffn1", "ffn2", "query", "value", "conv")  # prunable unit groups of one block
 GROUP_LOCATION = {"ffn1": "ffn", "ffn2": "ffn", "query": "mhsa", "value": "mhsa", "conv": "conv"}
@@ -25,50 +31,6 @@ GROUP_LOCATION = {"ffn1": "ffn", "ffn2": "ffn", "query": "mhsa", "value": "mhsa"
 class UnitDecision:
     keep: torch.Tensor  # (n,) bool
     scale: torch.Tensor  # (n,) float, folded into the next weights for kept units
-
-
-def _gate_seam(block: ConformerBlock, group: str) -> tuple[nn.Module, str]:
-    """The module holding a group's gate and the attribute name of that gate."""
-    return {"ffn1": (block.ffn1, "gate"), "ffn2": (block.ffn2, "gate"), "query": (block.mhsa, "query_gate"),
-            "value": (block.mhsa, "value_gate"), "conv": (block.conv, "gate")}[group]
-
-
-def _group_width(block: ConformerBlock, group: str) -> int:
-    return {"ffn1": block.ffn1.w1.out_features, "ffn2": block.ffn2.w1.out_features,
-            "query": block.mhsa.wq.out_features, "value": block.mhsa.wv.out_features,
-            "conv": block.conv.depthwise.in_channels}[group]
-
-
-def attach_adls(model: ConformerCTC, locations: list[str], settings: AdlSettings) -> list[AdaptiveDropout]:
-    """Puts an ADL at every gate seam of the enabled locations; returns them in block order."""
-    layers = []
-    for block in model.encoder.blocks:
-        for group in GROUPS:
-            if GROUP_LOCATION[group] in locations:
-                layer = AdaptiveDropout(_group_width(block, group), GROUP_LOCATION[group], settings)
-                setattr(*_gate_seam(block, group), layer.to(block.norm.weight.device))
-                layers.append(layer)
-    return layers
-
-
-def adl_layers(model: nn.Module) -> list[AdaptiveDropout]:
-    return [m for m in model.modules() if isinstance(m, AdaptiveDropout)]
-
-
-def adl_decisions(model: ConformerCTC) -> list[dict[str, UnitDecision]]:
-    """Per block: each group's decision from its ADL (keep all, scale 1 where no ADL sits)."""
-    plan = []
-    for block in model.encoder.blocks:
-        decisions = {}
-        for group in GROUPS:
-            gate = getattr(*_gate_seam(block, group))
-            if isinstance(gate, AdaptiveDropout):
-                decisions[group] = UnitDecision(gate.keep_mask(), gate.eval_scale())
-            else:
-                n = _group_width(block, group)
-                decisions[group] = UnitDecision(torch.ones(n, dtype=torch.bool), torch.ones(n))
-        plan.append(decisions)
-    return plan
 
 
 def _head_split(decision_q: UnitDecision, decision_v: UnitDecision, num_heads: int):

@@ -1,20 +1,12 @@
-"""Greedy CTC decoding and corpus-level error rates (jiwer), after study.text.normalize."""
+"""Corpus-level word and character error rates (jiwer), after study.data.text.normalize."""
 from __future__ import annotations
 
 import jiwer
 import torch
 
-from study import text
-
-
-def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
-    """(B, T, V), (B,) -> transcripts: best class per frame, repeats merged, blanks dropped."""
-    best = log_probs.argmax(dim=-1).cpu()  # (B, T)
-    out = []
-    for row, n in zip(best, lengths.tolist()):
-        ids = torch.unique_consecutive(row[:n]).tolist()
-        out.append(text.decode(ids))
-    return out
+from study.data import text
+from study.data.prepared import SplitData
+from study.evaluation.decoding import transcribe
 
 
 def _pairs(references: list[str], hypotheses: list[str]) -> tuple[list[str], list[str]]:
@@ -33,3 +25,10 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
 
 def char_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.cer(*_pairs(references, hypotheses)))
+
+
+def error_rates(model: torch.nn.Module, data: SplitData, mean: torch.Tensor, std: torch.Tensor,
+                device: torch.device, max_frames: int) -> tuple[float, float, list[str]]:
+    """WER, CER and the hypotheses of `model` on one split (greedy decoding)."""
+    hyps = transcribe(model, data, mean, std, device, max_frames)
+    return word_error_rate(data.transcripts, hyps), char_error_rate(data.transcripts, hyps), hyps

@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.config import METHODS, Config, ConfigError, build, knob, read_toml, set_dotted
+from study.config import (
+    METHODS,
+    Config,
+    ConfigError,
+    build,
+    knob,
+    read_toml,
+    set_dotted,
+)
 
 
 @dataclass

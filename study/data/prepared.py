@@ -1,0 +1,41 @@
+"""The splits of a configuration in memory: listed, checked and turned into (cached) log-mel features."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+from study.config import Config
+from study.data.features import compute_features
+from study.data.manifest import Utterance
+from study.data.splits import SPLITS, load_extra_tests, load_splits
+
+
+@dataclass
+class SplitData:
+    utterances: list[Utterance]
+    features: list[torch.Tensor]  # (frames, n_mels) each
+
+    # Cached: read per batch and per utterance, and the split never changes after loading.
+    @cached_property
+    def transcripts(self) -> list[str]:
+        return [u.text for u in self.utterances]
+
+    @cached_property
+    def lengths(self) -> list[int]:
+        return [f.shape[0] for f in self.features]
+
+
+def prepare_data(cfg: Config) -> dict[str, SplitData]:
+    """Lists and checks every split, then computes (or reads cached) log-mel features."""
+    splits = {**load_splits(cfg.data), **load_extra_tests(cfg.data)}
+    cache = Path(cfg.data.cache_dir) / "features"
+    data = {}
+    for name in [*SPLITS, *cfg.data.extra_test_subsets]:
+        utts = splits[name]
+        if name == "train":
+            utts = [u for u in utts if u.duration <= cfg.data.max_train_seconds]
+        data[name] = SplitData(utts, compute_features(utts, cfg.features, cache))
+    return data

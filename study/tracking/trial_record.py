@@ -1,0 +1,56 @@
+"""A trial's folder under runs/trials/ and what it records: its key (the resolved configuration), the
+MLflow run of an interrupted attempt (resumed, not duplicated), and DONE with the final figures."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from study.config import Config, identity
+from study.tracking.mlflow_runs import run_status
+
+
+@dataclass
+class TrialResult:
+    run_id: str
+    metrics: dict[str, float]
+
+
+def trial_key(cfg: Config) -> str:
+    """Same resolved configuration -> same key -> same checkpoint folder (resume after a crash),
+    whatever the device or thread count it resumes on."""
+    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def trial_dir(cfg: Config, runs_dir: Path) -> Path:
+    return Path(runs_dir) / "trials" / cfg.tracking.experiment / trial_key(cfg)
+
+
+def finished_result(folder: Path, tracking_uri: str) -> TrialResult | None:
+    """The result of a trial whose folder says DONE and whose run is FINISHED in this store."""
+    done = folder / "DONE"
+    if not done.is_file():
+        return None
+    record = json.loads(done.read_text())
+    if run_status(record["run_id"], tracking_uri) != "FINISHED":
+        return None
+    print(f"trial {folder.name} already finished (MLflow run {record['run_id']})")
+    return TrialResult(record["run_id"], record["metrics"])
+
+
+def record_done(folder: Path, result: TrialResult) -> None:
+    (folder / "DONE").write_text(json.dumps({"run_id": result.run_id, "metrics": result.metrics}))
+
+
+def unfinished_run(folder: Path, tracking_uri: str) -> str | None:
+    """The run of an interrupted attempt at this trial, to resume rather than duplicate."""
+    run_id_file = folder / "mlflow_run_id"
+    if not run_id_file.is_file():
+        return None
+    run_id = run_id_file.read_text().strip()
+    return run_id if run_status(run_id, tracking_uri) not in (None, "FINISHED") else None
+
+
+def record_run(folder: Path, run_id: str) -> None:
+    (folder / "mlflow_run_id").write_text(run_id)
