@@ -107,22 +107,10 @@ def _prepare_data(experiment: Experiment) -> None:
 
 
 def _print_ui_address(experiment: str, tracking_uri: str, parent_run_id: str) -> None:
-    """Where the MLflow UI shows this sweep's runs (the experiment page alone may open on its GenAI view)."""
+    """Where the MLflow UI shows this sweep's runs: a plain experiment link opens MLflow 3's GenAI
+    overview ("Traces 0"), so the address asks for the runs table, filtered to this sweep."""
     experiment_id = mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment).experiment_id
     command = ui_command(tracking_uri)
     print("\nMLflow UI:" + (f" start it with\n  {command}\nthen open" if command else " open"))
-    print(f"  {runs_url(tracking_uri, experiment_id)}  (this sweep: the run sweep-..., expand it)")
-    print(f"  {runs_url(tracking_uri, experiment_id, parent_run_id)}  (this sweep's trials only)")
-
-
-def _regenerate_figures(experiment: str, tracking_uri: str) -> None:
-    from analysis import NoFinishedRuns, regenerate
-    try:
-        paths = regenerate(experiment, tracking_uri)
-        print(f"figures and tables: {len(paths)} files under figures/{experiment}/")
-    except NoFinishedRuns as exc:
-        print(f"no figures: {exc}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    print(f"  {runs_url(tracking_uri, experiment_id, parent_run_id)}\n"
+          f"and expand the sweep's run (the + beside sweep-...) to see its trials.")

@@ -17,6 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from study.config import Config, build, flatten, to_dict
+from study.tracking.store import ensure_experiment
 
 EXPERIMENT, BROKEN = "ablation", "broken"
 PARENT_NAME = "sweep-20260101-120000"
@@ -145,7 +146,7 @@ def build_store(root: Path) -> Store:
     """Writes the store under root (root/mlflow.db and root/artifacts) and returns its ids."""
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri)
-    experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
+    experiment_id = ensure_experiment(tracking_uri, EXPERIMENT)  # as sweep.py makes it: artifacts in root/artifacts
     run_ids = {SOURCE_DENSE.name: _log_trial(client, experiment_id, SOURCE_DENSE, None, None)}
     parent = client.create_run(experiment_id, run_name=PARENT_NAME, tags={"sweep.role": "parent"})
     parent_id = parent.info.run_id

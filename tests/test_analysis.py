@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,8 @@ from tests.analysis_store import (
     Store,
     build_store,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 FIGURES = ("pareto_params", "pareto_flops", "pareto_latency", "location_ablation", "effect_tau", "effect_alpha",
            "retention_histograms", "kept_fraction")
@@ -225,6 +229,23 @@ def test_cli_regenerates_identical_tables(store: Store, written: list[Path], tmp
         for ext in ("csv", "md"):
             first = written[0].parent / f"{table}.{ext}"
             assert (tmp_path / EXPERIMENT / f"{table}.{ext}").read_bytes() == first.read_bytes(), first.name
+
+
+def test_cli_runs_on_a_machine_without_torch(store: Store, written: list[Path], tmp_path: Path):
+    """Against a tracking server on a machine with no torch: `python -m analysis` with torch unimportable."""
+    script = f"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now raises ImportError
+from analysis.__main__ import main
+code = main([{EXPERIMENT!r}, "--tracking-uri", {store.tracking_uri!r}, "--out", {str(tmp_path)!r}])
+assert not [m for m, mod in sys.modules.items() if mod is not None and m.startswith("torch")], "torch imported"
+sys.exit(code)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for table in TABLES:
+        first = written[0].parent / f"{table}.csv"
+        assert (tmp_path / EXPERIMENT / f"{table}.csv").read_bytes() == first.read_bytes()
 
 
 def test_cli_experiment_without_finished_runs_exits_3(store: Store, tmp_path: Path, capsys):

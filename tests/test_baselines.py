@@ -7,12 +7,16 @@ import torch
 from torch import nn
 
 from study.config import Config, ConfigError, ModelConfig, build
+from study.data.prepared import prepare_data
 from study.evaluation.accounting import count_params
+from study.evaluation.error_rates import error_rates
 from study.method import baselines
 from study.method.attach import gate_seam
 from study.method.pruning import GROUPS, prune
 from study.model.conformer import ConformerCTC
+from study.model.io import load_model
 from study.model.size import analytic_params
+from study.training import batch_frames
 from study.trial import run_trial
 
 CFG = ModelConfig(d_model=32, num_heads=2, ffn_dim=48, conv_channels=24, conv_kernel=5, num_blocks=2,
@@ -125,6 +129,7 @@ def test_magnitude_trials_reuse_the_finished_dense_run(tiny_config, tracking_uri
     assert "reusing dense run" in capsys.readouterr().out
 
     client = mlflow.MlflowClient(tracking_uri)
+    test = prepare_data(tiny_config)["test"]
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     by_method = {r.data.tags["method"]: r for r in runs}
     assert sorted(r.data.tags["method"] for r in runs) == ["dense", "magnitude_structured", "magnitude_unstructured"]
@@ -134,7 +139,18 @@ def test_magnitude_trials_reuse_the_finished_dense_run(tiny_config, tracking_uri
         assert run.info.status == "FINISHED" and run.data.tags["source_dense_run_id"] == dense_id
         target = int(run.data.tags["budget.target_params"])
         assert result.metrics["params/total"] <= target and result.metrics["params/dense_total"] > target
-        assert run.data.metrics["test/wer"] >= 0
+        # The logged test WER is that of the exported model: recomputed from model.pt, it agrees.
+        exported, saved = load_model(client.download_artifacts(run.info.run_id, "model.pt", str(tmp_path / method)))
+        wer, cer, _ = error_rates(exported, test, saved["feature_mean"], saved["feature_std"], torch.device("cpu"),
+                                  batch_frames(tiny_config))
+        assert (wer, cer) == (run.data.metrics["test/wer"], run.data.metrics["test/cer"]), method
+    # Structured pruning started from the dense run's weights: the never-pruned front end is that model's.
+    dense_model, _ = load_model(client.download_artifacts(dense_id, "model.pt", str(tmp_path / "dense")))
+    pruned_model, _ = load_model(client.download_artifacts(by_method["magnitude_structured"].info.run_id, "model.pt",
+                                                           str(tmp_path / "pruned")))
+    for (name, a), (_, b) in zip(dense_model.encoder.subsampling.state_dict().items(),
+                                 pruned_model.encoder.subsampling.state_dict().items()):
+        assert torch.equal(a, b), name
     assert structured.metrics["flops/encoder_10s"] < structured.metrics["flops/dense_encoder_10s"]
     # Unstructured counts nonzero weights and claims no FLOP saving.
     assert abs(unstructured.metrics["params/total"] - target) <= 0.001 * target

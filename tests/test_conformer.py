@@ -1,10 +1,17 @@
 """The Conformer-CTC encoder: output shapes, lengths and padding invariance."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from study.config import ModelConfig
-from study.model import ConformerCTC, output_lengths
+from study.model import ConformerCTC, dense_widths, output_lengths
+from study.model.io import save_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 TINY = ModelConfig(d_model=32, num_heads=4, ffn_dim=64, conv_channels=24, conv_kernel=5, num_blocks=2,
                    subsampling_channels=8, dropout=0.1)
@@ -39,3 +46,21 @@ def test_gradients_reach_every_parameter():
     log_probs, _ = model(torch.randn(2, 50, 80), torch.tensor([50, 30]))
     log_probs.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_load_model_needs_only_torch_and_the_model_code(tmp_path):
+    """An exported model reloads in a process that never imports data, training, method or MLflow code."""
+    torch.manual_seed(0)
+    model = ConformerCTC(TINY, n_mels=80, vocab_size=29).eval()
+    save_model(tmp_path / "model.pt", TINY, model, dense_widths(TINY))
+    script = f"""
+import sys
+from study.model.io import load_model
+model, saved = load_model({str(tmp_path / 'model.pt')!r})
+loaded = sorted(m for m in sys.modules if m.split('.')[0] in ("soundfile", "mlflow", "espeakng_loader", "optuna")
+                or m.startswith(("study.data", "study.training", "study.method", "study.tracking", "study.sweep")))
+print(sum(p.numel() for p in model.parameters()), loaded)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(maxsplit=1) == [str(sum(p.numel() for p in model.parameters())), "[]\n"]

@@ -1,5 +1,5 @@
-"""A sweep as sweep.py records it reads right in the MLflow UI: the trial runs nested under the sweep's
-parent run, each with its test/wer and params/total. Drives the real UI (`mlflow server`) in headless
+"""A sweep as sweep.py records it reads right in the MLflow UI, at the address sweep.py prints: the trial
+runs nested under the sweep's parent run, each with its test/wer and params/total. Drives the real UI (`mlflow server`) in headless
 Chromium through Playwright; needs Debian's chromium package (/usr/bin/chromium)."""
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from study.tracking.store import runs_url
 from tests.analysis_store import PARENT_NAME, Store, build_store
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -98,9 +99,12 @@ def test_sweep_runs_nested_with_their_metrics(store: Store, server: str, tmp_pat
         try:
             page = browser.new_page(viewport={"width": 1800, "height": 1400})
             page.set_default_timeout(60_000)
-            page.goto(f"{server}/#/experiments/{store.experiment_id}/runs")
+            # The address sweep.py prints at the end: the runs table (not the GenAI overview that a plain
+            # experiment link opens on), filtered to the sweep, its parent run ready to expand.
+            page.goto(runs_url(server, store.experiment_id, store.parent_run_id))
             parent = _row(page, store.parent_run_id).first
             parent.wait_for()
+            assert "workflowType=machine_learning" in page.url and "mlflow.parentRunId" in page.url
             assistant = page.locator('[data-assistant-ui] button[aria-label="Close"]')
             if assistant.count():  # a chat side panel: closed so that the screenshot shows the whole table
                 assistant.first.click()

@@ -86,6 +86,14 @@ def test_grid_with_two_workers_runs_each_point_once_and_records_a_failure(tmp_pa
     assert sweep.main([str(exp), "--workers", "2", "--tracking-uri", uri, "--no-analysis"]) == 1  # one failed
     out = capsys.readouterr().out
     assert out.count("finished dense-s") == 4 and "FAILED   small-dense-p10-s0" in out
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny_sweep")
+    _, parents = child_runs(uri)
+    assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in out  # the UI's runs
+    assert parents[0].info.run_id in out and f"mlflow ui --backend-store-uri {uri}" in out
+    # Everything the sweep wrote is under the working directory's runs/ or beside the store, not in ./mlruns.
+    assert experiment.artifact_location == (tmp_path / "artifacts").as_uri() and not (tmp_path / "mlruns").exists()
+    assert len(list((tmp_path / "artifacts").rglob("model.pt"))) == 4
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
     check_grid_ran_once(uri, storage)

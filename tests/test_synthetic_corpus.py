@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile
 
+from study.config.synthetic import SPLITS, SyntheticConfig
 from study.data import espeak, synthetic
 from study.data.audio import SAMPLE_RATE
 from study.data.manifest import Utterance
-from study.config.synthetic import SPLITS, SyntheticConfig
 from study.data.sentences import VOCABULARY, generate_sentences
 from study.data.synthetic import COMPLETE_MARKER, build_synthetic_corpus
 from study.data.text import normalize

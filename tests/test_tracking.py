@@ -1,0 +1,80 @@
+"""Where MLflow keeps what the harness logs, how the UI is pointed at it, and when a dense run may be reused."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+
+from study.tracking.store import (
+    artifact_location,
+    ensure_experiment,
+    resolve_tracking_uri,
+    runs_url,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_artifacts_go_beside_the_store_under_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = resolve_tracking_uri()  # the default: runs/mlflow.db in the working directory
+    assert uri == f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert artifact_location(uri) == (tmp_path / "runs" / "artifacts").as_uri()
+    assert artifact_location("http://mlflow:5000") is None  # a tracking server keeps its own store
+
+    experiment_id = ensure_experiment(uri, "fresh")
+    assert ensure_experiment(uri, "fresh") == experiment_id
+    experiment = mlflow.MlflowClient(uri).get_experiment(experiment_id)
+    assert experiment.artifact_location == (tmp_path / "runs" / "artifacts").as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
+    with mlflow.start_run(experiment_id=experiment_id):
+        mlflow.log_text("hello", "note.txt")
+    assert list((tmp_path / "runs" / "artifacts").rglob("note.txt")) and not (tmp_path / "mlruns").exists()
+
+
+def test_an_experiment_made_elsewhere_is_tagged_for_the_ui(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    old = mlflow.MlflowClient(uri).create_experiment("old", artifact_location=(tmp_path / "old").as_uri())
+    assert ensure_experiment(uri, "old") == old
+    experiment = mlflow.MlflowClient(uri).get_experiment(old)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location == (tmp_path / "old").as_uri()  # never moved
+
+
+def test_runs_url():
+    assert runs_url("sqlite:////x/runs/mlflow.db", "3") == \
+        "http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning"
+    url = runs_url("http://mlflow:5000/", "3", "abc")
+    assert url.startswith("http://mlflow:5000/#/experiments/3/runs?workflowType=machine_learning&searchFilter=")
+    assert url.endswith("tags.%60mlflow.parentRunId%60%20%3D%20%27abc%27")
+
+
+def _recipe_key_in(root: Path) -> str:
+    script = "import study; from study.config import Config; from study.tracking.mlflow_runs import recipe_key; " \
+             "print(study.__file__); print(recipe_key(Config()))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                          env={"PATH": "", "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    where, key = done.stdout.split()
+    assert Path(where).is_relative_to(root)
+    return key
+
+
+def test_a_dense_run_of_other_model_or_training_code_has_another_recipe_key(tmp_path):
+    """Magnitude baselines reuse a dense run by its recipe key: the key must change with the code that
+    trains a dense model, not only with its configuration."""
+    copies = {}
+    for name in ("same", "same_again", "other_model", "other_training"):
+        copies[name] = tmp_path / name
+        shutil.copytree(REPO / "study", copies[name] / "study", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(copies["other_model"] / "study" / "model" / "conformer.py", "a") as f:
+        f.write("\nSOMETHING_NEW = 1\n")
+    with open(copies["other_training"] / "study" / "training.py", "a") as f:
+        f.write("\n# a changed comment is a changed file: never reuse silently\n")
+    keys = {name: _recipe_key_in(root) for name, root in copies.items()}
+    assert keys["same"] == keys["same_again"]
+    assert len({keys["same"], keys["other_model"], keys["other_training"]}) == 3
