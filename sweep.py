@@ -114,3 +114,16 @@ def _print_ui_address(experiment: str, tracking_uri: str, parent_run_id: str) ->
     print("\nMLflow UI:" + (f" start it with\n  {command}\nthen open" if command else " open"))
     print(f"  {runs_url(tracking_uri, experiment_id, parent_run_id)}\n"
           f"and expand the sweep's run (the + beside sweep-...) to see its trials.")
+
+
+def _regenerate_figures(experiment: str, tracking_uri: str) -> None:
+    from analysis import NoFinishedRuns, regenerate
+    try:
+        paths = regenerate(experiment, tracking_uri)
+        print(f"figures and tables: {len(paths)} files under figures/{experiment}/")
+    except NoFinishedRuns as exc:
+        print(f"no figures: {exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

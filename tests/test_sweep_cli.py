@@ -24,3 +24,11 @@ def test_bad_override_and_missing_data_root(tmp_path, capsys):
 def test_overrides_parse_toml_values():
     assert sweep.parse_overrides(["a.b=3", "c=1e-3", "d=[\"ffn\", \"conv\"]", "e=word", "f=true"]) == {
         "a.b": 3, "c": 1e-3, "d": ["ffn", "conv"], "e": "word", "f": True}
+
+
+def test_a_voice_the_installed_espeak_lacks_exits_2_before_any_synthesis(tmp_path, capsys):
+    assert sweep.main(["experiments/default.toml", "--set", 'data.synthetic.dev_variants=["m2", "m99"]',
+                       "--set", f"data.cache_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "experiments/default.toml" in err and "data.synthetic.dev_variants" in err and "m99" in err
+    assert not list(tmp_path.rglob("*.flac"))
