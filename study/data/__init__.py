@@ -1,0 +1,1 @@
+"""Corpora, features, text normalisation and batching: everything between audio files and model inputs."""

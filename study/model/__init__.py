@@ -1,3 +1,4 @@
+"""The Conformer-CTC encoder written for pruning, its size accounting and its export."""
 from study.model.conformer import (
     BlockWidths,
     ConformerCTC,
