@@ -124,7 +124,7 @@ class PruneConfig:
     """The baselines' budget and recipe (METHOD.md section 5); ignored by dense and adaptive_dropout."""
     target_params: int = knob(0, min=0)  # parameters to keep (nonzero ones for unstructured); 0 = unset
     target_reduction: float = knob(0.0, min=0.0, max=0.99)  # 1 - kept/dense; 0 = unset
-    ranking: str = knob("global", choices=("global", "uniform"))  # structured: see study/baselines.py
+    ranking: str = knob("global", choices=("global", "uniform"))  # structured: see study/method/baselines.py
     shrink: str = knob("d_model", choices=("d_model", "inner"))  # small_dense: which widths shrink
     finetune_epochs: int = knob(0, min=0)  # magnitude baselines: training after pruning
 

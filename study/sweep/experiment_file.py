@@ -1,6 +1,6 @@
 """Experiment files: a base configuration plus a `[sweep]` table saying which variants to run.
 
-    method = "dense"              # the base configuration: any keys of study/config.py
+    method = "dense"              # the base configuration: any keys of study/config/schema.py
     [sweep]
     mode = "grid"                 # grid: every point below; search: Optuna ranges, `trials` of them
     grid = { "train.seed" = [0, 1] }            # axes crossed with every arm

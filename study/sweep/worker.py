@@ -1,6 +1,6 @@
 """A sweep worker process: takes grid points (or search trials) from Optuna until none is left.
 
-Started by the driver (study/driver.py) as `python -m study.sweep.worker SETTINGS_JSON`; several run at
+Started by the driver (study/sweep/driver.py) as `python -m study.sweep.worker SETTINGS_JSON`; several run at
 once, on one machine or many, and coordinate only through the Optuna storage.
 """
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The trained dense model that magnitude pruning starts from: found in MLflow by its recipe.
 
 A sweep trains each dense baseline once; every magnitude-pruning trial of the same recipe (data,
-features, model, training; see `tracking.recipe_key`) reuses its exported model.pt.
+features, model, training and the code that trains it; see `mlflow_runs.recipe_key`) reuses its
+exported model.pt.
 """
 from __future__ import annotations
 
