@@ -23,6 +23,7 @@ import mlflow
 from study.config import ConfigError
 from study.data.manifest import DataError
 from study.data.prepared import prepare_data
+from study.data.tokenizer import build_tokenizer
 from study.sweep.driver import SweepArgs, SweepError, launch
 from study.sweep.experiment_file import Experiment, load_experiment
 from study.sweep.status import pareto_front, status_table
@@ -100,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _prepare_data(experiment: Experiment) -> None:
+    """Corpus, features and (BPE) units of the base configuration, made once before the workers start."""
+    cfg = experiment.config()
     try:
-        prepare_data(experiment.config())
-    except ConfigError as exc:  # a voice the installed eSpeak lacks, found when the corpus is made
+        data = prepare_data(cfg)
+        build_tokenizer(cfg.text, data["train"].transcripts, cfg.data.cache_dir)
+    except (ConfigError, ValueError) as exc:  # e.g. a voice the installed eSpeak lacks, a BPE size too large
         raise ConfigError(f"{experiment.path}: {exc}") from None
 
 

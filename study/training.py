@@ -20,6 +20,7 @@ from study.config import Config
 from study.data.batching import collate, make_batches
 from study.data.features import SpecAugment
 from study.data.prepared import SplitData
+from study.data.tokenizer import Tokenizer
 from study.model import output_lengths
 
 
@@ -60,19 +61,15 @@ def batch_frames(cfg: Config) -> int:
     return round(cfg.train.batch_seconds * 1000 / cfg.features.hop_ms)
 
 
-def feasible(data: SplitData) -> list[int]:
-    """Indices whose transcript fits in the encoder's output frames (CTC needs T >= S + repeats)."""
-    keep = []
-    for i, (u, n) in enumerate(zip(data.utterances, data.lengths)):
-        chars = u.text
-        needed = len(chars) + sum(a == b for a, b in zip(chars, chars[1:]))
-        if int(output_lengths(torch.tensor(n))) >= needed:
-            keep.append(i)
-    return keep
+def feasible(lengths: list[int], targets: list[list[int]], subsampling: int) -> list[int]:
+    """Indices whose target fits in the encoder's output frames (CTC needs T >= S + repeats)."""
+    frames = output_lengths(torch.tensor(lengths), subsampling).tolist()
+    return [i for i, (t, ids) in enumerate(zip(frames, targets))
+            if t >= len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))]
 
 
 class Trainer:
-    def __init__(self, cfg: Config, model: torch.nn.Module, train: SplitData, mean: torch.Tensor,
+    def __init__(self, cfg: Config, model: torch.nn.Module, train: SplitData, tokenizer: Tokenizer, mean: torch.Tensor,
                  std: torch.Tensor, checkpoint_path: Path, device: torch.device, epochs: int | None = None,
                  param_groups: list[dict] | None = None, regulariser: Callable[[float], torch.Tensor] | None = None):
         """`regulariser(t)` (t = fraction of training done) is added to the CTC loss at every step;
@@ -82,9 +79,11 @@ class Trainer:
         self.regulariser = regulariser
         self.train_data, self.mean, self.std = train, mean, std
         self.checkpoint_path = Path(checkpoint_path)
-        self.train_indices = feasible(train)
+        self.targets = [tokenizer.encode(t) for t in train.transcripts]  # (S_i,) unit ids per utterance
+        self.train_indices = feasible(train.lengths, self.targets, cfg.model.subsampling)
         if not self.train_indices:
-            raise TrainingError("no training utterance is long enough for its transcript after 4x subsampling")
+            raise TrainingError("no training utterance is long enough for its transcript after "
+                                f"{cfg.model.subsampling}x subsampling")
         self.skipped = len(train.utterances) - len(self.train_indices)
         self.max_frames = batch_frames(cfg)
         self.steps_per_epoch = len(self._epoch_batches(0))
@@ -130,7 +129,7 @@ class Trainer:
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False, disable=None)
         for step, indices in enumerate(bar):
             t = (epoch * self.steps_per_epoch + step) / self.total_steps  # fraction of training done
-            batch = collate(indices, self.train_data.features, self.train_data.transcripts, self.mean, self.std)
+            batch = collate(indices, self.train_data.features, self.mean, self.std, self.targets)
             feats = self.spec_augment(batch.features).to(self.device)
             with self.autocast:
                 log_probs, out_lengths = self.model(feats, batch.feature_lengths.to(self.device))

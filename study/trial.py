@@ -13,9 +13,9 @@ from pathlib import Path
 import mlflow
 
 from study.config import Config, ModelConfig, dumps_toml, to_dict
-from study.data import text
 from study.data.features import mean_std
 from study.data.prepared import prepare_data
+from study.data.tokenizer import build_tokenizer
 from study.evaluation.accounting import size_metrics
 from study.method import baselines
 from study.method.adaptive_dropout import AdlSettings
@@ -64,9 +64,10 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     data = prepare_data(cfg)  # every data error surfaces here, before a run or a model exists
+    tokenizer = build_tokenizer(cfg.text, data["train"].transcripts, cfg.data.cache_dir)
     mean, std = mean_std(data["train"].features)
     folder.mkdir(parents=True, exist_ok=True)
-    ctx = TrialContext(cfg, data, mean, std, device, folder)
+    ctx = TrialContext(cfg, data, tokenizer, mean, std, device, folder)
     tags = dict(tags or {})
     dense_run = None
     if cfg.method in MAGNITUDE:
@@ -108,7 +109,7 @@ def _train(ctx: TrialContext) -> Outcome:
     """dense: train. adaptive_dropout: train with ADLs, then prune the units they drop (no fine-tuning
     unless adl.finetune_epochs asks for it, as an ablation)."""
     cfg = ctx.cfg
-    model = build_model(cfg)
+    model = build_model(cfg, ctx.tokenizer.vocab_size)
     adl = None
     if cfg.method == "adaptive_dropout":
         adl = AdlController(attach_adls(model, cfg.adl.locations, AdlSettings.from_config(cfg.adl)), cfg.adl)
@@ -125,9 +126,9 @@ def _train(ctx: TrialContext) -> Outcome:
     return Outcome(pruned, cfg.model, widths, seconds, adl=adl)
 
 
-def _budget(cfg: Config) -> int:
+def _budget(cfg: Config, vocab_size: int) -> int:
     """The baselines' parameter target, tagged on the run."""
-    dense_total = analytic_params(cfg.model, dense_widths(cfg.model), cfg.features.n_mels, text.vocab_size())["total"]
+    dense_total = analytic_params(cfg.model, dense_widths(cfg.model), cfg.features.n_mels, vocab_size)["total"]
     target = baselines.resolve_target(cfg.prune.target_params, cfg.prune.target_reduction, dense_total)
     mlflow.set_tag("budget.target_params", str(target))
     return target
@@ -136,9 +137,10 @@ def _budget(cfg: Config) -> int:
 def _small_dense(ctx: TrialContext) -> Outcome:
     """A dense model of the budget's size, trained from scratch."""
     cfg = ctx.cfg
-    model_cfg, widths = baselines.small_dense_shape(cfg.model, _budget(cfg), cfg.prune.shrink, cfg.features.n_mels,
-                                                    text.vocab_size())
-    model = build_model(cfg, model_cfg, widths)
+    vocab = ctx.tokenizer.vocab_size
+    model_cfg, widths = baselines.small_dense_shape(cfg.model, _budget(cfg, vocab), cfg.prune.shrink,
+                                                    cfg.features.n_mels, vocab)
+    model = build_model(cfg, vocab, model_cfg, widths)
     seconds = ctx.fit(ctx.trainer(model, "checkpoint.pt"))
     shape = f"d{model_cfg.d_model}-ffn{widths[0].ffn1}-q{widths[0].query_dims[0]}-conv{widths[0].conv}"
     return Outcome(model.eval(), model_cfg, widths, seconds, tags={"small_dense.shape": shape})
@@ -148,7 +150,7 @@ def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
     """Magnitude pruning of the trained dense model to the budget, structured (physically smaller) or
     unstructured (zeros in dense shapes), with optional fine-tuning."""
     cfg = ctx.cfg
-    target = _budget(cfg)
+    target = _budget(cfg, ctx.tokenizer.vocab_size)
     dense = dense.to(ctx.device).eval()
     if cfg.method == "magnitude_structured":
         plan = baselines.structured_plan(dense, cfg.model, target, cfg.prune.ranking)
@@ -167,7 +169,7 @@ def _evaluate_and_log(ctx: TrialContext, outcome: Outcome) -> dict[str, float]:
         mlflow.set_tags(outcome.tags)
     dev_wer, dev_cer, _ = ctx.error_rates(model, "dev")
     test_wer, test_cer, test_hyps = ctx.error_rates(model, "test")
-    dense = build_model(cfg).to(ctx.device).eval()  # the full-size reference of every method
+    dense = build_model(cfg, ctx.tokenizer.vocab_size).to(ctx.device).eval()  # the full-size reference
     final = {"dev/wer": dev_wer, "dev/cer": dev_cer, "test/wer": test_wer, "test/cer": test_cer,
              "time/train_s": outcome.train_seconds,
              **size_metrics(model, outcome.model_cfg, outcome.widths, dense)}
@@ -180,7 +182,7 @@ def _evaluate_and_log(ctx: TrialContext, outcome: Outcome) -> dict[str, float]:
         (tmp / "config.toml").write_text(dumps_toml(to_dict(cfg)))
         widths = outcome.widths or dense_widths(cfg.model)
         save_model(tmp / "model.pt", outcome.model_cfg, model.cpu(), widths,
-                   {"feature_mean": ctx.mean, "feature_std": ctx.std})
+                   {"feature_mean": ctx.mean, "feature_std": ctx.std, "tokenizer": ctx.tokenizer.state()})
         examples = [f"REF: {u.text}\nHYP: {h}\n" for u, h in zip(ctx.data["test"].utterances[:50], test_hyps)]
         (tmp / "test_examples.txt").write_text("\n".join(examples))
         if outcome.adl:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from study.config import Config, ModelConfig
-from study.data import text
 from study.data.prepared import SplitData
+from study.data.tokenizer import Tokenizer
 from study.evaluation.error_rates import error_rates
 from study.method.adl_controller import AdlController
 from study.model import BlockWidths, ConformerCTC
@@ -25,28 +25,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(cfg: Config, model_cfg: ModelConfig | None = None,
+def build_model(cfg: Config, vocab_size: int, model_cfg: ModelConfig | None = None,
                 widths: list[BlockWidths] | None = None) -> ConformerCTC:
     """The trial's model (or one of other widths), initialised from the trial's seed."""
     torch.manual_seed(cfg.train.seed)
-    return ConformerCTC(model_cfg or cfg.model, cfg.features.n_mels, text.vocab_size(), widths)
+    return ConformerCTC(model_cfg or cfg.model, cfg.features.n_mels, vocab_size, widths)
 
 
 @dataclass
 class TrialContext:
     cfg: Config
     data: dict[str, SplitData]
+    tokenizer: Tokenizer  # the CTC output units
     mean: torch.Tensor  # (n_mels,) training-set feature statistics
     std: torch.Tensor
     device: torch.device
     folder: Path  # the trial's folder: checkpoints, DONE
 
     def error_rates(self, model: torch.nn.Module, split: str) -> tuple[float, float, list[str]]:
-        return error_rates(model, self.data[split], self.mean, self.std, self.device, batch_frames(self.cfg))
+        return error_rates(model, self.data[split], self.tokenizer, self.mean, self.std, self.device,
+                           batch_frames(self.cfg))
 
     def trainer(self, model: torch.nn.Module, checkpoint: str, epochs: int | None = None, **kwargs) -> Trainer:
-        return Trainer(self.cfg, model, self.data["train"], self.mean, self.std, self.folder / checkpoint,
-                       self.device, epochs=epochs, **kwargs)
+        return Trainer(self.cfg, model, self.data["train"], self.tokenizer, self.mean, self.std,
+                       self.folder / checkpoint, self.device, epochs=epochs, **kwargs)
 
     def fit(self, trainer: Trainer, prefix: str = "", step_offset: int = 0, adl: AdlController | None = None) -> float:
         """Trains (resuming from the trainer's checkpoint) with per-epoch dev figures; returns seconds."""

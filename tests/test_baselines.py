@@ -8,6 +8,7 @@ from torch import nn
 
 from study.config import Config, ConfigError, ModelConfig, build
 from study.data.prepared import prepare_data
+from study.data.tokenizer import tokenizer_from_state
 from study.evaluation.accounting import count_params
 from study.evaluation.error_rates import error_rates
 from study.method import baselines
@@ -141,8 +142,8 @@ def test_magnitude_trials_reuse_the_finished_dense_run(tiny_config, tracking_uri
         assert result.metrics["params/total"] <= target and result.metrics["params/dense_total"] > target
         # The logged test WER is that of the exported model: recomputed from model.pt, it agrees.
         exported, saved = load_model(client.download_artifacts(run.info.run_id, "model.pt", str(tmp_path / method)))
-        wer, cer, _ = error_rates(exported, test, saved["feature_mean"], saved["feature_std"], torch.device("cpu"),
-                                  batch_frames(tiny_config))
+        wer, cer, _ = error_rates(exported, test, tokenizer_from_state(saved["tokenizer"]), saved["feature_mean"],
+                                  saved["feature_std"], torch.device("cpu"), batch_frames(tiny_config))
         assert (wer, cer) == (run.data.metrics["test/wer"], run.data.metrics["test/cer"]), method
     # Structured pruning started from the dense run's weights: the never-pruned front end is that model's.
     dense_model, _ = load_model(client.download_artifacts(dense_id, "model.pt", str(tmp_path / "dense")))

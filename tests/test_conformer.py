@@ -1,10 +1,12 @@
-"""The Conformer-CTC encoder: output shapes, lengths and padding invariance."""
+"""The Conformer-CTC encoder: output shapes, lengths (4x and 8x front ends) and padding invariance."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from study.config import ModelConfig
@@ -28,9 +30,24 @@ def test_output_shapes_and_lengths():
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, log_probs.shape[1]), atol=1e-5)
 
 
-def test_padded_frames_never_change_real_outputs():
+def test_8x_front_end_lengths_match_real_outputs():
+    """The length formula against the frames each utterance really gets when run alone."""
+    cfg = dataclasses.replace(TINY, subsampling=8)
     torch.manual_seed(0)
-    model = ConformerCTC(TINY, n_mels=80, vocab_size=29).eval()
+    model = ConformerCTC(cfg, n_mels=80, vocab_size=29).eval()
+    lengths = torch.tensor([101, 77, 40, 9, 8])
+    log_probs, out_lengths = model(torch.randn(5, 101, 80), lengths)
+    assert out_lengths.tolist() == output_lengths(lengths, 8).tolist() == [13, 10, 5, 2, 1]
+    assert log_probs.shape[1] == 13
+    for n, expected in zip(lengths.tolist(), out_lengths.tolist()):
+        assert model(torch.randn(1, n, 80), torch.tensor([n]))[0].shape[1] == expected
+    assert model.encoder.subsampling.proj.in_features == 8 * 10  # 80 mel bins -> 40 -> 20 -> 10
+
+
+@pytest.mark.parametrize("subsampling", [4, 8])
+def test_padded_frames_never_change_real_outputs(subsampling):
+    torch.manual_seed(0)
+    model = ConformerCTC(dataclasses.replace(TINY, subsampling=subsampling), n_mels=80, vocab_size=29).eval()
     short = torch.randn(1, 60, 80)
     alone, n = model(short, torch.tensor([60]))
     padded = torch.cat([short, 100 * torch.randn(1, 45, 80)], dim=1)  # loud garbage in the padding

@@ -1,6 +1,7 @@
 """METHOD.md section 3: exact physical pruning, honest accounting, and locations that change nothing."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -25,10 +26,10 @@ def padded_batch():
     return torch.randn(3, 90, N_MELS), torch.tensor([90, 61, 33])  # unequal lengths, zero-padded tails
 
 
-def trained_like_model(locations, settings=AdlSettings()):
+def trained_like_model(locations, settings=AdlSettings(), cfg=CFG, vocab=VOCAB):
     """A model with ADLs whose logits straddle the threshold and whose BatchNorm stats are not trivial."""
     torch.manual_seed(0)
-    model = ConformerCTC(CFG, N_MELS, VOCAB)
+    model = ConformerCTC(cfg, N_MELS, vocab)
     layers = attach_adls(model, locations, settings)
     for layer in layers:
         layer.beta.data = torch.randn_like(layer.beta) * 2.0
@@ -63,6 +64,16 @@ def test_pruned_model_equals_unpruned_in_eval_mode(locations, inference):
     counts = analytic_params(CFG, widths, N_MELS, VOCAB)
     assert count_params(pruned) == sum(p.numel() for p in pruned.parameters()) == counts["total"]
     assert not any(name.endswith("beta") for name, _ in pruned.named_parameters())
+
+
+def test_exact_with_the_8x_front_end_and_a_bpe_sized_head():
+    """The front end is never pruned; invariants 1 and 2 hold whatever its frame rate and the head's size."""
+    cfg, vocab = dataclasses.replace(CFG, subsampling=8), 257
+    model, _ = trained_like_model(["ffn", "mhsa", "conv"], cfg=cfg, vocab=vocab)
+    pruned, widths = prune(model, cfg, adl_decisions(model))
+    assert_exact(model, pruned)
+    assert count_params(pruned) == analytic_params(cfg, widths, N_MELS, vocab)["total"] < count_params(model)
+    assert torch.equal(pruned.encoder.subsampling.stages[1][0].weight, model.encoder.subsampling.stages[1][0].weight)
 
 
 def test_every_unit_of_a_location_can_go():

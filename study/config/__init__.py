@@ -1,31 +1,12 @@
 """Configuration: typed dataclasses (schema.py, synthetic.py) and their TOML reading and writing
 (toml_io.py). Imports no data, model or training code."""
-from study.config.schema import (
-                                 AdlConfig,
-                                 Config,
-                                 DataConfig,
-                                 FeatureConfig,
-                                 FsddConfig,
-                                 ModelConfig,
-                                 PruneConfig,
-                                 TrackingConfig,
-                                 TrainConfig,
-                                 knob,
-)
+from study.config.schema import (AdlConfig, Config, DataConfig, FeatureConfig, FsddConfig, ModelConfig,  # noqa: I001
+                                 PruneConfig, TextConfig, TrackingConfig, TrainConfig, knob)
 from study.config.synthetic import SyntheticConfig
-from study.config.toml_io import (
-                                 ConfigError,
-                                 build,
-                                 dumps_toml,
-                                 flatten,
-                                 identity,
-                                 load_config,
-                                 read_toml,
-                                 set_dotted,
-                                 to_dict,
-)
+from study.config.toml_io import (ConfigError, build, dumps_toml, flatten, identity, load_config, read_toml,
+                                  set_dotted, to_dict)
 from study.names import BASELINES, METHODS
 
 __all__ = ["AdlConfig", "BASELINES", "Config", "ConfigError", "DataConfig", "FeatureConfig", "FsddConfig", "METHODS",
-           "ModelConfig", "PruneConfig", "SyntheticConfig", "TrackingConfig", "TrainConfig", "build", "dumps_toml",
-           "flatten", "identity", "knob", "load_config", "read_toml", "set_dotted", "to_dict"]
+           "ModelConfig", "PruneConfig", "SyntheticConfig", "TextConfig", "TrackingConfig", "TrainConfig", "build",
+           "dumps_toml", "flatten", "identity", "knob", "load_config", "read_toml", "set_dotted", "to_dict"]

@@ -55,6 +55,13 @@ class FeatureConfig:
 
 
 @dataclass
+class TextConfig:
+    """The CTC output units: characters, or BPE subwords trained on the training transcripts."""
+    units: str = knob("char", choices=("char", "bpe"))
+    bpe_vocab_size: int = knob(128, min=8)  # sentencepiece pieces (the blank comes on top)
+
+
+@dataclass
 class ModelConfig:
     d_model: int = knob(96, min=8)
     num_heads: int = knob(4, min=1)
@@ -62,6 +69,7 @@ class ModelConfig:
     conv_channels: int = knob(96, min=1)  # channels after the GLU in the conv module
     conv_kernel: int = knob(15, min=1)
     num_blocks: int = knob(4, min=1)
+    subsampling: int = knob(4, choices=(4, 8))  # front-end frame-rate reduction (8: FastConformer-style)
     subsampling_channels: int = knob(32, min=1)
     dropout: float = knob(0.1, min=0.0, max=0.9)
     attention_dropout: float = knob(0.0, min=0.0, max=0.9)  # on attention weights; slow on the CPU
@@ -144,6 +152,7 @@ class Config:
     method: str = knob("dense", choices=METHODS)
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     adl: AdlConfig = field(default_factory=AdlConfig)

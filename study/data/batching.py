@@ -6,14 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from study.data import text
-
 
 @dataclass
 class Batch:
     features: torch.Tensor  # (B, T, F) normalised log-mel, zero-padded
     feature_lengths: torch.Tensor  # (B,)
-    targets: torch.Tensor  # (B, S) character ids, zero-padded
+    targets: torch.Tensor  # (B, S) unit ids, zero-padded (S = 0 when decoding)
     target_lengths: torch.Tensor  # (B,)
     indices: list[int]  # positions in the split, to find the reference transcripts
 
@@ -44,10 +42,11 @@ def make_batches(lengths: list[int], max_frames: int, shuffle_seed: int | None) 
     return batches
 
 
-def collate(indices: list[int], features: list[torch.Tensor], transcripts: list[str],
-            mean: torch.Tensor, std: torch.Tensor) -> Batch:
+def collate(indices: list[int], features: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor,
+            targets: list[list[int]] | None = None) -> Batch:
+    """Normalised, zero-padded features and, when `targets` (unit ids per utterance) are given, padded targets."""
     feats = [(features[i].float() - mean) / std for i in indices]
-    targets = [torch.tensor(text.encode(transcripts[i]), dtype=torch.long) for i in indices]
+    targets = [torch.tensor(targets[i] if targets else [], dtype=torch.long) for i in indices]
     return Batch(
         features=torch.nn.utils.rnn.pad_sequence(feats, batch_first=True),
         feature_lengths=torch.tensor([f.shape[0] for f in feats]),

@@ -3,29 +3,29 @@ from __future__ import annotations
 
 import torch
 
-from study.data import text
 from study.data.batching import collate, make_batches
 from study.data.prepared import SplitData
+from study.data.tokenizer import Tokenizer
 
 
-def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[str]:
+def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor, tokenizer: Tokenizer) -> list[str]:
     """(B, T, V), (B,) -> transcripts: best class per frame, repeats merged, blanks dropped."""
     best = log_probs.argmax(dim=-1).cpu()  # (B, T)
     out = []
     for row, n in zip(best, lengths.tolist()):
         ids = torch.unique_consecutive(row[:n]).tolist()
-        out.append(text.decode(ids))
+        out.append(tokenizer.decode(ids))
     return out
 
 
 @torch.inference_mode()
-def transcribe(model: torch.nn.Module, data: SplitData, mean: torch.Tensor, std: torch.Tensor,
-               device: torch.device, max_frames: int) -> list[str]:
+def transcribe(model: torch.nn.Module, data: SplitData, tokenizer: Tokenizer, mean: torch.Tensor,
+               std: torch.Tensor, device: torch.device, max_frames: int) -> list[str]:
     model.eval()
     hyps: dict[int, str] = {}
     for indices in make_batches(data.lengths, max_frames, shuffle_seed=None):
-        batch = collate(indices, data.features, data.transcripts, mean, std)
+        batch = collate(indices, data.features, mean, std)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             log_probs, lengths = model(batch.features.to(device), batch.feature_lengths.to(device))
-        hyps.update(zip(indices, greedy_decode(log_probs.float(), lengths)))
+        hyps.update(zip(indices, greedy_decode(log_probs.float(), lengths, tokenizer)))
     return [hyps[i] for i in range(len(data.utterances))]

@@ -6,6 +6,7 @@ import torch
 
 from study.data import text
 from study.data.prepared import SplitData
+from study.data.tokenizer import Tokenizer
 from study.evaluation.decoding import transcribe
 
 
@@ -27,8 +28,8 @@ def char_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.cer(*_pairs(references, hypotheses)))
 
 
-def error_rates(model: torch.nn.Module, data: SplitData, mean: torch.Tensor, std: torch.Tensor,
-                device: torch.device, max_frames: int) -> tuple[float, float, list[str]]:
+def error_rates(model: torch.nn.Module, data: SplitData, tokenizer: Tokenizer, mean: torch.Tensor,
+                std: torch.Tensor, device: torch.device, max_frames: int) -> tuple[float, float, list[str]]:
     """WER, CER and the hypotheses of `model` on one split (greedy decoding)."""
-    hyps = transcribe(model, data, mean, std, device, max_frames)
+    hyps = transcribe(model, data, tokenizer, mean, std, device, max_frames)
     return word_error_rate(data.transcripts, hyps), char_error_rate(data.transcripts, hyps), hyps

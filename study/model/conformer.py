@@ -68,9 +68,19 @@ class ConstantOutput(nn.Module):
         return torch.zeros_like(x) + self.bias  # a fresh tensor: autograd and FLOP hooks expect one
 
 
-def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
-    """Frames after the two stride-2, kernel-3 convolutions of the front end."""
-    return ((lengths - 1) // 2 - 1) // 2
+def output_lengths(lengths: torch.Tensor, factor: int = 4) -> torch.Tensor:
+    """Frames after the front end: two stride-2, kernel-3 convolutions without padding (factor 4), or
+    three with padding 1 (factor 8)."""
+    if factor == 4:
+        return ((lengths - 1) // 2 - 1) // 2
+    for _ in range(3):
+        lengths = (lengths - 1) // 2 + 1
+    return lengths
+
+
+def front_end_bins(n_mels: int, factor: int) -> int:
+    """Frequency bins left after the front end's convolutions (they stride over frequency too)."""
+    return int(output_lengths(torch.tensor(n_mels), factor))
 
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -80,18 +90,48 @@ def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 class Subsampling(nn.Module):
     """Conv2d x2 (stride 2 each): (B, T_in, n_mels) -> (B, T_in/4, D)."""
+    factor = 4
 
     def __init__(self, n_mels: int, channels: int, d_model: int):
         super().__init__()
         self.conv = nn.Sequential(
             nn.Conv2d(1, channels, 3, stride=2), nn.ReLU(),
             nn.Conv2d(channels, channels, 3, stride=2), nn.ReLU())
-        self.proj = nn.Linear(channels * (((n_mels - 1) // 2 - 1) // 2), d_model)
+        self.proj = nn.Linear(channels * front_end_bins(n_mels, 4), d_model)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x.unsqueeze(1))  # (B, C, T/4, F/4)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x.unsqueeze(1))  # (B, C, T/4, F/4); no padding, so no frame reads past its utterance
         b, c, t, f = x.shape
         return self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+
+
+class DepthwiseSubsampling(nn.Module):
+    """8x in the style of FastConformer: Conv2d(stride 2), then twice depthwise Conv2d(stride 2) +
+    pointwise Conv2d, ReLU after each stage: (B, T_in, n_mels) -> (B, T_in/8, D). Frames past each
+    utterance's end are zeroed after every stage, so the output does not depend on batch padding."""
+    factor = 8
+
+    def __init__(self, n_mels: int, channels: int, d_model: int):
+        super().__init__()
+        self.stages = nn.ModuleList([
+            nn.Conv2d(1, channels, 3, stride=2, padding=1),
+            nn.Sequential(nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels),
+                          nn.Conv2d(channels, channels, 1)),
+            nn.Sequential(nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels),
+                          nn.Conv2d(channels, channels, 1))])
+        self.proj = nn.Linear(channels * front_end_bins(n_mels, 8), d_model)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = (x * padding_mask(lengths, x.shape[1])[:, :, None].to(x.dtype)).unsqueeze(1)  # (B, 1, T, F)
+        for stage in self.stages:
+            x = torch.relu(stage(x))
+            lengths = (lengths - 1) // 2 + 1
+            x = x * padding_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
+        b, c, t, f = x.shape  # (B, C, T/8, F/8)
+        return self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+
+
+FRONT_ENDS = {4: Subsampling, 8: DepthwiseSubsampling}
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device) -> torch.Tensor:
@@ -220,15 +260,15 @@ class ConformerEncoder(nn.Module):
         super().__init__()
         if widths is not None and len(widths) != cfg.num_blocks:
             raise ValueError(f"{len(widths)} block widths for {cfg.num_blocks} blocks")
-        self.subsampling = Subsampling(n_mels, cfg.subsampling_channels, cfg.d_model)
+        self.subsampling = FRONT_ENDS[cfg.subsampling](n_mels, cfg.subsampling_channels, cfg.d_model)
         self.xscale = math.sqrt(cfg.d_model) if cfg.scale_input else 1.0
         self.dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(ConformerBlock(cfg, widths[i] if widths else None) for i in range(cfg.num_blocks))
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T_in, n_mels), (B,) -> (B, T, D), (B,)."""
-        x = self.subsampling(feats)
-        lengths = output_lengths(lengths)
+        x = self.subsampling(feats, lengths)
+        lengths = output_lengths(lengths, self.subsampling.factor)
         mask = padding_mask(lengths, x.shape[1])
         # Scale the content up so the unit-amplitude positional code does not swamp it (as in ESPnet).
         x = self.dropout(x * self.xscale + sinusoidal_positions(x.shape[1], x.shape[2], x.device))

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from study.config import ModelConfig
-from study.model.conformer import BlockWidths
+from study.model.conformer import BlockWidths, front_end_bins
 from study.names import LOCATIONS
 
 
@@ -30,10 +30,19 @@ def block_params(cfg: ModelConfig, w: BlockWidths) -> dict[str, int]:
     return {"ffn": ffn(w.ffn1) + ffn(w.ffn2), "mhsa": mhsa, "conv": conv, "norm": ln}
 
 
+def front_end_params(cfg: ModelConfig, n_mels: int) -> int:
+    """The front end (never pruned): its convolutions and the projection to d_model."""
+    c = cfg.subsampling_channels
+    if cfg.subsampling == 4:
+        convs = (9 * c + c) + (9 * c * c + c)
+    else:  # a full 3x3 convolution, then two depthwise 3x3 + pointwise 1x1 stages
+        convs = (9 * c + c) + 2 * ((9 * c + c) + (c * c + c))
+    return convs + (c * front_end_bins(n_mels, cfg.subsampling) + 1) * cfg.d_model
+
+
 def analytic_params(cfg: ModelConfig, widths: list[BlockWidths], n_mels: int, vocab_size: int) -> dict[str, int]:
     """Total, encoder and per-location parameter counts implied by the widths alone."""
-    sub_c = cfg.subsampling_channels
-    front = (9 * sub_c + sub_c) + (9 * sub_c * sub_c + sub_c) + (sub_c * (((n_mels - 1) // 2 - 1) // 2) + 1) * cfg.d_model
+    front = front_end_params(cfg, n_mels)
     per_block = [block_params(cfg, w) for w in widths]
     by_location = {loc: sum(b[loc] for b in per_block) for loc in LOCATIONS}
     encoder = front + sum(sum(b.values()) for b in per_block)

@@ -15,7 +15,7 @@ from study.tracking.store import ensure_experiment
 # The code a trained dense model depends on, beside its configuration: a dense run trained by other
 # model or training code has another recipe key, so magnitude pruning never reuses it silently.
 RECIPE_SOURCES = ("model/conformer.py", "training.py", "data/prepared.py", "data/features.py",
-                  "data/batching.py", "data/text.py")
+                  "data/batching.py", "data/text.py", "data/tokenizer.py")
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # study/
 
 
@@ -49,10 +49,10 @@ def recipe_source_hash() -> str:
 
 
 def recipe_key(cfg: Config) -> str:
-    """What a dense model depends on (data, features, model, training, and the code that trains it;
+    """What a dense model depends on (data, features, units, model, training, and the code that trains it;
     not where it ran): equal keys, same dense run."""
     tree = identity(cfg)
-    recipe = {k: tree[k] for k in ("data", "features", "model", "train")}
+    recipe = {k: tree[k] for k in ("data", "features", "text", "model", "train")}
     recipe["source"] = recipe_source_hash()
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
