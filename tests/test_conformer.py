@@ -16,7 +16,7 @@ from study.model.io import save_model
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = ModelConfig(d_model=32, num_heads=4, ffn_dim=64, conv_channels=24, conv_kernel=5, num_blocks=2,
-                   subsampling_channels=8, dropout=0.1)
+                   subsampling=4, subsampling_channels=8, dropout=0.1)
 
 
 def test_output_shapes_and_lengths():
@@ -25,8 +25,8 @@ def test_output_shapes_and_lengths():
     feats = torch.randn(3, 101, 80)  # (B, T_in, n_mels)
     lengths = torch.tensor([101, 77, 40])
     log_probs, out_lengths = model(feats, lengths)
-    assert log_probs.shape == (3, int(output_lengths(torch.tensor(101))), 29)  # (B, T, V)
-    assert out_lengths.tolist() == output_lengths(lengths).tolist() == [24, 18, 9]
+    assert log_probs.shape == (3, int(output_lengths(torch.tensor(101), 4)), 29)  # (B, T, V)
+    assert out_lengths.tolist() == output_lengths(lengths, 4).tolist() == [24, 18, 9]
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, log_probs.shape[1]), atol=1e-5)
 
 

@@ -47,7 +47,7 @@ def test_bpe_model_is_cached_per_transcripts_and_size(tmp_path):
     build_tokenizer(cfg, TRAIN[:200], tmp_path)
     build_tokenizer(TextConfig(units="bpe", bpe_vocab_size=80), TRAIN, tmp_path)
     assert len(list((tmp_path / "tokenizers").glob("*.model"))) == 3
-    assert isinstance(build_tokenizer(TextConfig(), TRAIN, tmp_path), CharTokenizer)
+    assert isinstance(build_tokenizer(TextConfig(units="char"), TRAIN, tmp_path), CharTokenizer)
     restored = tokenizer_from_state(first.state())
     assert restored.encode(TRAIN[0]) == first.encode(TRAIN[0])
     assert isinstance(tokenizer_from_state(None), CharTokenizer)  # models exported before units were saved

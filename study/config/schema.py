@@ -57,7 +57,7 @@ class FeatureConfig:
 @dataclass
 class TextConfig:
     """The CTC output units: characters, or BPE subwords trained on the training transcripts."""
-    units: str = knob("char", choices=("char", "bpe"))
+    units: str = knob("bpe", choices=("char", "bpe"))
     bpe_vocab_size: int = knob(128, min=8)  # sentencepiece pieces (the blank comes on top)
 
 
@@ -69,8 +69,8 @@ class ModelConfig:
     conv_channels: int = knob(96, min=1)  # channels after the GLU in the conv module
     conv_kernel: int = knob(15, min=1)
     num_blocks: int = knob(4, min=1)
-    subsampling: int = knob(4, choices=(4, 8))  # front-end frame-rate reduction (8: FastConformer-style)
-    subsampling_channels: int = knob(32, min=1)
+    subsampling: int = knob(8, choices=(4, 8))  # front-end frame-rate reduction (8: FastConformer-style)
+    subsampling_channels: int = knob(128, min=1)  # 32 starved the 8x front end (README: the main recipe)
     dropout: float = knob(0.1, min=0.0, max=0.9)
     attention_dropout: float = knob(0.0, min=0.0, max=0.9)  # on attention weights; slow on the CPU
     scale_input: bool = True  # multiply front-end output by sqrt(d_model) before adding positions
@@ -84,7 +84,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = knob(9, min=1)
+    epochs: int = knob(12, min=1)
     batch_seconds: float = knob(16.0, min=1.0)  # audio seconds per batch (length-bucketed)
     lr: float = knob(4e-3, min=0.0)
     weight_decay: float = knob(1e-2, min=0.0)

@@ -55,7 +55,7 @@ class SyntheticConfig:
     """`[data.synthetic]` in the TOML config. Plain types only."""
 
     seed: int = 0
-    train_utterances: int = 2000
+    train_utterances: int = 6000
     dev_utterances: int = 200
     test_utterances: int = 200
     min_words: int = 3

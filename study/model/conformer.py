@@ -68,7 +68,7 @@ class ConstantOutput(nn.Module):
         return torch.zeros_like(x) + self.bias  # a fresh tensor: autograd and FLOP hooks expect one
 
 
-def output_lengths(lengths: torch.Tensor, factor: int = 4) -> torch.Tensor:
+def output_lengths(lengths: torch.Tensor, factor: int) -> torch.Tensor:
     """Frames after the front end: two stride-2, kernel-3 convolutions without padding (factor 4), or
     three with padding 1 (factor 8)."""
     if factor == 4:
