@@ -1,7 +1,8 @@
 """Parameter, FLOP and latency accounting of a final model, the same for every method.
 
 Counts never include ADL logits, masks or buffers: they are of the exported (pruned) model,
-which has none; the counts implied by widths alone are in study/model/size.py. FLOPs come from torch's FlopCounterMode on a fixed 10 s input (the encoder only).
+which has none; the counts implied by widths alone are in study/model/size.py. FLOPs come from
+torch's FlopCounterMode on a fixed 10 s input (the encoder only).
 """
 from __future__ import annotations
 

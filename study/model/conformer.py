@@ -88,6 +88,12 @@ def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def project_frames(x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
+    """(B, C, T', F') front-end maps -> (B, T', D): each frame's channels and bins, projected to d_model."""
+    b, c, t, f = x.shape
+    return proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+
+
 class Subsampling(nn.Module):
     """Conv2d x2 (stride 2 each): (B, T_in, n_mels) -> (B, T_in/4, D)."""
     factor = 4
@@ -101,8 +107,7 @@ class Subsampling(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.conv(x.unsqueeze(1))  # (B, C, T/4, F/4); no padding, so no frame reads past its utterance
-        b, c, t, f = x.shape
-        return self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+        return project_frames(x, self.proj)
 
 
 class DepthwiseSubsampling(nn.Module):
@@ -127,8 +132,7 @@ class DepthwiseSubsampling(nn.Module):
             x = torch.relu(stage(x))
             lengths = (lengths - 1) // 2 + 1
             x = x * padding_mask(lengths, x.shape[2])[:, None, :, None].to(x.dtype)
-        b, c, t, f = x.shape  # (B, C, T/8, F/8)
-        return self.proj(x.permute(0, 2, 1, 3).reshape(b, t, c * f))
+        return project_frames(x, self.proj)  # x: (B, C, T/8, F/8)
 
 
 FRONT_ENDS = {4: Subsampling, 8: DepthwiseSubsampling}

@@ -11,8 +11,9 @@ import mlflow
 DEFAULT_STORE = Path("runs") / "mlflow.db"
 DEFAULT_ARTIFACTS = Path("runs") / "artifacts"
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
-# The UI's experiment page opens on its GenAI overview ("Traces 0, no data") unless the experiment
-# says it holds model training; the URL parameter does the same for the UI's global workflow switch.
+# MLflow 3.17's experiment page opens on its GenAI overview ("Traces 0, no data") while the UI's
+# global "GenAI | Model training" switch is on GenAI, its default; the URL parameter sets the switch.
+# The experiment-kind tag is what MLflow's own kind selector writes; in 3.17 the switch wins over it.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_WORKFLOW = "workflowType=machine_learning"
 
