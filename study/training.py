@@ -11,17 +11,19 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
 
 from study.config import Config
-from study.data.batching import collate, make_batches
+from study.data.batching import Batch, make_batches, normalise, pad_batch, prefetch
 from study.data.features import SpecAugment
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer
 from study.model import output_lengths
+
+LOSS_CHECK_EVERY = 25  # steps between host syncs on a GPU (the finiteness check and the progress bar)
 
 
 class TrainingError(RuntimeError):
@@ -36,9 +38,19 @@ class History:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    if device.type == "cuda" and device.index is None:  # "cuda" means the current GPU; name it
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def use_device(device: torch.device) -> None:
+    """Pins this process to its GPU (so nothing lands on GPU 0 by default) and lets fp32 matrix
+    products use TF32 there; the mixed-precision paths are bf16 already."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def set_threads(threads: int) -> None:
@@ -71,13 +83,17 @@ def feasible(lengths: list[int], targets: list[list[int]], subsampling: int) -> 
 class Trainer:
     def __init__(self, cfg: Config, model: torch.nn.Module, train: SplitData, tokenizer: Tokenizer, mean: torch.Tensor,
                  std: torch.Tensor, checkpoint_path: Path, device: torch.device, epochs: int | None = None,
-                 param_groups: list[dict] | None = None, regulariser: Callable[[float], torch.Tensor] | None = None):
+                 param_groups: list[dict] | None = None, regulariser: Callable[[float], torch.Tensor] | None = None,
+                 on_step: Callable[[float], None] | None = None):
         """`regulariser(t)` (t = fraction of training done) is added to the CTC loss at every step;
+        `on_step(t)` runs before each step's forward pass;
         `param_groups` replace the single AdamW group (e.g. for the ADL logits)."""
         self.cfg, self.model, self.device = cfg, model.to(device), device
         self.epochs = epochs if epochs is not None else cfg.train.epochs
-        self.regulariser = regulariser
-        self.train_data, self.mean, self.std = train, mean, std
+        self.regulariser, self.on_step = regulariser, on_step
+        self.train_data, self.mean, self.std = train, mean.to(device), std.to(device)
+        # compiled for training only; dynamic, since every batch has its own length
+        self.step_model = torch.compile(self.model, dynamic=True) if cfg.train.compile else self.model
         self.checkpoint_path = Path(checkpoint_path)
         self.targets = [tokenizer.encode(t) for t in train.transcripts]  # (S_i,) unit ids per utterance
         self.train_indices = feasible(train.lengths, self.targets, cfg.model.subsampling)
@@ -120,36 +136,52 @@ class Trainer:
                     "scheduler": self.scheduler.state_dict(), "history": self.history}, tmp)
         tmp.replace(self.checkpoint_path)  # atomic on POSIX: never a torn checkpoint
 
+    def device_batches(self, batches: list[list[int]]) -> Iterator[tuple[Batch, torch.Tensor]]:
+        """The input pipeline: batches padded (and pinned, for a GPU) ahead in a background thread, copied
+        without blocking, then normalised and augmented on the device: (batch, (B, T, F) features)."""
+        pin = self.device.type == "cuda"
+        make = lambda indices: pad_batch(indices, self.train_data.features, self.targets, pin=pin)  # noqa: E731
+        for host_batch in prefetch(batches, make):
+            batch = host_batch.to(self.device)
+            yield batch, self.spec_augment(normalise(batch.features, batch.feature_lengths, self.mean, self.std))
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         torch.manual_seed(self.cfg.train.seed * 1000 + epoch)  # dropout and SpecAugment draws
         random.seed(self.cfg.train.seed * 1000 + epoch)
         batches = self._epoch_batches(epoch)
-        sums, total_utts, start = {"ctc": 0.0, "reg": 0.0}, 0, time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False, disable=None)
-        for step, indices in enumerate(bar):
+        # The host waits for the device only every `check_every` steps (on the CPU that wait is free).
+        check_every = LOSS_CHECK_EVERY if self.device.type == "cuda" else 1
+        sums = torch.zeros(2, device=self.device)  # CTC and regulariser, summed over utterances
+        total_utts, start = 0, time.perf_counter()
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False, disable=None)
+        for step, (batch, feats) in enumerate(self.device_batches(batches)):
             t = (epoch * self.steps_per_epoch + step) / self.total_steps  # fraction of training done
-            batch = collate(indices, self.train_data.features, self.mean, self.std, self.targets)
-            feats = self.spec_augment(batch.features).to(self.device)
+            if self.on_step:
+                self.on_step(t)  # e.g. the ADL temperature: set before this step's forward pass
             with self.autocast:
-                log_probs, out_lengths = self.model(feats, batch.feature_lengths.to(self.device))
-            ctc = self.ctc(log_probs.float().transpose(0, 1), batch.targets.to(self.device), out_lengths,
-                           batch.target_lengths.to(self.device))
-            if not torch.isfinite(ctc):
-                raise TrainingError(f"non-finite CTC loss ({ctc.item()}) at epoch {epoch + 1}, step {step + 1}")
+                log_probs, out_lengths = self.step_model(feats, batch.feature_lengths)
+            ctc = self.ctc(log_probs.float().transpose(0, 1), batch.targets, out_lengths, batch.target_lengths)
             reg = self.regulariser(t) if self.regulariser else torch.zeros((), device=self.device)
             loss = ctc + reg
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip, foreach=True)
             self.optimizer.step()
             self.scheduler.step()
-            sums["ctc"] += ctc.item() * len(indices)
-            sums["reg"] += reg.item() * len(indices)
-            total_utts += len(indices)
-            bar.set_postfix(loss=f"{loss.item():.3f}", utt_s=f"{total_utts / (time.perf_counter() - start):.1f}")
-        ctc_mean, reg_mean = sums["ctc"] / total_utts, sums["reg"] / total_utts
+            sums += torch.stack([ctc.detach(), reg.detach().to(self.device)]) * len(batch.indices)
+            total_utts += len(batch.indices)
+            bar.update()
+            if (step + 1) % check_every == 0 or step + 1 == len(batches):
+                ctc_sum, reg_sum = sums.tolist()  # the one host sync
+                if not math.isfinite(ctc_sum + reg_sum):
+                    raise TrainingError(f"non-finite CTC loss at epoch {epoch + 1}, by step {step + 1} "
+                                        f"(summed CTC {ctc_sum}, regulariser {reg_sum})")
+                bar.set_postfix(loss=f"{(ctc_sum + reg_sum) / total_utts:.3f}",
+                                utt_s=f"{total_utts / (time.perf_counter() - start):.1f}")
+        bar.close()
+        ctc_mean, reg_mean = ctc_sum / total_utts, reg_sum / total_utts
         return {"train/loss": ctc_mean + reg_mean, "train/ctc": ctc_mean, "train/reg": reg_mean,
                 "train/seconds": time.perf_counter() - start}
 

@@ -16,7 +16,7 @@ from study.config import Config, ModelConfig, dumps_toml, to_dict
 from study.data.features import mean_std
 from study.data.prepared import prepare_data
 from study.data.tokenizer import build_tokenizer
-from study.evaluation.accounting import size_metrics
+from study.evaluation.accounting import device_name, size_metrics
 from study.method import baselines
 from study.method.adaptive_dropout import AdlSettings
 from study.method.adl_controller import AdlController
@@ -36,7 +36,7 @@ from study.tracking.trial_record import (
     trial_dir,
     unfinished_run,
 )
-from study.training import resolve_device, set_threads
+from study.training import resolve_device, set_threads, use_device
 from study.trial_context import TrialContext, build_model, seed_everything
 
 
@@ -63,12 +63,13 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
     seed_everything(cfg.train.seed)
     set_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
+    use_device(device)
     data = prepare_data(cfg)  # every data error surfaces here, before a run or a model exists
     tokenizer = build_tokenizer(cfg.text, data["train"].transcripts, cfg.data.cache_dir)
     mean, std = mean_std(data["train"].features)
     folder.mkdir(parents=True, exist_ok=True)
     ctx = TrialContext(cfg, data, tokenizer, mean, std, device, folder)
-    tags = dict(tags or {})
+    tags = {**(tags or {}), "device": device_name(device)}  # where it trained and where latency was timed
     dense_run = None
     if cfg.method in MAGNITUDE:
         dense_run = _dense_source(cfg, tracking_uri, runs_dir, tags)
@@ -115,7 +116,8 @@ def _train(ctx: TrialContext) -> Outcome:
         adl = AdlController(attach_adls(model, cfg.adl.locations, AdlSettings.from_config(cfg.adl)), cfg.adl)
     trainer = ctx.trainer(model, "checkpoint.pt",
                           param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay) if adl else None,
-                          regulariser=adl.loss if adl else None)
+                          regulariser=adl.loss if adl else None,
+                          on_step=adl.begin_step if adl else None)
     seconds = ctx.fit(trainer, adl=adl)
     if trainer.skipped:
         mlflow.set_tag("train_utterances_skipped", str(trainer.skipped))

@@ -130,13 +130,15 @@ def test_controller_schedule_hard_phase_and_optimizer_groups():
     assert groups[1]["weight_decay"] == 0.0 and groups[1]["lr"] == 0.05 and len(groups[1]["params"]) == 2
     assert len(groups[0]["params"]) == 2  # the Linear's weight and bias only
 
-    reg = controller.loss(0.5)  # mid-training: soft masks, tau annealed, regulariser on
+    controller.begin_step(0.5)  # mid-training: soft masks, tau annealed before the forward pass
+    assert layers[0].tau == pytest.approx(annealed_tau(0.5, 1.0, 0.1)) and not layers[0].frozen
+    reg = controller.loss(0.5)  # regulariser on
     c = target_logit(0.5, cfg.c0, cfg.c1, cfg.t0, cfg.t1)
     assert reg.item() == pytest.approx(regulariser(layers, 0.5, c).item())
-    assert layers[0].tau == pytest.approx(annealed_tau(0.5, 1.0, 0.1)) and not layers[0].frozen
 
-    assert controller.loss(0.9).item() == 0.0  # the final 20%: thresholded masks, logits frozen
+    controller.begin_step(0.9)  # the final 20%: thresholded masks, logits frozen
     assert layers[0].frozen and not layers[0].beta.requires_grad
+    assert controller.loss(0.9).item() == 0.0
     x = torch.randn(2, 4, 5)
     assert torch.equal(layers[0].train()(x), layers[0].eval()(x))
     metrics = controller.epoch_metrics(0.9)

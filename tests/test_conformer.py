@@ -30,9 +30,10 @@ def test_output_shapes_and_lengths():
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, log_probs.shape[1]), atol=1e-5)
 
 
-def test_8x_front_end_lengths_match_real_outputs():
+@pytest.mark.parametrize("front_end", ["conv2d", "conv1d"])
+def test_8x_front_end_lengths_match_real_outputs(front_end):
     """The length formula against the frames each utterance really gets when run alone."""
-    cfg = dataclasses.replace(TINY, subsampling=8)
+    cfg = dataclasses.replace(TINY, subsampling=8, front_end=front_end)
     torch.manual_seed(0)
     model = ConformerCTC(cfg, n_mels=80, vocab_size=29).eval()
     lengths = torch.tensor([101, 77, 40, 9, 8])
@@ -41,13 +42,15 @@ def test_8x_front_end_lengths_match_real_outputs():
     assert log_probs.shape[1] == 13
     for n, expected in zip(lengths.tolist(), out_lengths.tolist()):
         assert model(torch.randn(1, n, 80), torch.tensor([n]))[0].shape[1] == expected
-    assert model.encoder.subsampling.proj.in_features == 8 * 10  # 80 mel bins -> 40 -> 20 -> 10
+    if front_end == "conv2d":
+        assert model.encoder.subsampling.proj.in_features == 8 * 10  # 80 mel bins -> 40 -> 20 -> 10
 
 
-@pytest.mark.parametrize("subsampling", [4, 8])
-def test_padded_frames_never_change_real_outputs(subsampling):
+@pytest.mark.parametrize("subsampling, front_end", [(4, "conv2d"), (8, "conv2d"), (8, "conv1d")])
+def test_padded_frames_never_change_real_outputs(subsampling, front_end):
     torch.manual_seed(0)
-    model = ConformerCTC(dataclasses.replace(TINY, subsampling=subsampling), n_mels=80, vocab_size=29).eval()
+    cfg = dataclasses.replace(TINY, subsampling=subsampling, front_end=front_end)
+    model = ConformerCTC(cfg, n_mels=80, vocab_size=29).eval()
     short = torch.randn(1, 60, 80)
     alone, n = model(short, torch.tensor([60]))
     padded = torch.cat([short, 100 * torch.randn(1, 45, 80)], dim=1)  # loud garbage in the padding

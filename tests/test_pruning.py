@@ -66,9 +66,10 @@ def test_pruned_model_equals_unpruned_in_eval_mode(locations, inference):
     assert not any(name.endswith("beta") for name, _ in pruned.named_parameters())
 
 
-def test_exact_with_the_8x_front_end_and_a_bpe_sized_head():
+@pytest.mark.parametrize("front_end", ["conv2d", "conv1d"])
+def test_exact_with_the_8x_front_end_and_a_bpe_sized_head(front_end):
     """The front end is never pruned; invariants 1 and 2 hold whatever its frame rate and the head's size."""
-    cfg, vocab = dataclasses.replace(CFG, subsampling=8), 257
+    cfg, vocab = dataclasses.replace(CFG, subsampling=8, front_end=front_end), 257
     model, _ = trained_like_model(["ffn", "mhsa", "conv"], cfg=cfg, vocab=vocab)
     pruned, widths = prune(model, cfg, adl_decisions(model))
     assert_exact(model, pruned)

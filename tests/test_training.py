@@ -93,3 +93,21 @@ def test_librispeech_layout_with_an_extra_test_set_reports_it_separately(tiny_co
         assert 0.0 <= metrics[key] and math.isfinite(metrics[key])
     _, runs = finished_run(tracking_uri)
     assert "test-other/wer" in runs[0].data.metrics
+
+
+def test_step_hook_runs_before_each_forward_pass_with_that_steps_training_fraction(tiny_config, tmp_path):
+    """The ADL temperature and hard phase are set by this hook, so a step must never see the previous one's."""
+    from study.data.features import mean_std
+    from study.data.prepared import prepare_data
+    from study.data.tokenizer import build_tokenizer
+    from study.trial_context import build_model
+    train = prepare_data(tiny_config)["train"]
+    tokenizer = build_tokenizer(tiny_config.text, train.transcripts, tiny_config.data.cache_dir)
+    model = build_model(tiny_config, tokenizer.vocab_size)
+    events = []
+    model.register_forward_pre_hook(lambda *_: events.append("forward"))
+    trainer = Trainer(tiny_config, model, train, tokenizer, *mean_std(train.features), tmp_path / "c.pt",
+                      torch.device("cpu"), epochs=2, on_step=lambda t: events.append(t))
+    trainer.train_epoch(1)
+    n = trainer.steps_per_epoch
+    assert events == [x for step in range(n) for x in ((n + step) / (2 * n), "forward")]

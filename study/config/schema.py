@@ -71,6 +71,7 @@ class ModelConfig:
     num_blocks: int = knob(4, min=1)
     subsampling: int = knob(8, choices=(4, 8))  # front-end frame-rate reduction (8: FastConformer-style)
     subsampling_channels: int = knob(128, min=1)  # 32 starved the 8x front end (README: the main recipe)
+    front_end: str = knob("conv2d", choices=("conv2d", "conv1d"))  # conv1d: mel bins as channels, 8x only
     dropout: float = knob(0.1, min=0.0, max=0.9)
     attention_dropout: float = knob(0.0, min=0.0, max=0.9)  # on attention weights; slow on the CPU
     scale_input: bool = True  # multiply front-end output by sqrt(d_model) before adding positions
@@ -78,6 +79,8 @@ class ModelConfig:
     def validate(self) -> None:
         if self.d_model % self.num_heads:
             raise ValueError(f"model.d_model ({self.d_model}) must be divisible by model.num_heads ({self.num_heads})")
+        if self.front_end == "conv1d" and self.subsampling != 8:
+            raise ValueError(f"model.front_end = \"conv1d\" needs model.subsampling = 8, got {self.subsampling}")
         if self.conv_kernel % 2 == 0:
             raise ValueError(f"model.conv_kernel must be odd (same-length output), got {self.conv_kernel}")
 
@@ -93,6 +96,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = knob(0, min=0)  # CPU threads; 0 = every core this process may use
+    compile: bool = False  # torch.compile the training forward pass (pays off on a GPU)
 
 
 @dataclass

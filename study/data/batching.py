@@ -1,19 +1,28 @@
 """Length-bucketed batches: utterances of similar length share a batch, so padding stays small."""
 from __future__ import annotations
 
+import queue
 import random
+import threading
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 
 
 @dataclass
 class Batch:
-    features: torch.Tensor  # (B, T, F) normalised log-mel, zero-padded
+    features: torch.Tensor  # (B, T, F) log-mel, zero-padded; raw (float16) until `normalise`
     feature_lengths: torch.Tensor  # (B,)
     targets: torch.Tensor  # (B, S) unit ids, zero-padded (S = 0 when decoding)
     target_lengths: torch.Tensor  # (B,)
     indices: list[int]  # positions in the split, to find the reference transcripts
+
+    def to(self, device: torch.device) -> "Batch":
+        """On `device`; from pinned memory the copies overlap with the work already queued there."""
+        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.features), move(self.feature_lengths), move(self.targets),
+                     move(self.target_lengths), self.indices)
 
 
 def make_batches(lengths: list[int], max_frames: int, shuffle_seed: int | None) -> list[list[int]]:
@@ -42,15 +51,56 @@ def make_batches(lengths: list[int], max_frames: int, shuffle_seed: int | None) 
     return batches
 
 
-def collate(indices: list[int], features: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor,
-            targets: list[list[int]] | None = None) -> Batch:
-    """Normalised, zero-padded features and, when `targets` (unit ids per utterance) are given, padded targets."""
-    feats = [(features[i].float() - mean) / std for i in indices]
-    targets = [torch.tensor(targets[i] if targets else [], dtype=torch.long) for i in indices]
-    return Batch(
-        features=torch.nn.utils.rnn.pad_sequence(feats, batch_first=True),
-        feature_lengths=torch.tensor([f.shape[0] for f in feats]),
-        targets=torch.nn.utils.rnn.pad_sequence(targets, batch_first=True),
-        target_lengths=torch.tensor([len(t) for t in targets]),
-        indices=indices,
-    )
+def pad_batch(indices: list[int], features: list[torch.Tensor], targets: list[list[int]] | None = None,
+              pin: bool = False) -> Batch:
+    """Raw padded features (their stored dtype, half the bytes of float32 to copy) and, when `targets`
+    (unit ids per utterance) are given, padded targets; in pinned memory when `pin` (for a GPU)."""
+    feats = [features[i] for i in indices]
+    ids = [torch.tensor(targets[i] if targets else [], dtype=torch.long) for i in indices]
+    batch = Batch(features=torch.nn.utils.rnn.pad_sequence(feats, batch_first=True),
+                  feature_lengths=torch.tensor([f.shape[0] for f in feats]),
+                  targets=torch.nn.utils.rnn.pad_sequence(ids, batch_first=True),
+                  target_lengths=torch.tensor([len(t) for t in ids]), indices=indices)
+    if pin:
+        batch = Batch(batch.features.pin_memory(), batch.feature_lengths.pin_memory(), batch.targets.pin_memory(),
+                      batch.target_lengths.pin_memory(), indices)
+    return batch
+
+
+def normalise(features: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B, T, F) raw padded features -> float32, per-bin standardised, padding still zero; runs on
+    whatever device the batch is on (mean and std, (F,), must be there too)."""
+    padded = torch.arange(features.shape[1], device=features.device)[None, :, None] >= lengths[:, None, None]
+    return ((features.float() - mean) / std).masked_fill(padded, 0.0)
+
+
+def prefetch(batches: list[list[int]], make: Callable[[list[int]], Batch], depth: int = 2) -> Iterator[Batch]:
+    """`make(indices)` for each batch in order, run `depth` batches ahead in a background thread, so
+    padding and pinning overlap with the training step (torch releases the GIL while it copies)."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for indices in batches:
+                if stop.is_set():
+                    return
+                ready.put(make(indices))
+            ready.put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            ready.put(exc)
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while (item := ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:  # the consumer stopped early (an error, a break): let the producer finish
+        stop.set()
+        while worker.is_alive():
+            try:
+                ready.get_nowait()
+            except queue.Empty:
+                worker.join(0.01)

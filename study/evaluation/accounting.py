@@ -42,6 +42,20 @@ def encoder_flops(model: ConformerCTC) -> int:
     return int(counter.get_total_flops())
 
 
+def synchronize(device: torch.device) -> None:
+    """Waits for `device`'s queued work; a bare torch.cuda.synchronize() would wait on (and open a
+    context on) the current GPU, which is GPU 0 in a worker placed on another."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    """What latency was measured on, for the run's tags: the GPU's name, or the CPU and thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 @torch.no_grad()
 def latency_ms(models: dict[str, ConformerCTC], repeats: int = 20, warmup: int = 3) -> dict[str, float]:
     """Median encoder latency (ms) at batch 1 on 10 s, the models interleaved so drift hits all alike."""
@@ -54,12 +68,11 @@ def latency_ms(models: dict[str, ConformerCTC], repeats: int = 20, warmup: int =
             model.encoder(*inputs[name])
     for _ in range(repeats):
         for name, model in models.items():
-            if inputs[name][0].is_cuda:
-                torch.cuda.synchronize()
+            device = inputs[name][0].device
+            synchronize(device)
             start = time.perf_counter()
             model.encoder(*inputs[name])
-            if inputs[name][0].is_cuda:
-                torch.cuda.synchronize()
+            synchronize(device)
             times[name].append((time.perf_counter() - start) * 1000)
     return {name: statistics.median(t) for name, t in times.items()}
 

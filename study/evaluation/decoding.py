@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from study.data.batching import collate, make_batches
+from study.data.batching import make_batches, normalise, pad_batch, prefetch
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer
 
@@ -23,9 +23,11 @@ def transcribe(model: torch.nn.Module, data: SplitData, tokenizer: Tokenizer, me
                std: torch.Tensor, device: torch.device, max_frames: int) -> list[str]:
     model.eval()
     hyps: dict[int, str] = {}
-    for indices in make_batches(data.lengths, max_frames, shuffle_seed=None):
-        batch = collate(indices, data.features, mean, std)
+    mean, std = mean.to(device), std.to(device)
+    batches = make_batches(data.lengths, max_frames, shuffle_seed=None)
+    for host_batch in prefetch(batches, lambda indices: pad_batch(indices, data.features, pin=device.type == "cuda")):
+        batch = host_batch.to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            log_probs, lengths = model(batch.features.to(device), batch.feature_lengths.to(device))
-        hyps.update(zip(indices, greedy_decode(log_probs.float(), lengths, tokenizer)))
+            log_probs, lengths = model(normalise(batch.features, batch.feature_lengths, mean, std), batch.feature_lengths)
+        hyps.update(zip(batch.indices, greedy_decode(log_probs.float(), lengths, tokenizer)))
     return [hyps[i] for i in range(len(data.utterances))]

@@ -35,14 +35,18 @@ class AdlController:
     def in_hard_phase(self, t: float) -> bool:
         return self.cfg.hard_phase > 0 and t >= 1.0 - self.cfg.hard_phase
 
-    def loss(self, t: float) -> torch.Tensor:
-        """Sets this step's temperature and mask mode, and returns R(beta; t)."""
+    def begin_step(self, t: float) -> None:
+        """Sets the temperature and mask mode of the step at training fraction t; called before its
+        forward pass (also the first step after a resume, which then sees the annealed temperature)."""
         hard = self.in_hard_phase(t)
         tau = annealed_tau(t, self.cfg.tau, self.cfg.tau_end or None)
         for layer in self.layers:
             layer.tau, layer.frozen = tau, hard
             layer.beta.requires_grad_(not hard)
-        if hard or not self.layers:
+
+    def loss(self, t: float) -> torch.Tensor:
+        """R(beta; t); zero in the hard phase, where the logits are frozen."""
+        if self.in_hard_phase(t) or not self.layers:
             return torch.zeros((), device=self.layers[0].beta.device if self.layers else None)
         return regulariser(self.layers, self.cfg.alpha, self.c_t(t), self.cfg.reg_normalization, self.weights)
 

@@ -38,8 +38,9 @@ def _head_split(decision_q: UnitDecision, decision_v: UnitDecision, num_heads: i
     q_keep, v_keep = decision_q.keep.view(num_heads, -1), decision_v.keep.view(num_heads, -1)
     heads = [h for h in range(num_heads) if v_keep[h].any()]
     head_dim = q_keep.shape[1]
-    q_units = torch.cat([h * head_dim + q_keep[h].nonzero().flatten() for h in heads]) if heads else torch.zeros(0, dtype=torch.long)
-    v_units = torch.cat([h * head_dim + v_keep[h].nonzero().flatten() for h in heads]) if heads else torch.zeros(0, dtype=torch.long)
+    none = torch.zeros(0, dtype=torch.long, device=q_keep.device)
+    q_units = torch.cat([h * head_dim + q_keep[h].nonzero().flatten() for h in heads]) if heads else none
+    v_units = torch.cat([h * head_dim + v_keep[h].nonzero().flatten() for h in heads]) if heads else none
     return heads, [int(q_keep[h].sum()) for h in heads], [int(v_keep[h].sum()) for h in heads], q_units, v_units
 
 
@@ -89,7 +90,7 @@ def _pruned_channel_constant(src: ConvModule, dropped: torch.Tensor) -> torch.Te
     if dropped.numel() == 0:
         return torch.zeros_like(src.pointwise_out.bias)
     bn = src.batch_norm
-    bias = src.depthwise.bias[dropped] if src.depthwise.bias is not None else torch.zeros(len(dropped))
+    bias = src.depthwise.bias[dropped] if src.depthwise.bias is not None else bn.running_mean.new_zeros(len(dropped))
     normed = (bias - bn.running_mean[dropped]) / torch.sqrt(bn.running_var[dropped] + bn.eps)
     const = F.silu(normed * bn.weight[dropped] + bn.bias[dropped])  # (n_dropped,)
     return src.pointwise_out.weight[:, dropped] @ const
@@ -121,9 +122,12 @@ def _prune_conv(src: ConvModule, dst: nn.Module, d: UnitDecision) -> None:
 @torch.no_grad()
 def prune(model: ConformerCTC, cfg: ModelConfig, plan: list[dict[str, UnitDecision]]) -> tuple[ConformerCTC, list[BlockWidths]]:
     """A new ConformerCTC holding only the kept units; equal to `model` (gates applied) in eval mode."""
+    weight = model.head.weight  # decisions may come from anywhere (magnitude norms live on the CPU)
+    plan = [{g: UnitDecision(d.keep.to(weight.device), d.scale.to(weight.device, weight.dtype)) for g, d in block.items()}
+            for block in plan]
     widths = pruned_widths(plan, cfg)
     src_state = {k: v for k, v in model.state_dict().items() if not k.endswith(".beta")}
-    pruned = ConformerCTC(cfg, model.n_mels, model.head.out_features, widths).to(model.head.weight.device)
+    pruned = ConformerCTC(cfg, model.n_mels, model.head.out_features, widths).to(weight.device)
     shared = {k: v for k, v in src_state.items() if not k.startswith("encoder.blocks.")}
     pruned.load_state_dict(shared, strict=False)
     for src, dst, d in zip(model.encoder.blocks, pruned.encoder.blocks, plan):

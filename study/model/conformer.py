@@ -135,7 +135,34 @@ class DepthwiseSubsampling(nn.Module):
         return project_frames(x, self.proj)  # x: (B, C, T/8, F/8)
 
 
-FRONT_ENDS = {4: Subsampling, 8: DepthwiseSubsampling}
+class FoldedSubsampling(nn.Module):
+    """8x with the mel bins folded into channels: Conv1d(n_mels -> C, stride 2), then twice depthwise
+    Conv1d(stride 2) + pointwise Conv1d, ReLU after each stage, then Linear(C -> D):
+    (B, T_in, n_mels) -> (B, T_in/8, D). Same strides, padding and length formula as the 2-D 8x front
+    end at about a sixth of its multiply-adds; on the CPU that front end took half of a training step.
+    Frames past each utterance's end are zeroed after every stage (padding invariance)."""
+    factor = 8
+
+    def __init__(self, n_mels: int, channels: int, d_model: int):
+        super().__init__()
+        self.stages = nn.ModuleList([
+            nn.Conv1d(n_mels, channels, 3, stride=2, padding=1),
+            nn.Sequential(nn.Conv1d(channels, channels, 3, stride=2, padding=1, groups=channels),
+                          nn.Conv1d(channels, channels, 1)),
+            nn.Sequential(nn.Conv1d(channels, channels, 3, stride=2, padding=1, groups=channels),
+                          nn.Conv1d(channels, channels, 1))])
+        self.proj = nn.Linear(channels, d_model)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = (x * padding_mask(lengths, x.shape[1])[:, :, None].to(x.dtype)).transpose(1, 2)  # (B, F, T)
+        for stage in self.stages:
+            x = torch.relu(stage(x))
+            lengths = (lengths - 1) // 2 + 1
+            x = x * padding_mask(lengths, x.shape[2])[:, None, :].to(x.dtype)
+        return self.proj(x.transpose(1, 2))  # x: (B, C, T/8)
+
+
+FRONT_ENDS = {("conv2d", 4): Subsampling, ("conv2d", 8): DepthwiseSubsampling, ("conv1d", 8): FoldedSubsampling}
 
 
 def sinusoidal_positions(length: int, dim: int, device: torch.device) -> torch.Tensor:
@@ -264,7 +291,7 @@ class ConformerEncoder(nn.Module):
         super().__init__()
         if widths is not None and len(widths) != cfg.num_blocks:
             raise ValueError(f"{len(widths)} block widths for {cfg.num_blocks} blocks")
-        self.subsampling = FRONT_ENDS[cfg.subsampling](n_mels, cfg.subsampling_channels, cfg.d_model)
+        self.subsampling = FRONT_ENDS[cfg.front_end, cfg.subsampling](n_mels, cfg.subsampling_channels, cfg.d_model)
         self.xscale = math.sqrt(cfg.d_model) if cfg.scale_input else 1.0
         self.dropout = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(ConformerBlock(cfg, widths[i] if widths else None) for i in range(cfg.num_blocks))

@@ -33,6 +33,8 @@ def block_params(cfg: ModelConfig, w: BlockWidths) -> dict[str, int]:
 def front_end_params(cfg: ModelConfig, n_mels: int) -> int:
     """The front end (never pruned): its convolutions and the projection to d_model."""
     c = cfg.subsampling_channels
+    if cfg.front_end == "conv1d":  # Conv1d(n_mels -> c, 3), two depthwise 3 + pointwise stages, Linear(c -> d)
+        return (3 * n_mels * c + c) + 2 * ((3 * c + c) + (c * c + c)) + (c + 1) * cfg.d_model
     if cfg.subsampling == 4:
         convs = (9 * c + c) + (9 * c * c + c)
     else:  # a full 3x3 convolution, then two depthwise 3x3 + pointwise 1x1 stages

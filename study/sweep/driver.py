@@ -48,13 +48,14 @@ class SweepError(RuntimeError):
 
 
 def placements(experiment: Experiment, args: SweepArgs) -> list[dict]:
-    """Per worker: a GPU each when devices are given, else an equal share of this machine's cores."""
-    if args.devices:
-        return [{"train.device": args.devices[i % len(args.devices)]} for i in range(args.workers)]
+    """Per worker: an equal share of this machine's cores (GPU workers too: their input pipeline and
+    decoding run there), and a GPU each, in turn, when devices are given."""
+    devices = [{"train.device": args.devices[i % len(args.devices)]} if args.devices else {}
+               for i in range(args.workers)]
     if experiment.config().train.threads:  # the experiment fixed its thread count
-        return [{} for _ in range(args.workers)]
+        return devices
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return [{"train.threads": max(1, cores // args.workers)} for _ in range(args.workers)]
+    return [{**d, "train.threads": max(1, cores // args.workers)} for d in devices]
 
 
 def _mark_lost_runs(lost: list[optuna.trial.FrozenTrial], client: mlflow.MlflowClient) -> None:
