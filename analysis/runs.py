@@ -29,6 +29,7 @@ METRICS = {
     "params/total": "params", "params/encoder": "params_encoder", "params/dense_total": "dense_params",
     "params/reduction": "reduction", "flops/encoder_10s": "flops", "flops/dense_encoder_10s": "dense_flops",
     "latency/ms_b1_10s": "latency_ms", "latency/dense_ms_b1_10s": "dense_latency_ms", "time/train_s": "train_s",
+    "train/epochs_total": "epochs_total", "adl/polarised/all": "polarised", "adl/dev_wer_uncut": "dev_wer_uncut",
     **{f"params/kept/{loc}": f"kept_params_{loc}" for loc in LOCATIONS},
     **{f"units/kept/{loc}": f"kept_units_{loc}" for loc in LOCATIONS},
 }
@@ -37,7 +38,8 @@ REQUIRED = ("test_wer", "params")
 INTEGER_METRICS = ("params", "params_encoder", "dense_params")
 
 # Parameters that say where or how a run ran, not what was trained: they never separate two settings.
-BOOKKEEPING = ("code_version", "train.seed", "train.device", "train.threads", "data.cache_dir", "data.root")
+BOOKKEEPING = ("code_version", "train.seed", "train.device", "train.threads", "train.compile", "data.cache_dir",
+               "data.root")
 # Parameters that have typed columns of their own, so the free-form `setting` label leaves them out.
 DESCRIBED = ("method", "adl.locations", "adl.tau", "adl.alpha", "adl.threshold",
              "prune.target_params", "prune.target_reduction")
@@ -290,7 +292,7 @@ def sort_rows(frame: pd.DataFrame, then: Sequence[str] = ("seed", "run_name", "r
 
 # Everything that identifies a setting: the trials of one setting differ only in their seed.
 SETTING_KEYS = ("experiment", "method", "locations", "budget_params", "target_reduction", "tau", "alpha", "setting")
-VALUES = ("params", "reduction", "dev_wer", "test_wer", "flops", "latency_ms")
+VALUES = ("params", "reduction", "dev_wer", "test_wer", "flops", "latency_ms", "epochs_total", "polarised", "dev_wer_uncut")
 
 
 def seed_groups(frame: pd.DataFrame, keys: Sequence[str] = SETTING_KEYS,

@@ -55,7 +55,8 @@ def front(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 # Setting columns left out of a table when no row has a value (a sweep without baselines, say).
-OPTIONAL = ("budget_params", "target_reduction_pct", "tau", "alpha", "setting")
+OPTIONAL = ("budget_params", "target_reduction_pct", "tau", "alpha", "setting", "epochs_total", "epochs_total_mean",
+            "polarised_pct", "polarised_pct_mean", "dev_wer_uncut_pct", "dev_wer_uncut_pct_mean")
 
 
 def _blank(value: object) -> bool:
@@ -144,6 +145,9 @@ def ablation_table(frame: pd.DataFrame) -> Table:
         Column("test_wer_pct_std", "", "test_wer_std", _fixed(2, 100)),
         Column("encoder_mflops_10s_mean", "Encoder MFLOPs (10 s)", "flops_mean", _fixed(1, 1e-6)),
         Column("latency_ms_mean", "Latency (ms)", "latency_ms_mean", _fixed(2)),
+        Column("epochs_total_mean", "Epochs", "epochs_total_mean", _integer),
+        Column("dev_wer_uncut_pct_mean", "Dev WER before cut (%)", "dev_wer_uncut_mean", _fixed(2, 100)),
+        Column("polarised_pct_mean", "Polarised (%)", "polarised_mean", _fixed(1, 100)),
     ]
     return Table(_present(columns, groups), groups)
 
@@ -164,6 +168,9 @@ def pareto_table(frame: pd.DataFrame) -> Table:
         Column("test_wer_pct", "Test WER (%)", "test_wer", _fixed(2, 100)),
         Column("encoder_mflops_10s", "Encoder MFLOPs (10 s)", "flops", _fixed(1, 1e-6)),
         Column("latency_ms", "Latency (ms)", "latency_ms", _fixed(2)),
+        Column("epochs_total", "Epochs", "epochs_total", _integer),
+        Column("dev_wer_uncut_pct", "Dev WER before cut (%)", "dev_wer_uncut", _fixed(2, 100)),
+        Column("polarised_pct", "Polarised (%)", "polarised", _fixed(1, 100)),
         Column("run_id", "Run id", "run_id", _text),
     ]
     return Table(_present(columns, rows), rows.reset_index(drop=True))

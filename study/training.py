@@ -57,12 +57,15 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
 
-def lr_lambda(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+def lr_lambda(total_steps: int, warmup_fraction: float, decay: bool = True) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to zero (or, without `decay`, the peak rate to the end)."""
     warmup = max(1, round(total_steps * warmup_fraction))
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if not decay:
+            return 1.0
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return factor
@@ -84,10 +87,12 @@ class Trainer:
     def __init__(self, cfg: Config, model: torch.nn.Module, train: SplitData, tokenizer: Tokenizer, mean: torch.Tensor,
                  std: torch.Tensor, checkpoint_path: Path, device: torch.device, epochs: int | None = None,
                  param_groups: list[dict] | None = None, regulariser: Callable[[float], torch.Tensor] | None = None,
-                 on_step: Callable[[float], None] | None = None):
+                 on_step: Callable[[float], None] | None = None, checkpointed: dict[str, torch.Tensor] | None = None):
         """`regulariser(t)` (t = fraction of training done) is added to the CTC loss at every step;
         `on_step(t)` runs before each step's forward pass;
-        `param_groups` replace the single AdamW group (e.g. for the ADL logits)."""
+        `param_groups` replace the single AdamW group (e.g. for the ADL logits); `checkpointed` tensors
+        outside the model (e.g. the budget controller's multipliers) are saved and restored with it."""
+        self.checkpointed = checkpointed or {}
         self.cfg, self.model, self.device = cfg, model.to(device), device
         self.epochs = epochs if epochs is not None else cfg.train.epochs
         self.regulariser, self.on_step = regulariser, on_step
@@ -107,8 +112,10 @@ class Trainer:
         groups = param_groups or [{"params": list(model.parameters())}]
         # fused: one kernel for all parameters instead of a Python loop (a fifth of a CPU step otherwise)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lr_lambda(self.total_steps, cfg.train.warmup_fraction))
+        # A group may ask for {"schedule": "constant"} (the ADL logits): warm-up, then no decay.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
+            lr_lambda(self.total_steps, cfg.train.warmup_fraction, decay=group.get("schedule", "shared") == "shared")
+            for group in self.optimizer.param_groups])
         self.spec_augment = SpecAugment(cfg.features)
         self.ctc = torch.nn.CTCLoss(blank=0, reduction="mean", zero_infinity=False)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -127,23 +134,40 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = state["history"]
+        with torch.no_grad():
+            for name, tensor in self.checkpointed.items():
+                tensor.copy_(state["extra"][name])
         return True
 
     def save_checkpoint(self) -> None:
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "history": self.history}, tmp)
+                    "scheduler": self.scheduler.state_dict(), "history": self.history,
+                    "extra": {name: tensor.detach().clone() for name, tensor in self.checkpointed.items()}}, tmp)
         tmp.replace(self.checkpoint_path)  # atomic on POSIX: never a torn checkpoint
 
-    def device_batches(self, batches: list[list[int]]) -> Iterator[tuple[Batch, torch.Tensor]]:
+    def device_batches(self, batches: list[list[int]], augment: bool = True) -> Iterator[tuple[Batch, torch.Tensor]]:
         """The input pipeline: batches padded (and pinned, for a GPU) ahead in a background thread, copied
         without blocking, then normalised and augmented on the device: (batch, (B, T, F) features)."""
         pin = self.device.type == "cuda"
         make = lambda indices: pad_batch(indices, self.train_data.features, self.targets, pin=pin)  # noqa: E731
         for host_batch in prefetch(batches, make):
             batch = host_batch.to(self.device)
-            yield batch, self.spec_augment(normalise(batch.features, batch.feature_lengths, self.mean, self.std))
+            feats = normalise(batch.features, batch.feature_lengths, self.mean, self.std)
+            yield batch, self.spec_augment(feats) if augment else feats
+
+    def plain_batches(self, max_utterances: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Training utterances as evaluation sees them (no SpecAugment), in a fixed order, about
+        `max_utterances` of them: ((B, T, F) features, (B,) lengths)."""
+        batches, total = [], 0
+        for indices in make_batches([self.train_data.lengths[i] for i in self.train_indices], self.max_frames, None):
+            if total >= max_utterances:
+                break
+            batches.append([self.train_indices[i] for i in indices])
+            total += len(indices)
+        for batch, feats in self.device_batches(batches, augment=False):
+            yield feats, batch.feature_lengths
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()

@@ -21,6 +21,8 @@ from study.method import baselines
 from study.method.adaptive_dropout import AdlSettings
 from study.method.adl_controller import AdlController
 from study.method.attach import adl_decisions, attach_adls
+from study.method.batch_norm import recalibrate_batch_norm
+from study.method.budget import BudgetController
 from study.method.pruning import prune
 from study.model import BlockWidths, ConformerCTC, dense_widths
 from study.model.io import save_model
@@ -38,6 +40,8 @@ from study.tracking.trial_record import (
 )
 from study.training import resolve_device, set_threads, use_device
 from study.trial_context import TrialContext, build_model, seed_everything
+
+RECALIBRATION_UTTERANCES = 2000  # training utterances whose forward passes re-estimate BatchNorm statistics
 
 
 @dataclass
@@ -110,22 +114,41 @@ def _train(ctx: TrialContext) -> Outcome:
     """dense: train. adaptive_dropout: train with ADLs, then prune the units they drop (no fine-tuning
     unless adl.finetune_epochs asks for it, as an ablation)."""
     cfg = ctx.cfg
-    model = build_model(cfg, ctx.tokenizer.vocab_size)
+    model = build_model(cfg, ctx.tokenizer.vocab_size).to(ctx.device)  # ADLs and multipliers are made beside it
     adl = None
     if cfg.method == "adaptive_dropout":
-        adl = AdlController(attach_adls(model, cfg.adl.locations, AdlSettings.from_config(cfg.adl)), cfg.adl)
+        layers = attach_adls(model, cfg.adl.locations, AdlSettings.from_config(cfg.adl))
+        budget = (BudgetController(model, cfg.model, cfg.adl.target_reduction, cfg.adl.target_warmup)
+                  if cfg.adl.target_reduction else None)
+        adl = AdlController(layers, cfg.adl, budget)
     trainer = ctx.trainer(model, "checkpoint.pt",
                           param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay) if adl else None,
                           regulariser=adl.loss if adl else None,
-                          on_step=adl.begin_step if adl else None)
+                          on_step=adl.begin_step if adl else None,
+                          checkpointed=adl.checkpointed() if adl else None)
     seconds = ctx.fit(trainer, adl=adl)
     if trainer.skipped:
         mlflow.set_tag("train_utterances_skipped", str(trainer.skipped))
     if not adl:
         return Outcome(model.eval(), cfg.model, dense_widths(cfg.model), seconds)
+    if cfg.adl.recalibrate_bn and adl.layers:  # no layer, no mask noise: the dense model (invariant 3)
+        recalibrate_batch_norm(model, trainer.plain_batches(RECALIBRATION_UTTERANCES), trainer.autocast)
+    _log_cost_of_the_cut(ctx, model, adl)
     pruned, widths = prune(model.eval(), cfg.model, adl_decisions(model))
     seconds += ctx.finetune(pruned, cfg.adl.finetune_epochs)
     return Outcome(pruned, cfg.model, widths, seconds, adl=adl)
+
+
+def _log_cost_of_the_cut(ctx: TrialContext, model: ConformerCTC, adl: AdlController) -> None:
+    """The ADL model's dev WER before the threshold cut (every unit kept, scaled as evaluation scales
+    it): beside dev/wer after pruning, it tells a loss from the cut from a loss in training."""
+    adl.set_uncut(True)
+    try:
+        wer, cer, _ = ctx.error_rates(model, "dev")
+    finally:
+        adl.set_uncut(False)
+    mlflow.log_metrics({"adl/dev_wer_uncut": wer, "adl/dev_cer_uncut": cer})
+    print(f"dev WER before the threshold cut {wer:.2%}")
 
 
 def _budget(cfg: Config, vocab_size: int) -> int:
@@ -164,6 +187,15 @@ def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
     return Outcome(dense.eval(), cfg.model, None, seconds)
 
 
+def epochs_received(cfg: Config) -> int:
+    """Epochs of training behind the final model: fine-tuned baselines get more, and tables say so."""
+    if cfg.method == "adaptive_dropout":
+        return cfg.train.epochs + cfg.adl.finetune_epochs
+    if cfg.method in MAGNITUDE:  # the dense source's epochs, then fine-tuning
+        return cfg.train.epochs + cfg.prune.finetune_epochs
+    return cfg.train.epochs
+
+
 def _evaluate_and_log(ctx: TrialContext, outcome: Outcome) -> dict[str, float]:
     """The final figures of METHOD.md section 4 and the artifacts, the same for every method."""
     cfg, model = ctx.cfg, outcome.model
@@ -173,7 +205,7 @@ def _evaluate_and_log(ctx: TrialContext, outcome: Outcome) -> dict[str, float]:
     test_wer, test_cer, test_hyps = ctx.error_rates(model, "test")
     dense = build_model(cfg, ctx.tokenizer.vocab_size).to(ctx.device).eval()  # the full-size reference
     final = {"dev/wer": dev_wer, "dev/cer": dev_cer, "test/wer": test_wer, "test/cer": test_cer,
-             "time/train_s": outcome.train_seconds,
+             "time/train_s": outcome.train_seconds, "train/epochs_total": epochs_received(cfg),
              **size_metrics(model, outcome.model_cfg, outcome.widths, dense)}
     for subset in cfg.data.extra_test_subsets:
         final[f"{subset}/wer"], final[f"{subset}/cer"], _ = ctx.error_rates(model, subset)

@@ -42,6 +42,16 @@ def test_regulariser_matches_its_formula():
     assert regulariser([a, b], 0.1, c, "layer").item() == pytest.approx(0.1 * per_layer.item())
     weighted = torch.cat([2.0 * (a.beta - c).pow(2), (b.beta - c).pow(2)]).mean()
     assert regulariser([a, b], 0.1, c, "unit", {"ffn": 2.0}).item() == pytest.approx(0.1 * weighted.item())
+    assert regulariser([a, b], 0.1, c, "sum").item() == pytest.approx(0.1 * units.sum().item())  # the paper's
+
+
+def test_sum_normalisation_pulls_each_unit_the_same_whatever_the_model_size():
+    def pull_on_first_unit(units: int, normalization: str) -> float:
+        layer = AdaptiveDropout(units, "ffn", AdlSettings(beta0=1.0))
+        regulariser([layer], 0.1, -1.0, normalization).backward()
+        return layer.beta.grad[0].item()
+    assert pull_on_first_unit(10, "sum") == pytest.approx(pull_on_first_unit(1000, "sum")) == pytest.approx(0.4)
+    assert pull_on_first_unit(1000, "unit") == pytest.approx(pull_on_first_unit(10, "unit") / 100)
 
 
 @pytest.mark.parametrize("granularity", ["frame", "utterance"])
@@ -70,6 +80,65 @@ def test_evaluation_thresholds_and_scales():
     assert torch.allclose(layer.eval()(x)[0, 0], torch.tensor([0.0, p[1], p[2]]))
     layer.settings.inference = "hard"
     assert torch.allclose(layer(x)[0, 0], torch.tensor([0.0, 1.0, 1.0]))
+    layer.uncut = True  # the diagnostic: no unit cut, each scaled as evaluation scales a kept one
+    assert torch.equal(layer(x), x)
+    layer.settings.inference = "expected"
+    assert torch.allclose(layer(x)[0, 0], p)
+    assert not torch.equal(layer.train()(x), layer.eval()(x))  # training masks ignore the flag
+
+
+def test_polarised_share_counts_units_outside_the_band():
+    from study.method.adl_controller import polarised_share
+    assert polarised_share(torch.tensor([0.01, 0.04, 0.05, 0.5, 0.95, 0.96, 0.999, 0.3])) == pytest.approx(4 / 8)
+
+
+def test_logits_keep_their_learning_rate_when_the_weights_decay(tiny_config, tmp_path):
+    """adl.lr_schedule = "constant": after the shared warm-up the logits' rate stays at adl.lr to the
+    last step, where the weights' cosine has reached zero; "shared" decays both."""
+    from study.data.features import mean_std
+    from study.data.prepared import prepare_data
+    from study.data.tokenizer import build_tokenizer
+    from study.method.adl_controller import AdlController
+    from study.method.attach import attach_adls
+    from study.training import Trainer
+    from study.trial_context import build_model
+    train = prepare_data(tiny_config)["train"]
+    tokenizer = build_tokenizer(tiny_config.text, train.transcripts, tiny_config.data.cache_dir)
+    for schedule, logits_at_end in (("constant", 1.0), ("shared", 0.0)):
+        tiny_config.adl.lr_schedule = schedule
+        model = build_model(tiny_config, tokenizer.vocab_size)
+        adl = AdlController(attach_adls(model, ["ffn"], AdlSettings()), tiny_config.adl)
+        trainer = Trainer(tiny_config, model, train, tokenizer, *mean_std(train.features), tmp_path / f"{schedule}.pt",
+                          torch.device("cpu"), param_groups=adl.param_groups(model, 1e-3, 0.01))
+        weights, logits = trainer.scheduler.lr_lambdas
+        end = trainer.total_steps
+        assert weights(0) == logits(0) < 1.0  # the same warm-up
+        assert weights(end) == pytest.approx(0.0) and logits(end) == pytest.approx(logits_at_end)
+
+
+def test_batch_norm_recalibration_uses_evaluation_activations_and_changes_no_weight():
+    from study.config import ModelConfig
+    from study.method.attach import attach_adls
+    from study.method.batch_norm import recalibrate_batch_norm
+    from study.model.conformer import ConformerCTC
+    cfg = ModelConfig(d_model=16, num_heads=2, ffn_dim=24, conv_channels=8, conv_kernel=3, num_blocks=1,
+                      subsampling=4, subsampling_channels=4)
+    torch.manual_seed(0)
+    model = ConformerCTC(cfg, n_mels=20, vocab_size=7)
+    attach_adls(model, ["ffn", "mhsa", "conv"], AdlSettings())
+    conv = model.encoder.blocks[0].conv
+    conv.gate.beta.data = torch.linspace(-3, 3, 8)  # some channels cut, others scaled by p
+    bn_inputs = []
+    conv.batch_norm.register_forward_pre_hook(lambda m, args: bn_inputs.append(args[0].detach()))
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [(torch.randn(3, 60, 20), torch.tensor([60, 60, 60])) for _ in range(2)]
+    assert recalibrate_batch_norm(model, batches) == 2
+    seen = torch.cat([h.transpose(0, 1).reshape(8, -1) for h in bn_inputs], dim=1)  # (C, every frame)
+    assert torch.allclose(conv.batch_norm.running_mean, seen.mean(1), atol=1e-5)
+    assert torch.allclose(conv.batch_norm.running_var, seen.var(1), rtol=0.05, atol=1e-6)  # mean of 2 batch variances
+    assert torch.all(conv.batch_norm.running_var[:4] < 1e-10)  # cut channels (p < 0.5): only the depthwise bias
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    assert not model.training and not conv.batch_norm.training and conv.batch_norm.momentum == 0.1
 
 
 def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_config, tracking_uri, tmp_path):
@@ -88,8 +157,11 @@ def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_co
     assert run.info.status == "FINISHED" and run.data.tags["method"] == "adaptive_dropout"
     for key in ("train/reg", "adl/c_t", "adl/kept_fraction/ffn", "adl/kept_fraction/mhsa", "adl/kept_fraction/conv",
                 "params/kept/ffn", "units/kept/conv", "latency/ms_b1_10s", "test/wer", "test/cer",
-                "finetune/train/loss", "finetune/dev/wer"):
+                "finetune/train/loss", "finetune/dev/wer", "adl/polarised/ffn", "adl/polarised/all",
+                "adl/dev_wer_uncut"):
         assert key in run.data.metrics, key
+    assert run.data.metrics["train/epochs_total"] == 4  # 3 epochs with ADLs, 1 of fine-tuning
+    assert 0.0 <= run.data.metrics["adl/polarised/all"] <= 1.0
     c_t = [m.value for m in client.get_metric_history(run.info.run_id, "adl/c_t")]
     assert c_t == sorted(c_t, reverse=True) and c_t[-1] == pytest.approx(-8.0)
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

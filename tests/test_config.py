@@ -52,6 +52,7 @@ def test_unknown_key_is_rejected_with_its_name_and_file(tmp_path, body, key):
     ("[model]\nd_model = 100\nnum_heads = 3\n", "model.d_model", "divisible"),
     ('[data]\ntrain_subsets = "train-clean-100"\n', "data.train_subsets", "list"),
     ('[model]\nfront_end = "conv1d"\nsubsampling = 4\n', "model.front_end", "subsampling = 8"),
+    ('[adl]\nrescale = "inverted"\n', "adl.inference", "adl.rescale"),
 ])
 def test_bad_values_are_rejected_naming_the_key(tmp_path, body, key, words):
     with pytest.raises(ConfigError) as err:
@@ -89,7 +90,7 @@ def test_shipped_experiment_files_load_with_every_point():
         experiment = load_experiment(path)  # builds the Config of every grid point
         assert experiment.points(), path
         sizes[path.stem] = len(experiment.points())
-    assert sizes["default"] == 5 and sizes["ablation"] == 160
+    assert sizes["default"] == 5 and sizes["ablation"] == 162
     ablation = load_experiment(REPO / "experiments" / "ablation.toml")
     subsets = {tuple(ablation.config(p).adl.locations) for p in ablation.points() if ablation.config(p).method == "adaptive_dropout"}
     assert len(subsets) == 8  # every subset of {ffn, mhsa, conv}, the empty one included

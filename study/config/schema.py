@@ -116,19 +116,36 @@ class AdlConfig:
     c1: float = -4.0
     t0: float = knob(0.1, min=0.0, max=1.0)
     t1: float = knob(0.8, min=0.0, max=1.0)
-    reg_normalization: str = knob("unit", choices=("unit", "layer"))
+    # unit: alpha * mean over every unit (the pull on one unit shrinks with model size); layer: mean per
+    # layer, then over layers; sum: the paper's alpha * sum_d (beta_d - c(t))^2 (the same pull per unit
+    # at any size, so its alpha is about 1/N of unit's for N units; README: "What alpha means")
+    reg_normalization: str = knob("unit", choices=("unit", "layer", "sum"))
     weight_ffn: float = knob(1.0, min=0.0)  # per-location multipliers of the regulariser
     weight_mhsa: float = knob(1.0, min=0.0)
     weight_conv: float = knob(1.0, min=0.0)
     lr: float = knob(2e-2, min=0.0)  # learning rate of the logits (no weight decay)
+    # constant: the logits warm up with the weights, then keep their rate, so they can still move when
+    # c(t) bottoms out; shared: the weights' warm-up + cosine decay (before issue 12: the logits froze)
+    lr_schedule: str = knob("constant", choices=("constant", "shared"))
+    recalibrate_bn: bool = True  # re-estimate BatchNorm statistics with the evaluation masks before pruning
     hard_phase: float = knob(0.0, min=0.0, max=1.0)  # final fraction trained with thresholded masks
     finetune_epochs: int = knob(0, min=0)  # after pruning; 0 = the paper's "no fine-tuning"
+    # A budget (study/method/budget.py): > 0 replaces the alpha term by a Lagrangian controller that drives
+    # the expected parameter reduction to this fraction, ramped up over the first target_warmup of training.
+    target_reduction: float = knob(0.0, min=0.0, max=0.99)
+    target_warmup: float = knob(0.5, min=0.0, max=1.0)
+    lambda_lr: float = knob(5e-2, min=0.0)  # learning rate of the controller's two multipliers (gradient ascent)
 
     def validate(self) -> None:
+        if self.target_reduction and not self.locations:
+            raise ValueError("adl.target_reduction needs at least one location in adl.locations")
         if self.t1 < self.t0:
             raise ValueError(f"adl.t1 ({self.t1}) must be >= adl.t0 ({self.t0})")
         if len(set(self.locations)) != len(self.locations):
             raise ValueError(f"adl.locations: repeated location in {self.locations}")
+        if self.rescale == "inverted" and self.inference == "expected":
+            raise ValueError('adl.rescale = "inverted" trains on x * mask / p, whose mean is x, so evaluation must '
+                             'keep units unscaled: set adl.inference = "hard" (inference = "expected" would give x * p)')
 
 
 @dataclass

@@ -43,6 +43,7 @@ class AdaptiveDropout(nn.Module):
         self.beta = nn.Parameter(torch.full((units,), float(settings.beta0)))
         self.tau = settings.tau  # may be annealed during training
         self.frozen = False  # hard phase: train with the evaluation (thresholded) masks
+        self.uncut = False  # evaluation without the threshold cut: every unit times p (a diagnostic)
 
     @property
     def retention(self) -> torch.Tensor:  # (n,)
@@ -57,6 +58,8 @@ class AdaptiveDropout(nn.Module):
         return torch.where(self.keep_mask(), scale, torch.zeros_like(p))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uncut and not self.training:  # what evaluation gives before any unit is cut
+            return x * self.retention.detach().to(x.dtype) if self.settings.inference == "expected" else x
         if not self.training or self.frozen:
             return x * self.eval_scale().to(x.dtype)
         s = self.settings
@@ -87,12 +90,13 @@ def annealed_tau(t: float, tau: float, tau_end: float | None) -> float:
 
 def regulariser(layers: list[AdaptiveDropout], alpha: float, c_t: float, normalization: str = "unit",
                 location_weights: dict[str, float] | None = None) -> torch.Tensor:
-    """alpha * mean (beta - c(t))^2 over every unit ("unit") or mean within each layer, then over layers."""
+    """alpha * (beta - c(t))^2 summed over every unit ("sum", the paper's form), its mean over every
+    unit ("unit"), or its mean within each layer, then over layers ("layer")."""
     weights = location_weights or {}
     if not layers:
         return torch.zeros(())
-    if normalization == "unit":
+    if normalization in ("unit", "sum"):
         terms = torch.cat([weights.get(l.location, 1.0) * (l.beta - c_t).pow(2) for l in layers])
-        return alpha * terms.mean()
+        return alpha * (terms.sum() if normalization == "sum" else terms.mean())
     per_layer = torch.stack([weights.get(l.location, 1.0) * (l.beta - c_t).pow(2).mean() for l in layers])
     return alpha * per_layer.mean()

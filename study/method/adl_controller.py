@@ -14,20 +14,34 @@ from study.method.adaptive_dropout import (
     regulariser,
     target_logit,
 )
+from study.method.budget import BudgetController
 from study.names import LOCATIONS
+
+POLARISED = (0.05, 0.95)  # retention probabilities outside this band count as decided
+
+
+def polarised_share(p: torch.Tensor) -> float:
+    return float(((p < POLARISED[0]) | (p > POLARISED[1])).float().mean())
 
 
 class AdlController:
-    def __init__(self, layers: list[AdaptiveDropout], cfg: AdlConfig):
-        self.layers, self.cfg = layers, cfg
+    def __init__(self, layers: list[AdaptiveDropout], cfg: AdlConfig, budget: BudgetController | None = None):
+        """`budget` (adl.target_reduction) replaces the paper's alpha term by the Lagrangian controller."""
+        self.layers, self.cfg, self.budget = layers, cfg, budget
         self.weights = {"ffn": cfg.weight_ffn, "mhsa": cfg.weight_mhsa, "conv": cfg.weight_conv}
+
+    def checkpointed(self) -> dict[str, torch.Tensor]:
+        """State outside the model that a resumed run must get back: the controller's multipliers."""
+        return {"budget_lambdas": self.budget.lambdas} if self.budget else {}
 
     def param_groups(self, model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict]:
         """Logits get their own learning rate and no weight decay (decay would pull every p to 0.5)."""
         logits = {id(layer.beta) for layer in self.layers}
         rest = [p for p in model.parameters() if id(p) not in logits]
-        return [{"params": rest, "lr": lr, "weight_decay": weight_decay},
-                {"params": [layer.beta for layer in self.layers], "lr": self.cfg.lr, "weight_decay": 0.0}]
+        groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay},
+                  {"params": [layer.beta for layer in self.layers], "lr": self.cfg.lr, "weight_decay": 0.0,
+                   "schedule": self.cfg.lr_schedule}]
+        return groups + ([self.budget.param_group(self.cfg.lambda_lr)] if self.budget else [])
 
     def c_t(self, t: float) -> float:
         return target_logit(t, self.cfg.c0, self.cfg.c1, self.cfg.t0, self.cfg.t1)
@@ -48,6 +62,8 @@ class AdlController:
         """R(beta; t); zero in the hard phase, where the logits are frozen."""
         if self.in_hard_phase(t) or not self.layers:
             return torch.zeros((), device=self.layers[0].beta.device if self.layers else None)
+        if self.budget:
+            return self.budget.loss(t)
         return regulariser(self.layers, self.cfg.alpha, self.c_t(t), self.cfg.reg_normalization, self.weights)
 
     def by_location(self) -> dict[str, torch.Tensor]:
@@ -56,11 +72,22 @@ class AdlController:
                 for loc in LOCATIONS if any(l.location == loc for l in self.layers)}
 
     def epoch_metrics(self, t: float) -> dict[str, float]:
+        """Per location: kept fraction, mean retention, and the share of polarised units (p outside
+        [0.05, 0.95]: the threshold cut barely changes what they contribute); polarised/all over every unit."""
         metrics = {"adl/c_t": self.c_t(t), "adl/tau": self.layers[0].tau if self.layers else self.cfg.tau}
-        for loc, p in self.by_location().items():
+        probs = self.by_location()
+        for loc, p in probs.items():
             metrics[f"adl/kept_fraction/{loc}"] = float((p >= self.cfg.threshold).float().mean())
             metrics[f"adl/mean_retention/{loc}"] = float(p.mean())
-        return metrics
+            metrics[f"adl/polarised/{loc}"] = polarised_share(p)
+        if probs:
+            metrics["adl/polarised/all"] = polarised_share(torch.cat(list(probs.values())))
+        return metrics | (self.budget.metrics(t) if self.budget else {})
+
+    def set_uncut(self, uncut: bool) -> None:
+        """Evaluation without the threshold cut (every unit scaled as if kept), to price the cut."""
+        for layer in self.layers:
+            layer.uncut = uncut
 
     def save_histogram(self, path: Path) -> None:
         """Histogram of the final retention probabilities, one panel per location."""

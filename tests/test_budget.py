@@ -1,0 +1,103 @@
+"""The budget controller (adl.target_reduction): exact expected sizes and a Lagrangian that reaches its target."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from study.config import AdlConfig, ModelConfig
+from study.evaluation.accounting import count_params
+from study.method.adaptive_dropout import AdlSettings
+from study.method.adl_controller import AdlController
+from study.method.attach import adl_decisions, attach_adls
+from study.method.budget import BudgetController, expected_params
+from study.method.pruning import prune
+from study.model import ConformerCTC
+from study.model.size import analytic_params
+
+CFG = ModelConfig(d_model=32, num_heads=4, ffn_dim=48, conv_channels=24, conv_kernel=5, num_blocks=2,
+                  subsampling=4, subsampling_channels=8)
+N_MELS, VOCAB = 40, 29
+
+
+def model_with_adls(locations):
+    torch.manual_seed(0)
+    model = ConformerCTC(CFG, N_MELS, VOCAB)
+    return model, attach_adls(model, locations, AdlSettings())
+
+
+@pytest.mark.parametrize("locations", [list(s) for r in (1, 2, 3) for s in itertools.combinations(("ffn", "mhsa", "conv"), r)])
+def test_expected_size_is_the_pruned_models_real_size_once_every_unit_is_decided(locations):
+    model, layers = model_with_adls(locations)
+    for layer in layers:  # p = 0 or 1 (|beta| = 100): a random half of the units go
+        layer.beta.data = torch.where(torch.rand_like(layer.beta) < 0.5, -100.0, 100.0)
+    block0, block1 = model.encoder.blocks
+    if "ffn" in locations:
+        block0.ffn1.gate.beta.data.fill_(-100.0)  # a whole FFN: only its output bias stays
+    if "mhsa" in locations:
+        block0.mhsa.value_gate.beta.data[:8].fill_(-100.0)  # head 0 loses its values: its queries go too
+        block0.mhsa.query_gate.beta.data[:8].fill_(100.0)
+        block1.mhsa.value_gate.beta.data[8:16].fill_(100.0)  # head 1 keeps values but no query
+        block1.mhsa.query_gate.beta.data[8:16].fill_(-100.0)
+    if "conv" in locations:
+        block1.conv.gate.beta.data.fill_(-100.0)  # every conv channel of a block
+    pruned, widths = prune(model.eval(), CFG, adl_decisions(model))
+    real = count_params(pruned)
+    assert real == analytic_params(CFG, widths, N_MELS, VOCAB)["total"]
+    assert float(expected_params(model, CFG).detach()) == pytest.approx(real, abs=0.5)
+
+
+def test_expected_size_of_undecided_units_is_their_probability_weighted_share():
+    model, layers = model_with_adls(["ffn"])
+    dense = count_params(model)
+    for layer in layers:
+        layer.beta.data.fill_(100.0)
+    assert float(expected_params(model, CFG).detach()) == pytest.approx(dense, abs=0.5)
+    for layer in layers:
+        layer.beta.data.fill_(0.0)  # p = 1/2 each: half of every hidden unit's 2d + 1 parameters expected
+    units = 2 * CFG.num_blocks * CFG.ffn_dim
+    assert float(expected_params(model, CFG).detach()) == pytest.approx(dense - units * (2 * CFG.d_model + 1) / 2, abs=1.0)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5])
+def test_the_lagrangian_drives_the_expected_reduction_to_its_target(target):
+    """The budget term alone (no task loss): logits descend, multipliers ascend; the expected reduction
+    settles within a point of the target and the multipliers turn positive/negative as the gap demands."""
+    model, layers = model_with_adls(["ffn", "mhsa", "conv"])
+    budget = BudgetController(model, CFG, target, warmup=0.2)
+    adl = AdlController(layers, AdlConfig(lambda_lr=0.05, lr=0.05), budget)
+    groups = adl.param_groups(model, lr=0.0, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(groups, fused=True)
+    steps = 600
+    for step in range(steps):
+        optimizer.zero_grad()
+        adl.loss(step / steps).backward()
+        optimizer.step()
+    metrics = adl.epoch_metrics(1.0)
+    assert metrics["adl/target_reduction"] == target
+    assert metrics["adl/expected_reduction"] == pytest.approx(target, abs=0.01)
+    assert metrics["adl/lambda1"] != 0.0 and metrics["adl/lambda2"] > 0.0
+
+
+def test_a_budget_trial_logs_the_controller_and_resumes_its_multipliers(tiny_config, tracking_uri, tmp_path, monkeypatch):
+    from study.training import Trainer
+    from study.trial import run_trial
+    tiny_config.method = "adaptive_dropout"
+    tiny_config.adl.target_reduction, tiny_config.adl.lambda_lr = 0.3, 0.5
+    saved = {}
+    original = Trainer.save_checkpoint
+
+    def keep_multipliers(self):
+        original(self)
+        saved[self.history.epoch] = torch.load(self.checkpoint_path, weights_only=False)["extra"]["budget_lambdas"]
+    monkeypatch.setattr(Trainer, "save_checkpoint", keep_multipliers)
+    metrics = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path).metrics
+    assert len(saved) == tiny_config.train.epochs and saved[1].abs().sum() > 0  # the multipliers moved and were saved
+    import mlflow
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])[0]
+    for key in ("adl/expected_reduction", "adl/target_reduction", "adl/lambda1", "adl/lambda2"):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["adl/target_reduction"] == pytest.approx(0.3)
+    assert 0.0 <= metrics["params/reduction"] < 1.0
