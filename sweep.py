@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, "
                    "else sqlite:///<cwd>/runs/mlflow.db)")
     p.add_argument("--join", action="store_true", help="add workers to a sweep another machine started")
+    p.add_argument("--max-restarts", type=int, default=3, help="lost workers replaced in one launch; "
+                   "the lost trial resumes from its last checkpoint (default: 3)")
     p.add_argument("--status", action="store_true", help="print the sweep's trials and exit")
     p.add_argument("--no-analysis", action="store_true", help="skip regenerating figures at the end")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.join:  # a broken data set stops here, before any worker; corpus and features are
             _prepare_data(experiment)  # made once, not by every worker at the same time
         sweep_args = SweepArgs(workers, args.storage, resolve_tracking_uri(args.tracking_uri),
-                               tuple(d for d in args.devices.split(",") if d), Path("runs"), args.join)
+                               tuple(d for d in args.devices.split(",") if d), Path("runs"), args.join,
+                               args.max_restarts)
         result = launch(experiment, overrides, sweep_args)
     except (ConfigError, DataError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -139,6 +139,67 @@ def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_c
     assert len(lost) == 1 and "worker lost" in lost[0].user_attrs["failure_reason"]
 
 
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path) -> None:
+    deadline = time.time() + 180
+    while not list((tmp_path / "runs/trials").glob("*/*/checkpoint.pt")):  # a trial is mid-way
+        assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint"
+        time.sleep(0.2)
+    workers = [pid for pid in _children(proc.pid)
+               if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)  # out of memory, a preempted node: the worker alone vanishes
+
+
+def test_a_lost_worker_is_replaced_and_its_trial_resumes_in_the_same_launch(tmp_path, corpus_cache):
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]\nname = \"impossible\"")[0]
+                           .replace('grid = { "train.seed" = [0, 1] }', ""), epochs=5)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _kill_the_worker_mid_trial(proc, tmp_path)
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-2000:]
+    assert "worker 0 lost (exit code -9)" in output and "a fresh worker resumes it" in output
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
+    done = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
+    assert len(done) == len({point_of(t) for t in done}) == 2
+    lost = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.FAIL]
+    assert len(lost) == 1 and "worker lost" in lost[0].user_attrs["failure_reason"]
+    children, parents = child_runs(uri)
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]  # resumed, not duplicated
+    assert len([r for r in children if r.data.tags.get("resumed_from_epoch", "0") != "0"]) == 1
+    assert [p.info.status for p in parents] == ["FINISHED"] and parents[0].data.metrics["sweep/worker_restarts"] == 1
+
+
+def test_a_launch_whose_workers_are_all_lost_ends_its_parent_run_failed(tmp_path, corpus_cache):
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]\nname = \"impossible\"")[0],
+                           epochs=5)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
+                             "--max-restarts", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _kill_the_worker_mid_trial(proc, tmp_path)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "waits for the next launch" in output
+    children, parents = child_runs(uri)
+    assert [p.info.status for p in parents] == ["FAILED"] and "1 worker(s)" in parents[0].data.tags["failure_reason"]
+    assert [r.info.status for r in children] == ["FAILED"]  # marked lost now, not left RUNNING
+    assert "worker lost" in children[0].data.tags["failure_reason"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

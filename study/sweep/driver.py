@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import optuna
@@ -41,6 +42,7 @@ class SweepArgs:
     devices: tuple[str, ...] = ()
     runs_dir: Path = Path("runs")
     join: bool = False
+    max_restarts: int = 3  # lost workers replaced per launch (out of memory, a preempted node, a kill)
 
 
 class SweepError(RuntimeError):
@@ -145,42 +147,71 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
             study.set_user_attr("launch_time", datetime.now().isoformat())
     print(f"sweep {experiment.name}: {total} trials, {args.workers} worker(s); "
           f"MLflow parent run {parent}; worker logs in {args.runs_dir / 'logs' / experiment.name}")
-    workers = _start_workers(experiment, overrides, args)
+    seats = placements(experiment, args)
+    workers = [_start_worker(experiment, overrides, args, i, seat) for i, seat in enumerate(seats)]
+    grid = {p.key for p in experiment.points()}
+    restarts = 0
+
+    def replace(i: int, proc: subprocess.Popen) -> subprocess.Popen | None:
+        """A worker died mid-sweep: its trial is marked lost (Optuna FAIL, MLflow run FAILED) and queued
+        again; a fresh worker takes the seat, while the restart budget lasts, and resumes that trial
+        from its last checkpoint in the same MLflow run."""
+        nonlocal restarts
+        for study, keys in zip(studies, (grid, None)):
+            _mark_lost_runs(fail_stale_trials(study, args.runs_dir), client)
+            _enqueue_retries(study, keys)
+        if restarts >= args.max_restarts:
+            return None
+        restarts += 1
+        return _start_worker(experiment, overrides, args, i, seats[i])
+
     interrupted = False
     try:
-        _monitor(experiment.name, total, studies, workers)
+        _monitor(experiment.name, total, studies, workers, replace)
     except KeyboardInterrupt:
         interrupted = True
         for proc in workers:
             proc.terminate()
         for proc in workers:
             proc.wait()
-    failed = sum(1 for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-                 if t.datetime_start and t.datetime_start >= datetime.fromisoformat(s.user_attrs["launch_time"]))
+    lost = sum(1 for proc in workers if proc.returncode)
+    failed = sum(_failed_in_launch(s) for s in studies)
     if not args.join:
         done = sum(len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) for s in studies)
         client.log_metric(parent, "sweep/finished_trials", done)
         client.log_metric(parent, "sweep/failed_trials", failed)
-        client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
+        client.log_metric(parent, "sweep/worker_restarts", restarts)
+        if lost and not interrupted:
+            client.set_tag(parent, "failure_reason", f"{lost} worker(s) exited with an error after "
+                                                     f"{restarts} replacement(s); rerun the command to continue")
+        client.set_terminated(parent, status="KILLED" if interrupted else "FAILED" if lost else "FINISHED")
     if interrupted:
         raise KeyboardInterrupt
-    if any(proc.returncode for proc in workers):
-        raise SweepError(f"a worker exited with an error; see {args.runs_dir / 'logs' / experiment.name}")
+    if lost:
+        raise SweepError(f"a worker exited with an error ({restarts} replaced); see {args.runs_dir / 'logs' / experiment.name}")
     return LaunchResult(failed, parent)
 
 
-def _start_workers(experiment: Experiment, overrides: dict, args: SweepArgs) -> list[subprocess.Popen]:
+def _failed_in_launch(study: optuna.Study) -> int:
+    """Points whose trial failed in this launch and that no later trial finished (a lost worker's
+    trial, resumed by its replacement, is not a failure)."""
+    since = datetime.fromisoformat(study.user_attrs["launch_time"])
+    trials = study.get_trials(deepcopy=False)
+    key = lambda t: point_of(t) or f"search trial {t.number}"  # noqa: E731 (search trials have no point)
+    finished = {key(t) for t in trials if t.state == TrialState.COMPLETE}
+    return len({key(t) for t in trials if t.state == TrialState.FAIL and t.datetime_start
+                and t.datetime_start >= since and key(t) not in finished})
+
+
+def _start_worker(experiment: Experiment, overrides: dict, args: SweepArgs, seat: int,
+                  placement: dict) -> subprocess.Popen:
     log_dir = args.runs_dir / "logs" / experiment.name
     log_dir.mkdir(parents=True, exist_ok=True)
-    workers = []
-    for i, placement in enumerate(placements(experiment, args)):
-        settings = WorkerSettings(str(experiment.path), overrides, args.storage, args.tracking_uri,
-                                  str(args.runs_dir), placement)
-        log = open(log_dir / f"worker-{os.getpid()}-{i}.log", "a")
-        workers.append(subprocess.Popen([sys.executable, "-m", "study.sweep.worker", settings_json(settings)],
-                                        stdout=log, stderr=subprocess.STDOUT, env=_worker_env()))
-        log.close()
-    return workers
+    settings = WorkerSettings(str(experiment.path), overrides, args.storage, args.tracking_uri,
+                              str(args.runs_dir), placement)
+    with open(log_dir / f"worker-{os.getpid()}-{seat}.log", "a") as log:
+        return subprocess.Popen([sys.executable, "-m", "study.sweep.worker", settings_json(settings)],
+                                stdout=log, stderr=subprocess.STDOUT, env=_worker_env())
 
 
 def _worker_env() -> dict[str, str]:
@@ -199,13 +230,24 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
             f"{int(a['params/total']):,} params ({a['params/reduction']:.1%} pruned), {seconds:.0f} s")
 
 
-def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[subprocess.Popen]) -> None:
-    """One line per trial that ends, and a bar of trials done out of the expected total."""
+def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[subprocess.Popen],
+             replace: Callable[[int, subprocess.Popen], subprocess.Popen | None]) -> None:
+    """One line per trial that ends, and a bar of trials done out of the expected total; a worker that
+    exits with an error is handed to `replace` once, and its seat taken by what that returns."""
+    handled: set[int] = set()
     seen = {(s.study_name, t.number) for s in studies for t in s.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
     already = sum(1 for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     bar = tqdm(total=max(total, already), initial=already, unit="trial", desc=name, dynamic_ncols=True)
     while True:
+        for i, proc in enumerate(workers):
+            if proc.poll() and proc.pid not in handled:
+                handled.add(proc.pid)
+                fresh = replace(i, proc)
+                bar.write(f"worker {i} lost (exit code {proc.returncode}): its trial is marked lost and "
+                          + ("queued again; a fresh worker resumes it" if fresh else "waits for the next launch"))
+                if fresh:
+                    workers[i] = fresh
         running = any(proc.poll() is None for proc in workers)
         for study in studies:
             for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):

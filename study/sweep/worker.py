@@ -68,11 +68,14 @@ def point_of(trial: optuna.trial.FrozenTrial) -> str | None:
 
 
 def pending(study: optuna.Study, keys: list[str], since: datetime) -> list[str]:
-    """Points still to run: never finished, not running, not already failed in this launch."""
+    """Points still to run: never finished, not running, not already failed in this launch (unless
+    queued again: the driver queues the trial of a lost worker)."""
     states = defaultdict(list)
     for t in study.get_trials(deepcopy=False):
         states[point_of(t)].append(t)
     def settled(key: str) -> bool:
+        if any(t.state == TrialState.WAITING for t in states[key]):
+            return False
         return any(t.state in (TrialState.COMPLETE, TrialState.RUNNING)
                    or (t.state == TrialState.FAIL and t.datetime_start and t.datetime_start >= since)
                    for t in states[key])
