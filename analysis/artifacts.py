@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from study.names import LOCATIONS
+from study.names import LOCATIONS, UTTERANCE_ERRORS
 
 RETENTION = "retention.json"
 
@@ -46,6 +46,25 @@ def load_retention(client: MlflowClient, run_ids: Iterable[str]) -> dict[str, di
             probs = {loc: np.asarray(data[loc], dtype=float) for loc in LOCATIONS if len(data.get(loc) or [])}
             if probs:
                 found[run_id] = probs
+    return found
+
+
+def load_utterance_errors(client: MlflowClient, run_ids: Iterable[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """run id -> (word edits, reference words) per test utterance, in the ids' order of the first run
+    read; runs without the artifact (older ones) or with another test set are absent."""
+    found, order = {}, None
+    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
+        for run_id in run_ids:
+            if UTTERANCE_ERRORS not in {a.path for a in client.list_artifacts(run_id)}:
+                continue
+            folder = Path(tmp) / run_id
+            folder.mkdir()
+            data = json.loads(Path(client.download_artifacts(run_id, UTTERANCE_ERRORS, str(folder))).read_text())
+            if order is None:
+                order = data["ids"]
+            if data["ids"] != order:
+                continue
+            found[run_id] = (np.asarray(data["errors"], dtype=float), np.asarray(data["words"], dtype=float))
     return found
 
 

@@ -16,7 +16,7 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis.plotting import SERIES_COLOURS, method_look, new_figure, si_scale
 from analysis.runs import locations_rank, seed_groups
-from analysis.tables import front
+from analysis.tables import UtteranceErrors, front, with_intervals
 from study.names import ADAPTIVE_DROPOUT, LOCATIONS, REPORT_ORDER
 
 ADL = ADAPTIVE_DROPOUT
@@ -66,15 +66,26 @@ def _pareto_axis_label(axis: str, prefix: str) -> str:
     return "latency per 10 s utterance, batch of 1 (ms)"
 
 
-def pareto(frame: pd.DataFrame, axis: str) -> Figure:
+def _wer_bars(means: pd.DataFrame) -> np.ndarray:
+    """Vertical error bars (percentage points): the 95% bootstrap interval over test utterances where
+    every run of the setting logged its per-utterance errors, else the std over seeds."""
+    mean = means["test_wer_mean"].to_numpy(dtype=float)
+    low, high = means["test_wer_ci_low"].to_numpy(dtype=float), means["test_wer_ci_high"].to_numpy(dtype=float)
+    std = _std(means["test_wer_std"])
+    has_ci = ~np.isnan(low)
+    return 100 * np.vstack([np.where(has_ci, mean - low, std), np.where(has_ci, high - mean, std)])
+
+
+def pareto(frame: pd.DataFrame, axis: str, errors: UtteranceErrors | None = None) -> Figure:
     """Test WER against size (parameters, encoder FLOPs or latency): every trial a faint point, each
-    setting's mean over seeds a marker with error bars, and each method's Pareto front through those
-    means a step line; the dense baseline a dashed horizontal line."""
+    setting's mean over seeds a marker with error bars (the bootstrap interval when the runs logged
+    per-utterance errors), and each method's Pareto front through those means a step line; the dense
+    baseline a dashed horizontal line."""
     column, metric, what = PARETO_AXES[axis]
     data = frame[frame[column].notna()]
     if data.empty:
         raise Skipped(f"no finished trial logged {metric}")
-    groups = seed_groups(data)
+    groups = with_intervals(seed_groups(data), errors)
     factor, prefix = (1.0, "") if axis == "latency" else si_scale(float(data[column].max()))
     fig, (ax,) = new_figure(width=9.0)
     for method in _methods(data):
@@ -83,7 +94,7 @@ def pareto(frame: pd.DataFrame, axis: str) -> Figure:
         ax.scatter(trials[column].astype(float) / factor, 100 * trials["test_wer"], s=16, marker=marker,
                    color=colour, alpha=0.3, linewidths=0)
         ax.errorbar(means[f"{column}_mean"] / factor, 100 * means["test_wer_mean"],
-                    xerr=_std(means[f"{column}_std"]) / factor, yerr=100 * _std(means["test_wer_std"]),
+                    xerr=_std(means[f"{column}_std"]) / factor, yerr=_wer_bars(means),
                     fmt=marker, color=colour, markersize=7, capsize=3, linewidth=1,
                     label=f"{name} ({len(trials)} trial{'s' * (len(trials) != 1)})")
         fx, fy = front(means[f"{column}_mean"], means["test_wer_mean"])
@@ -95,7 +106,8 @@ def pareto(frame: pd.DataFrame, axis: str) -> Figure:
     ax.set_title(f"{_experiment(data)}: test WER against {what} (lower left is better)")
     handles, _ = ax.get_legend_handles_labels()
     handles += [Line2D([], [], color="gray", marker="o", linestyle="", alpha=0.4, label="one trial (seed)"),
-                Line2D([], [], color="gray", marker="o", linestyle="", label="mean ± std over seeds"),
+                Line2D([], [], color="gray", marker="o", linestyle="",
+                       label="mean over seeds; bars: 95% bootstrap CI" if errors else "mean ± std over seeds"),
                 Line2D([], [], color="gray", linewidth=1.5, label="Pareto front of a method")]
     fig.legend(handles=handles, loc="outside right upper")
     return fig

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from analysis import figures, tables
-from analysis.artifacts import load_kept_history, load_retention
+from analysis.artifacts import load_kept_history, load_retention, load_utterance_errors
 from analysis.plotting import FORMATS, save, style
 from analysis.runs import NoFinishedRuns, load_trials
 
@@ -36,12 +36,13 @@ def regenerate(experiment: str, tracking_uri: str, out_dir: Path = Path("figures
 
     client = MlflowClient(tracking_uri)
     adl = frame[frame["method"] == figures.ADL]
+    errors = load_utterance_errors(client, frame["run_id"])  # for the bootstrap intervals and comparisons
     retention = load_retention(client, adl["run_id"])
     history = load_kept_history(client, adl)
     drawings: dict[str, Callable[[], Figure]] = {
-        "pareto_params": lambda: figures.pareto(frame, "params"),
-        "pareto_flops": lambda: figures.pareto(frame, "flops"),
-        "pareto_latency": lambda: figures.pareto(frame, "latency"),
+        "pareto_params": lambda: figures.pareto(frame, "params", errors),
+        "pareto_flops": lambda: figures.pareto(frame, "flops", errors),
+        "pareto_latency": lambda: figures.pareto(frame, "latency", errors),
         "location_ablation": lambda: figures.location_ablation(frame),
         "effect_tau": lambda: figures.hyperparameter_effect(frame, "tau"),
         "effect_alpha": lambda: figures.hyperparameter_effect(frame, "alpha"),
@@ -59,8 +60,16 @@ def regenerate(experiment: str, tracking_uri: str, out_dir: Path = Path("figures
                     (target / f"{name}.{fmt}").unlink(missing_ok=True)
                 continue
             written += save(fig, target / name)
-    written += tables.write_table(tables.ablation_table(frame), target / "ablation_table")
-    written += tables.write_table(tables.pareto_table(frame), target / "pareto_runs")
+    written += tables.write_table(tables.ablation_table(frame, errors), target / "ablation_table")
+    written += tables.write_table(tables.pareto_table(frame, errors), target / "pareto_runs")
+    comparisons = tables.comparison_table(frame, errors)
+    if len(comparisons.rows):
+        written += tables.write_table(comparisons, target / "comparisons")
+    else:
+        print("skipped table comparisons: no adaptive-dropout run with a baseline to compare, or no "
+              "per-utterance errors (runs before they were logged)", flush=True)
+        for suffix in (".csv", ".md"):
+            (target / f"comparisons{suffix}").unlink(missing_ok=True)
     print(f"wrote {len(written)} files to {target}", flush=True)
 
     parent = parent_run_id or trials.parents.get(experiment)

@@ -15,8 +15,12 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from analysis import bootstrap
 from analysis.plotting import write_text
 from analysis.runs import method_rank, seed_groups
+from study.names import ADAPTIVE_DROPOUT
+
+UtteranceErrors = dict[str, tuple[np.ndarray, np.ndarray]]  # run id -> (word edits, reference words) per utterance
 
 
 def pareto_mask(x: ArrayLike, y: ArrayLike) -> np.ndarray:
@@ -56,7 +60,9 @@ def front(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
 
 # Setting columns left out of a table when no row has a value (a sweep without baselines, say).
 OPTIONAL = ("budget_params", "target_reduction_pct", "tau", "alpha", "setting", "epochs_total", "epochs_total_mean",
-            "polarised_pct", "polarised_pct_mean", "dev_wer_uncut_pct", "dev_wer_uncut_pct_mean")
+            "polarised_pct", "polarised_pct_mean", "dev_wer_uncut_pct", "dev_wer_uncut_pct_mean",
+            "test_wer_ci_low_pct", "test_wer_ci_high_pct")
+
 
 
 def _blank(value: object) -> bool:
@@ -130,10 +136,34 @@ SETTING_COLUMNS = [
 ]
 
 
-def ablation_table(frame: pd.DataFrame) -> Table:
+def _ci_columns() -> list[Column]:
+    return [Column("test_wer_ci_low_pct", "95% CI low (%)", "test_wer_ci_low", _fixed(2, 100)),
+            Column("test_wer_ci_high_pct", "95% CI high (%)", "test_wer_ci_high", _fixed(2, 100))]
+
+
+def with_intervals(rows: pd.DataFrame, errors: UtteranceErrors | None) -> pd.DataFrame:
+    """Adds test_wer_ci_low/high: the bootstrap interval of each row's (seed-mean) test WER over its
+    runs (`run_ids`, a tuple, or `run_id`); NaN where a run has no per-utterance errors."""
+    rows = rows.copy()
+    rows["test_wer_ci_low"], rows["test_wer_ci_high"] = np.nan, np.nan
+    if not errors:
+        return rows
+    idx = bootstrap.resamples(len(next(iter(errors.values()))[0]))
+    for i, ids in zip(rows.index, _run_ids(rows)):
+        if all(r in errors for r in ids):
+            rows.loc[i, ["test_wer_ci_low", "test_wer_ci_high"]] = bootstrap.interval([errors[r] for r in ids], idx)
+    return rows
+
+
+def _run_ids(rows: pd.DataFrame) -> list[tuple[str, ...]]:
+    return list(rows["run_ids"]) if "run_ids" in rows else [(r,) for r in rows["run_id"]]
+
+
+def ablation_table(frame: pd.DataFrame, errors: UtteranceErrors | None = None) -> Table:
     """One row per setting (location subset or baseline, with its budget and hyperparameters): size,
-    dev and test WER as mean and std over seeds, FLOPs, latency and the number of trials."""
-    groups = seed_groups(frame)
+    dev and test WER as mean and std over seeds with the bootstrap interval of the test WER, FLOPs,
+    latency, training epochs, the ADL diagnostics and the number of trials."""
+    groups = with_intervals(seed_groups(frame), errors)
     columns = SETTING_COLUMNS + [
         Column("n_runs", "n", "n", _integer),
         Column("seeds", "Seeds", "seeds", _text),
@@ -143,6 +173,7 @@ def ablation_table(frame: pd.DataFrame) -> Table:
         Column("dev_wer_pct_std", "", "dev_wer_std", _fixed(2, 100)),
         Column("test_wer_pct_mean", "Test WER (%)", "test_wer_mean", _fixed(2, 100), spread="test_wer_pct_std"),
         Column("test_wer_pct_std", "", "test_wer_std", _fixed(2, 100)),
+        *_ci_columns(),
         Column("encoder_mflops_10s_mean", "Encoder MFLOPs (10 s)", "flops_mean", _fixed(1, 1e-6)),
         Column("latency_ms_mean", "Latency (ms)", "latency_ms_mean", _fixed(2)),
         Column("epochs_total_mean", "Epochs", "epochs_total_mean", _integer),
@@ -152,7 +183,7 @@ def ablation_table(frame: pd.DataFrame) -> Table:
     return Table(_present(columns, groups), groups)
 
 
-def pareto_table(frame: pd.DataFrame) -> Table:
+def pareto_table(frame: pd.DataFrame, errors: UtteranceErrors | None = None) -> Table:
     """The trials on their method's Pareto front of parameters against test WER."""
     on_front = pd.Series(False, index=frame.index)
     for _, trials in frame.groupby("method"):
@@ -166,6 +197,7 @@ def pareto_table(frame: pd.DataFrame) -> Table:
         Column("reduction_pct", "Reduction (%)", "reduction", _fixed(1, 100)),
         Column("dev_wer_pct", "Dev WER (%)", "dev_wer", _fixed(2, 100)),
         Column("test_wer_pct", "Test WER (%)", "test_wer", _fixed(2, 100)),
+        *_ci_columns(),
         Column("encoder_mflops_10s", "Encoder MFLOPs (10 s)", "flops", _fixed(1, 1e-6)),
         Column("latency_ms", "Latency (ms)", "latency_ms", _fixed(2)),
         Column("epochs_total", "Epochs", "epochs_total", _integer),
@@ -173,7 +205,55 @@ def pareto_table(frame: pd.DataFrame) -> Table:
         Column("polarised_pct", "Polarised (%)", "polarised", _fixed(1, 100)),
         Column("run_id", "Run id", "run_id", _text),
     ]
-    return Table(_present(columns, rows), rows.reset_index(drop=True))
+    rows = with_intervals(rows.reset_index(drop=True), errors)
+    return Table(_present(columns, rows), rows)
+
+
+BUDGET_TOLERANCE = 0.02  # a baseline is at the same budget when its mean reduction is this close
+
+
+def _label(row: pd.Series) -> str:
+    parts = [str(row["method"])]
+    if row["method"] == ADAPTIVE_DROPOUT:
+        parts += [str(row["locations"]), *(f"{k}={_short(row[k])}" for k in ("tau", "alpha") if not _blank(row[k]))]
+    elif not _blank(row["target_reduction"]):
+        parts.append(f"target {float(row['target_reduction']):.0%}")
+    if not _blank(row["setting"]) and row["setting"]:
+        parts.append(str(row["setting"]))
+    return " ".join(parts)
+
+
+def comparison_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
+    """Each adaptive-dropout setting against dense and against every baseline setting at the same
+    budget (mean reductions within BUDGET_TOLERANCE): both test WERs, their difference and the paired
+    bootstrap probability that adaptive dropout is better (Bisani and Ney 2004)."""
+    groups = seed_groups(frame)
+    covered = [all(r in errors for r in ids) for ids in groups["run_ids"]]
+    groups = groups[covered].reset_index(drop=True)
+    idx = bootstrap.resamples(len(next(iter(errors.values()))[0])) if errors else None
+    rows = []
+    for _, a in groups[groups["method"] == ADAPTIVE_DROPOUT].iterrows():
+        for _, b in groups[groups["method"] != ADAPTIVE_DROPOUT].iterrows():
+            if b["method"] != "dense" and abs(b["reduction_mean"] - a["reduction_mean"]) > BUDGET_TOLERANCE:
+                continue
+            rows.append({"adl": _label(a), "baseline": _label(b), "adl_reduction": a["reduction_mean"],
+                         "baseline_reduction": b["reduction_mean"], "adl_test_wer": a["test_wer_mean"],
+                         "baseline_test_wer": b["test_wer_mean"],
+                         "difference": a["test_wer_mean"] - b["test_wer_mean"],
+                         "p_adl_better": bootstrap.probability_better([errors[r] for r in a["run_ids"]],
+                                                                     [errors[r] for r in b["run_ids"]], idx),
+                         "seeds": f"{a['n']}/{b['n']}"})
+    table = pd.DataFrame(rows, columns=["adl", "baseline", "adl_reduction", "baseline_reduction", "adl_test_wer",
+                                        "baseline_test_wer", "difference", "p_adl_better", "seeds"])
+    columns = [Column("adl", "Adaptive dropout", "adl", _text), Column("baseline", "Baseline", "baseline", _text),
+               Column("adl_reduction_pct", "ADL reduction (%)", "adl_reduction", _fixed(1, 100)),
+               Column("baseline_reduction_pct", "Baseline reduction (%)", "baseline_reduction", _fixed(1, 100)),
+               Column("adl_test_wer_pct", "ADL test WER (%)", "adl_test_wer", _fixed(2, 100)),
+               Column("baseline_test_wer_pct", "Baseline test WER (%)", "baseline_test_wer", _fixed(2, 100)),
+               Column("difference_pct", "Difference (points)", "difference", _fixed(2, 100)),
+               Column("p_adl_better", "P(ADL better)", "p_adl_better", _fixed(3)),
+               Column("seeds", "Seeds (ADL/baseline)", "seeds", _text)]
+    return Table(columns, table)
 
 
 def write_table(table: Table, stem: Path) -> list[Path]:

@@ -9,3 +9,5 @@ ADAPTIVE_DROPOUT = "adaptive_dropout"
 # The order of methods in figures and tables: the reference, the baselines, then the method studied.
 REPORT_ORDER = ("dense", "small_dense", "magnitude_structured", "magnitude_unstructured", ADAPTIVE_DROPOUT)
 assert sorted(REPORT_ORDER) == sorted(METHODS)
+# Per test utterance of every trial: word edits and reference words, for the analysis's bootstrap.
+UTTERANCE_ERRORS = "test_utterance_errors.json"

@@ -17,6 +17,7 @@ from study.data.features import mean_std
 from study.data.prepared import prepare_data
 from study.data.tokenizer import build_tokenizer
 from study.evaluation.accounting import device_name, size_metrics
+from study.evaluation.error_rates import utterance_word_errors
 from study.method import baselines
 from study.method.adaptive_dropout import AdlSettings
 from study.method.adl_controller import AdlController
@@ -27,7 +28,7 @@ from study.method.pruning import prune
 from study.model import BlockWidths, ConformerCTC, dense_widths
 from study.model.io import save_model
 from study.model.size import analytic_params
-from study.names import MAGNITUDE
+from study.names import MAGNITUDE, UTTERANCE_ERRORS
 from study.tracking.dense_source import dense_config, find_dense_run, load_dense_model
 from study.tracking.mlflow_runs import start_run
 from study.tracking.trial_record import (
@@ -219,6 +220,9 @@ def _evaluate_and_log(ctx: TrialContext, outcome: Outcome) -> dict[str, float]:
                    {"feature_mean": ctx.mean, "feature_std": ctx.std, "tokenizer": ctx.tokenizer.state()})
         examples = [f"REF: {u.text}\nHYP: {h}\n" for u, h in zip(ctx.data["test"].utterances[:50], test_hyps)]
         (tmp / "test_examples.txt").write_text("\n".join(examples))
+        errors, words = utterance_word_errors(ctx.data["test"].transcripts, test_hyps)
+        (tmp / UTTERANCE_ERRORS).write_text(json.dumps(
+            {"ids": [u.id for u in ctx.data["test"].utterances], "errors": errors, "words": words}))
         if outcome.adl:
             outcome.adl.save_histogram(tmp / "retention_histogram.png")
             probs = {loc: [round(float(p), 5) for p in v] for loc, v in outcome.adl.by_location().items()}

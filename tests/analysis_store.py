@@ -9,6 +9,7 @@ derived from, and a stray run that is not a trial. Experiment "broken": one FAIL
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,18 @@ def _retention(trial: Trial) -> dict[str, list[float]]:
     return out
 
 
+TEST_UTTERANCES = 200
+
+
+def utterance_errors(trial: Trial) -> dict[str, list]:
+    """Per test utterance (the same ids for every trial): word edits spread at random so that their
+    total over the words gives the trial's test WER (to rounding)."""
+    words = np.random.default_rng(0).integers(4, 16, TEST_UTTERANCES)
+    rng = np.random.default_rng(zlib.crc32(trial.name.encode()))
+    errors = rng.multinomial(round(trial.test_wer * words.sum()), words / words.sum())
+    return {"ids": [f"utt{i}" for i in range(TEST_UTTERANCES)], "errors": errors.tolist(), "words": words.tolist()}
+
+
 def _log_trial(client: MlflowClient, experiment_id: str, trial: Trial, parent_id: str | None,
                source_id: str | None) -> str:
     run = client.create_run(experiment_id, run_name=trial.name, tags=_tags(trial, parent_id, source_id))
@@ -138,6 +151,8 @@ def _log_trial(client: MlflowClient, experiment_id: str, trial: Trial, parent_id
         client.log_text(run_id, f'method = "{trial.method}"\n', "config.toml")
         if trial.method == "adaptive_dropout" and trial.status == "FINISHED":
             client.log_dict(run_id, _retention(trial), "retention.json")
+        if trial.status == "FINISHED":
+            client.log_dict(run_id, utterance_errors(trial), "test_utterance_errors.json")
         client.set_terminated(run_id, status=trial.status)
     return run_id
 

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 FIGURES = ("pareto_params", "pareto_flops", "pareto_latency", "location_ablation", "effect_tau", "effect_alpha",
            "retention_histograms", "kept_fraction")
-TABLES = ("ablation_table", "pareto_runs")
+TABLES = ("ablation_table", "pareto_runs", "comparisons")
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +182,41 @@ def test_tables_content(written: list[Path]):
     assert adl["run_name"].tolist() == ["adl-all-t0.3-a0.01-s0", "adl-all-t1-a0.001-s0", "adl-all-t0.3-a0.001-s0",
                                         "adl-ffn-t0.3-a0.001-s0"]
     assert pareto.loc[pareto["method"] == "dense", "run_name"].tolist() == ["dense-s0"]
+
+
+def test_every_row_has_a_bootstrap_interval_around_its_test_wer(written: list[Path]):
+    folder = written[0].parent
+    for name, mean in (("ablation_table", "test_wer_pct_mean"), ("pareto_runs", "test_wer_pct")):
+        table = pd.read_csv(folder / f"{name}.csv")
+        assert (table["test_wer_ci_low_pct"] <= table[mean] + 0.01).all() and (table[mean] <= table["test_wer_ci_high_pct"] + 0.01).all()
+        assert (table["test_wer_ci_high_pct"] - table["test_wer_ci_low_pct"] > 0.5).all()  # 200 utterances: wide
+
+
+def test_comparisons_pair_adaptive_dropout_with_dense_and_baselines_at_its_budget(written: list[Path]):
+    table = pd.read_csv(written[0].parent / "comparisons.csv", dtype={"p_adl_better": float})
+    row = table[table["adl"].str.startswith("adaptive_dropout ffn+mhsa+conv tau=0.3 alpha=0.001")]
+    assert sorted(row["baseline"].str.split().str[0]) == ["dense", "magnitude_structured", "magnitude_unstructured",
+                                                          "small_dense"]  # reduction 48% for all three, and dense
+    against = dict(zip(row["baseline"].str.split().str[0], row["p_adl_better"]))
+    assert against["small_dense"] > 0.9 and against["dense"] < 0.1  # 24.5% against 29% and 21%
+    assert (table["seeds"] == table["seeds"].str.extract(r"^(\d+/\d+)$")[0]).all()
+    ffn = table[table["adl"].str.startswith("adaptive_dropout ffn ")]  # 29% fewer: no baseline within 2 points
+    assert ffn["baseline"].str.split().str[0].tolist() == ["dense"]
+
+
+def test_bootstrap_on_hand_made_errors():
+    from analysis import bootstrap
+    words = np.full(50, 10.0)
+    better, worse = (np.full(50, 1.0), words), (np.full(50, 2.0), words)
+    idx = bootstrap.resamples(50, samples=200)
+    assert bootstrap.interval([better], idx) == (0.1, 0.1)  # the same errors everywhere: no spread
+    assert bootstrap.probability_better([better], [worse], idx) == 1.0
+    assert bootstrap.probability_better([better], [better], idx) == 0.5
+    noisy = (np.random.default_rng(1).integers(0, 4, 50).astype(float), words)
+    low, high = bootstrap.interval([noisy], idx)
+    assert low < noisy[0].sum() / words.sum() < high
+    # two seeds: the interval of their mean lies between the two seeds' own intervals
+    assert bootstrap.interval([better, worse], idx) == pytest.approx((0.15, 0.15))
 
 
 def test_figures_are_logged_to_the_parent_run(store: Store, written: list[Path]):

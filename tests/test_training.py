@@ -1,6 +1,7 @@
 """Real training on the tiny built-in corpus: the loss falls, runs resume, failures are loud."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -31,7 +32,11 @@ def test_tiny_training_run_lowers_loss_and_logs_to_mlflow(tiny_config, tracking_
     assert runs[0].data.metrics["params/total"] == metrics["params/total"] > metrics["params/encoder"]
     assert runs[0].data.params["model.d_model"] == "32" and runs[0].data.tags["method"] == "dense"
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
-    assert {"config.toml", "model.pt"} <= artifacts
+    assert {"config.toml", "model.pt", "test_utterance_errors.json"} <= artifacts
+    errors = json.loads(Path(client.download_artifacts(runs[0].info.run_id, "test_utterance_errors.json",
+                                                       str(tmp_path))).read_text())
+    assert len(errors["ids"]) == len(errors["errors"]) == len(errors["words"]) == 4  # the tiny test split
+    assert sum(errors["errors"]) / sum(errors["words"]) == pytest.approx(metrics["test/wer"])  # a corpus WER
 
 
 def test_interrupted_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one(

@@ -24,6 +24,17 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.wer(*_pairs(references, hypotheses)))
 
 
+def utterance_word_errors(references: list[str], hypotheses: list[str]) -> tuple[list[int], list[int]]:
+    """Per utterance: word edits (substitutions + deletions + insertions) and reference words; their
+    sums give the corpus WER. What the analysis resamples for confidence intervals."""
+    out = jiwer.process_words(*_pairs(references, hypotheses))
+    errors = [sum(chunk.ref_end_idx - chunk.ref_start_idx if chunk.type in ("substitute", "delete")
+                  else chunk.hyp_end_idx - chunk.hyp_start_idx if chunk.type == "insert" else 0
+                  for chunk in sentence)
+              for sentence in out.alignments]
+    return errors, [len(r) for r in out.references]
+
+
 def char_error_rate(references: list[str], hypotheses: list[str]) -> float:
     return float(jiwer.cer(*_pairs(references, hypotheses)))
 
