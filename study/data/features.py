@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,10 +14,11 @@ import torch
 import torchaudio
 
 from study.config import FeatureConfig
-from study.data.audio import SAMPLE_RATE, load_audio
+from study.data.audio import SAMPLE_RATE
+from study.data.feature_cache import MappedFeatures, build_feature_cache
 from study.data.manifest import Utterance
 
-FEATURE_FORMAT_VERSION = 1
+FEATURE_FORMAT_VERSION = 2  # 2: sharded, memory-mapped
 
 
 class LogMel(torch.nn.Module):
@@ -40,19 +40,11 @@ def _cache_key(utterances: list[Utterance], cfg: FeatureConfig) -> str:
     return digest.hexdigest()[:16]
 
 
-def compute_features(utterances: list[Utterance], cfg: FeatureConfig, cache_dir: Path) -> list[torch.Tensor]:
-    """List of (frames, n_mels) float16 tensors, in manifest order, cached on disk."""
-    path = Path(cache_dir) / f"features-{_cache_key(utterances, cfg)}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    logmel = LogMel(cfg)
-    with torch.inference_mode():
-        feats = [logmel(load_audio(u.path)).to(torch.float16) for u in utterances]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(feats, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a truncated cache file
-    return feats
+def compute_features(utterances: list[Utterance], cfg: FeatureConfig, cache_dir: Path) -> MappedFeatures:
+    """The (frames, n_mels) float16 features of each utterance, in manifest order, from the sharded,
+    memory-mapped cache (study/data/feature_cache.py), computed there first if absent."""
+    folder = Path(cache_dir) / _cache_key(utterances, cfg)
+    return build_feature_cache([u.path for u in utterances], asdict(cfg), cfg.n_mels, folder)
 
 
 def mean_std(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

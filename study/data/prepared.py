@@ -1,6 +1,7 @@
 """The splits of a configuration in memory: listed, checked and turned into (cached) log-mel features."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import torch
 
 from study.config import Config
+from study.data.feature_cache import MappedFeatures
 from study.data.features import compute_features
 from study.data.manifest import Utterance
 from study.data.splits import SPLITS, load_extra_tests, load_splits
@@ -16,7 +18,7 @@ from study.data.splits import SPLITS, load_extra_tests, load_splits
 @dataclass
 class SplitData:
     utterances: list[Utterance]
-    features: list[torch.Tensor]  # (frames, n_mels) each
+    features: Sequence[torch.Tensor]  # (frames, n_mels) each; MappedFeatures from the cache
 
     # Cached: read per batch and per utterance, and the split never changes after loading.
     @cached_property
@@ -25,6 +27,8 @@ class SplitData:
 
     @cached_property
     def lengths(self) -> list[int]:
+        if isinstance(self.features, MappedFeatures):
+            return self.features.frames()  # from the index, without touching the mapped data
         return [f.shape[0] for f in self.features]
 
 

@@ -1,0 +1,104 @@
+"""The feature cache: log-mel features of one split, sharded and memory-mapped.
+
+Layout of `<cache>/features/<key>/` (key: the manifest and the feature settings):
+    shard-00000.f16 ...   raw float16 (frames, n_mels) rows of SHARD_UTTERANCES utterances each
+    index.json            per utterance: its shard, first row and frame count; n_mels
+Shards are computed in parallel processes (each decodes its utterances' audio), written under a
+temporary folder that is renamed into place when complete, so a crash never leaves a partial cache
+and workers that build the same cache at once agree. Readers map the shards read-only into memory
+(copy-on-write, so tensors can wrap them): every worker of a sweep shares one copy in the page cache
+instead of holding the whole split in its own memory (train-960 is about 55 GB of features).
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+SHARD_UTTERANCES = 2000
+
+
+class MappedFeatures(Sequence):
+    """The features of a split: item i is utterance i's (frames, n_mels) float16 tensor, a view of
+    the mapped shard (no copy until the data is used)."""
+
+    def __init__(self, folder: Path):
+        index = json.loads((folder / "index.json").read_text())
+        self.folder, self.n_mels = folder, index["n_mels"]
+        self._where = index["utterances"]  # [shard, first row, frames] per utterance
+        self._shards = [np.memmap(folder / name, dtype=np.float16, mode="c").reshape(-1, self.n_mels)
+                        if (folder / name).stat().st_size else np.zeros((0, self.n_mels), np.float16)
+                        for name in index["shards"]]
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        shard, start, frames = self._where[i]
+        return torch.from_numpy(self._shards[shard][start:start + frames])
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self[i] for i in range(len(self)))
+
+    def frames(self) -> list[int]:
+        return [frames for _, _, frames in self._where]
+
+
+def _extract_shard(job: tuple[list[str], dict, str, int]) -> list[int]:
+    """Decodes and featurises one shard's audio files into `path`; returns each utterance's frames."""
+    from study.config import FeatureConfig
+    from study.data.audio import load_audio
+    from study.data.features import LogMel
+    paths, feature_cfg, path, threads = job
+    torch.set_num_threads(threads)
+    logmel = LogMel(FeatureConfig(**feature_cfg))
+    frames = []
+    with open(path, "wb") as out, torch.inference_mode():
+        for audio in paths:
+            feats = logmel(load_audio(audio)).to(torch.float16).numpy()  # (frames, n_mels)
+            out.write(feats.tobytes())
+            frames.append(feats.shape[0])
+    return frames
+
+
+def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder: Path,
+                        workers: int | None = None) -> MappedFeatures:
+    """The cache in `folder`, computed first if absent: shards in parallel processes, a progress bar."""
+    if (folder / "index.json").is_file():
+        return MappedFeatures(folder)
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, len(paths), SHARD_UTTERANCES)) or [0]
+    names = [f"shard-{k:05d}.f16" for k in range(len(starts))]
+    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(starts)))
+    jobs = [(paths[s:s + SHARD_UTTERANCES], feature_cfg, str(tmp / n), 1 if workers > 1 else torch.get_num_threads())
+            for s, n in zip(starts, names)]
+    bar = tqdm(total=len(paths), desc=f"features {folder.name}", unit="utt", disable=None, leave=False)
+    if workers == 1:
+        results = []
+        for job in jobs:
+            results.append(_extract_shard(job))
+            bar.update(len(job[0]))
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = []
+            for frames in pool.imap(_extract_shard, jobs):
+                results.append(frames)
+                bar.update(len(frames))
+    bar.close()
+    where = [[k, sum(frames[:j]), n] for k, frames in enumerate(results) for j, n in enumerate(frames)]
+    (tmp / "index.json").write_text(json.dumps({"n_mels": n_mels, "shards": names, "utterances": where}))
+    try:
+        tmp.rename(folder)  # atomic: readers see a complete cache or none
+    except OSError:  # another process finished the same cache first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return MappedFeatures(folder)

@@ -1,0 +1,66 @@
+"""The sharded, memory-mapped feature cache: the same features as computing them directly, built
+in parallel shards once, read by any number of processes without a private copy."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from study.config import FeatureConfig
+from study.data import feature_cache
+from study.data.audio import load_audio
+from study.data.feature_cache import MappedFeatures, build_feature_cache
+from study.data.features import LogMel
+from study.data.splits import load_splits
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_parallel_shards_hold_exactly_the_features_of_each_utterance(tiny_config, tmp_path, monkeypatch):
+    utterances = load_splits(tiny_config.data)["train"]
+    paths, cfg = [u.path for u in utterances], FeatureConfig()
+    monkeypatch.setattr(feature_cache, "SHARD_UTTERANCES", 5)  # 24 utterances: 5 shards, the last of 4
+    parallel = build_feature_cache(paths, asdict(cfg), cfg.n_mels, tmp_path / "parallel", workers=2)
+    serial = build_feature_cache(paths, asdict(cfg), cfg.n_mels, tmp_path / "serial", workers=1)
+    assert len(list((tmp_path / "parallel").glob("shard-*.f16"))) == 5 and len(parallel) == len(paths) == 24
+    logmel = LogMel(cfg)
+    with torch.inference_mode():
+        for i in (0, 4, 5, 23):
+            direct = logmel(load_audio(paths[i])).to(torch.float16)  # (frames, n_mels)
+            assert torch.equal(parallel[i], direct) and torch.equal(serial[i], direct)
+    assert parallel.frames() == [f.shape[0] for f in parallel]
+    assert [f.shape for f in parallel[2:4]] == [parallel[2].shape, parallel[3].shape]
+    assert not list(tmp_path.glob("*.tmp*"))  # the temporary folder became the cache
+
+    (tmp_path / "parallel" / "shard-00000.f16").chmod(0o444)  # read again: mapped, never rewritten
+    again = MappedFeatures(tmp_path / "parallel")
+    assert torch.equal(again[7], parallel[7])
+
+
+def test_a_reader_maps_the_shards_instead_of_copying_them(tiny_config, tmp_path):
+    """Touching every feature of a mapped cache adds file-backed pages (shared between workers),
+    not private memory; the private memory of a process that copies the features grows by their size."""
+    utterances = load_splits(tiny_config.data)["train"]
+    cfg = FeatureConfig()
+    folder = tmp_path / "cache"
+    features = build_feature_cache([u.path for u in utterances] * 40, asdict(cfg), cfg.n_mels, folder)
+    size_mb = sum(f.numel() for f in features) * 2 / 2**20
+    script = f"""
+import sys, torch
+from study.data.feature_cache import MappedFeatures
+def anon_mb():
+    line = next(l for l in open("/proc/self/status") if l.startswith("RssAnon"))
+    return int(line.split()[1]) / 1024
+features = MappedFeatures(__import__("pathlib").Path({str(folder)!r}))
+before = anon_mb()
+total = sum(float(f[0, 0]) + float(f[-1, -1]) for f in features)  # touch every utterance
+mapped = anon_mb() - before
+copies = [f.clone() for f in features]
+print(mapped, anon_mb() - before)
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    mapped, copied = map(float, out.stdout.split())
+    assert size_mb > 20 and mapped < 0.25 * size_mb < copied
