@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from study.config import Config
@@ -21,6 +22,7 @@ from study.data.batching import Batch, make_batches, normalise, pad_batch, prefe
 from study.data.features import SpecAugment
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer
+from study.distributed import rank_and_world
 from study.model import output_lengths
 
 LOSS_CHECK_EVERY = 25  # steps between host syncs on a GPU (the finiteness check and the progress bar)
@@ -87,18 +89,26 @@ class Trainer:
     def __init__(self, cfg: Config, model: torch.nn.Module, train: SplitData, tokenizer: Tokenizer, mean: torch.Tensor,
                  std: torch.Tensor, checkpoint_path: Path, device: torch.device, epochs: int | None = None,
                  param_groups: list[dict] | None = None, regulariser: Callable[[float], torch.Tensor] | None = None,
-                 on_step: Callable[[float], None] | None = None, checkpointed: dict[str, torch.Tensor] | None = None):
+                 on_step: Callable[[float], None] | None = None, checkpointed: dict[str, torch.Tensor] | None = None,
+                 distributed: bool = True):
         """`regulariser(t)` (t = fraction of training done) is added to the CTC loss at every step;
         `on_step(t)` runs before each step's forward pass;
         `param_groups` replace the single AdamW group (e.g. for the ADL logits); `checkpointed` tensors
-        outside the model (e.g. the budget controller's multipliers) are saved and restored with it."""
+        outside the model (e.g. the budget controller's multipliers) are saved and restored with it;
+        `distributed` False trains in this process alone even under torchrun (rank 0's fine-tuning)."""
         self.checkpointed = checkpointed or {}
         self.cfg, self.model, self.device = cfg, model.to(device), device
         self.epochs = epochs if epochs is not None else cfg.train.epochs
         self.regulariser, self.on_step = regulariser, on_step
         self.train_data, self.mean, self.std = train, mean.to(device), std.to(device)
+        self.rank, self.world = rank_and_world() if distributed else (0, 1)
+        step_model = self.model
+        if self.world > 1:  # gradients averaged over the ranks, each holding its share of the global batch
+            hard_phase = cfg.method == "adaptive_dropout" and cfg.adl.hard_phase > 0
+            step_model = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                 find_unused_parameters=hard_phase)  # frozen logits get no gradient
         # compiled for training only; dynamic, since every batch has its own length
-        self.step_model = torch.compile(self.model, dynamic=True) if cfg.train.compile else self.model
+        self.step_model = torch.compile(step_model, dynamic=True) if cfg.train.compile else step_model
         self.checkpoint_path = Path(checkpoint_path)
         self.targets = [tokenizer.encode(t) for t in train.transcripts]  # (S_i,) unit ids per utterance
         self.train_indices = feasible(train.lengths, self.targets, cfg.model.subsampling)
@@ -122,9 +132,14 @@ class Trainer:
         self.history = History()
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's global batches; under DDP each rank's share of each (every rank needs one
+        utterance or more per step, so global batches smaller than the world are left out)."""
         lengths = [self.train_data.lengths[i] for i in self.train_indices]
         batches = make_batches(lengths, self.max_frames, shuffle_seed=self.cfg.train.seed * 1000 + epoch)
-        return [[self.train_indices[i] for i in b] for b in batches]
+        batches = [[self.train_indices[i] for i in b] for b in batches]
+        if self.world > 1:
+            batches = [b[self.rank::self.world] for b in batches if len(b) >= self.world]
+        return batches
 
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.is_file():
@@ -171,7 +186,7 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
-        torch.manual_seed(self.cfg.train.seed * 1000 + epoch)  # dropout and SpecAugment draws
+        torch.manual_seed(self.cfg.train.seed * 1000 + epoch + 7919 * self.rank)  # dropout and SpecAugment draws
         random.seed(self.cfg.train.seed * 1000 + epoch)
         batches = self._epoch_batches(epoch)
         # The host waits for the device only every `check_every` steps (on the CPU that wait is free).
@@ -205,19 +220,26 @@ class Trainer:
                 bar.set_postfix(loss=f"{(ctc_sum + reg_sum) / total_utts:.3f}",
                                 utt_s=f"{total_utts / (time.perf_counter() - start):.1f}")
         bar.close()
+        if self.world > 1:  # the whole global batch's figures, not this rank's share
+            totals = torch.tensor([ctc_sum, reg_sum, total_utts], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(totals)
+            ctc_sum, reg_sum, total_utts = totals.tolist()
         ctc_mean, reg_mean = ctc_sum / total_utts, reg_sum / total_utts
         return {"train/loss": ctc_mean + reg_mean, "train/ctc": ctc_mean, "train/reg": reg_mean,
                 "train/seconds": time.perf_counter() - start}
 
     def fit(self, evaluate_dev: Callable[[], dict[str, float]],
             on_epoch_end: Callable[[int, dict[str, float]], None]) -> History:
-        """Trains the remaining epochs; after each, evaluates, checkpoints, then reports metrics."""
+        """Trains the remaining epochs; after each, evaluates, checkpoints, then reports metrics (under
+        DDP rank 0 alone evaluates, checkpoints and reports; the others wait in the next step)."""
         for epoch in range(self.history.epoch, self.epochs):
             metrics = self.train_epoch(epoch)
             metrics["train/lr"] = self.scheduler.get_last_lr()[0]
-            metrics.update(evaluate_dev())
             self.history.epoch = epoch + 1
             self.history.train_seconds += metrics["train/seconds"]
+            if self.rank:
+                continue
+            metrics.update(evaluate_dev())
             self.history.records.append(metrics)
             self.save_checkpoint()
             on_epoch_end(epoch + 1, metrics)

@@ -1,7 +1,8 @@
 """One trial, in the order the data flows: data -> model -> train -> prune -> evaluate -> log to MLflow.
 
 `run_trial` resumes an interrupted trial from its checkpoints and MLflow run; each method's part
-(`_train`, `_small_dense`, `_prune_dense_run`) returns an Outcome that the shared evaluation measures.
+(`_train` for dense, small dense and adaptive dropout, `_prune_dense_run` for magnitude pruning) returns an
+Outcome that the shared evaluation measures; under DDP (train.processes > 1) ranks other than 0 only train.
 """
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+import torch
 
+from study import distributed
 from study.config import Config, ModelConfig, dumps_toml, to_dict
 from study.data.features import mean_std
 from study.data.prepared import prepare_data
 from study.data.tokenizer import build_tokenizer
+from study.distributed import rank_and_world
 from study.evaluation.accounting import device_name, size_metrics
 from study.evaluation.error_rates import utterance_word_errors
 from study.method import baselines
@@ -39,7 +43,7 @@ from study.tracking.trial_record import (
     trial_dir,
     unfinished_run,
 )
-from study.training import resolve_device, set_threads, use_device
+from study.training import Trainer, resolve_device, set_threads, use_device
 from study.trial_context import TrialContext, build_model, seed_everything
 
 RECALIBRATION_UTTERANCES = 2000  # training utterances whose forward passes re-estimate BatchNorm statistics
@@ -65,15 +69,26 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
     finished = finished_result(folder, tracking_uri)
     if finished:
         return finished
+    rank, world = rank_and_world()
+    if cfg.train.processes > 1 and world == 1 and cfg.method not in MAGNITUDE:  # magnitude trials do not train
+        return _run_distributed(cfg, folder, tracking_uri, runs_dir, tags)
     seed_everything(cfg.train.seed)
-    set_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    set_threads(max(1, cfg.train.threads // world) if cfg.train.threads else 0)
+    device = resolve_device(distributed.local_device(cfg.train.device))
     use_device(device)
+    distributed.init(device)
+    if rank:  # rank 0 builds the data caches; the others read them
+        torch.distributed.barrier()
     data = prepare_data(cfg)  # every data error surfaces here, before a run or a model exists
+    if world > 1 and not rank:
+        torch.distributed.barrier()
     tokenizer = build_tokenizer(cfg.text, data["train"].transcripts, cfg.data.cache_dir)
     mean, std = mean_std(data["train"].features)
     folder.mkdir(parents=True, exist_ok=True)
     ctx = TrialContext(cfg, data, tokenizer, mean, std, device, folder)
+    if rank:
+        _help_train(ctx)
+        return None
     tags = {**(tags or {}), "device": device_name(device)}  # where it trained and where latency was timed
     dense_run = None
     if cfg.method in MAGNITUDE:
@@ -83,10 +98,8 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
     with start_run(tracking_uri, cfg, run_id=unfinished_run(folder, tracking_uri), tags=tags) as run:
         record_run(folder, run.info.run_id)
         try:
-            if cfg.method in ("dense", "adaptive_dropout"):
+            if cfg.method not in MAGNITUDE:
                 outcome = _train(ctx)
-            elif cfg.method == "small_dense":
-                outcome = _small_dense(ctx)
             else:
                 outcome = _prune_dense_run(ctx, dense_run[1])
             metrics = _evaluate_and_log(ctx, outcome)
@@ -96,6 +109,19 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
             raise
     result = TrialResult(run.info.run_id, metrics)
     record_done(folder, result)
+    return result
+
+
+def _run_distributed(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
+                     tags: dict[str, str] | None) -> TrialResult:
+    """Relaunches this trial under torchrun with train.processes ranks; returns rank 0's result."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "distributed_config.toml"
+    path.write_text(dumps_toml(to_dict(cfg)))
+    distributed.launch(path, cfg.train.processes, tracking_uri, runs_dir, json.dumps(tags or {}))
+    result = finished_result(folder, tracking_uri)
+    if result is None:
+        raise RuntimeError(f"the distributed trial in {folder} ended without a finished run")
     return result
 
 
@@ -111,33 +137,65 @@ def _dense_source(cfg: Config, tracking_uri: str, runs_dir: Path, tags: dict[str
     return run_id, load_dense_model(run_id, tracking_uri)
 
 
+@dataclass
+class Trainable:
+    model: ConformerCTC
+    trainer: Trainer
+    adl: AdlController | None
+    model_cfg: ModelConfig  # the widths the model was built with (small dense: its own)
+    widths: list[BlockWidths]
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _trainable(ctx: TrialContext) -> Trainable:
+    """The model a trial trains (dense, with ADLs, or small dense) and its trainer; every rank of a
+    distributed trial builds the same."""
+    cfg, vocab = ctx.cfg, ctx.tokenizer.vocab_size
+    if cfg.method == "small_dense":
+        target = _target_params(cfg, vocab)
+        model_cfg, widths = baselines.small_dense_shape(cfg.model, target, cfg.prune.shrink, cfg.features.n_mels, vocab)
+        shape = f"d{model_cfg.d_model}-ffn{widths[0].ffn1}-q{widths[0].query_dims[0]}-conv{widths[0].conv}"
+        model = build_model(cfg, vocab, model_cfg, widths)
+        return Trainable(model, ctx.trainer(model, "checkpoint.pt"), None, model_cfg, widths,
+                         {"small_dense.shape": shape, "budget.target_params": str(target)})
+    model = build_model(cfg, vocab).to(ctx.device)  # ADLs and multipliers are made beside it
+    if cfg.method != "adaptive_dropout":
+        return Trainable(model, ctx.trainer(model, "checkpoint.pt"), None, cfg.model, dense_widths(cfg.model))
+    layers = attach_adls(model, cfg.adl.locations, AdlSettings.from_config(cfg.adl))
+    budget = (BudgetController(model, cfg.model, cfg.adl.target_reduction, cfg.adl.target_warmup)
+              if cfg.adl.target_reduction else None)
+    adl = AdlController(layers, cfg.adl, budget)
+    trainer = ctx.trainer(model, "checkpoint.pt", param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay),
+                          regulariser=adl.loss, on_step=adl.begin_step, checkpointed=adl.checkpointed())
+    return Trainable(model, trainer, adl, cfg.model, dense_widths(cfg.model))
+
+
 def _train(ctx: TrialContext) -> Outcome:
-    """dense: train. adaptive_dropout: train with ADLs, then prune the units they drop (no fine-tuning
-    unless adl.finetune_epochs asks for it, as an ablation)."""
+    """dense and small_dense: train. adaptive_dropout: train with ADLs, then prune the units they drop
+    (no fine-tuning unless adl.finetune_epochs asks for it, as an ablation)."""
     cfg = ctx.cfg
-    model = build_model(cfg, ctx.tokenizer.vocab_size).to(ctx.device)  # ADLs and multipliers are made beside it
-    adl = None
-    if cfg.method == "adaptive_dropout":
-        layers = attach_adls(model, cfg.adl.locations, AdlSettings.from_config(cfg.adl))
-        budget = (BudgetController(model, cfg.model, cfg.adl.target_reduction, cfg.adl.target_warmup)
-                  if cfg.adl.target_reduction else None)
-        adl = AdlController(layers, cfg.adl, budget)
-    trainer = ctx.trainer(model, "checkpoint.pt",
-                          param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay) if adl else None,
-                          regulariser=adl.loss if adl else None,
-                          on_step=adl.begin_step if adl else None,
-                          checkpointed=adl.checkpointed() if adl else None)
-    seconds = ctx.fit(trainer, adl=adl)
-    if trainer.skipped:
-        mlflow.set_tag("train_utterances_skipped", str(trainer.skipped))
-    if not adl:
-        return Outcome(model.eval(), cfg.model, dense_widths(cfg.model), seconds)
+    t = _trainable(ctx)
+    mlflow.set_tags(t.tags)
+    seconds = ctx.fit(t.trainer, adl=t.adl)
+    if t.trainer.skipped:
+        mlflow.set_tag("train_utterances_skipped", str(t.trainer.skipped))
+    if not t.adl:
+        return Outcome(t.model.eval(), t.model_cfg, t.widths, seconds)
+    model, adl = t.model, t.adl
     if cfg.adl.recalibrate_bn and adl.layers:  # no layer, no mask noise: the dense model (invariant 3)
-        recalibrate_batch_norm(model, trainer.plain_batches(RECALIBRATION_UTTERANCES), trainer.autocast)
+        recalibrate_batch_norm(model, t.trainer.plain_batches(RECALIBRATION_UTTERANCES), t.trainer.autocast)
     _log_cost_of_the_cut(ctx, model, adl)
     pruned, widths = prune(model.eval(), cfg.model, adl_decisions(model))
     seconds += ctx.finetune(pruned, cfg.adl.finetune_epochs)
     return Outcome(pruned, cfg.model, widths, seconds, adl=adl)
+
+
+def _help_train(ctx: TrialContext) -> None:
+    """A rank other than 0 of a distributed trial: the same model and trainer, resumed from the same
+    checkpoint, training its share of every batch; no run, no evaluation, no export."""
+    trainer = _trainable(ctx).trainer
+    trainer.load_checkpoint()
+    trainer.fit(lambda: {}, lambda epoch, metrics: None)
 
 
 def _log_cost_of_the_cut(ctx: TrialContext, model: ConformerCTC, adl: AdlController) -> None:
@@ -152,31 +210,18 @@ def _log_cost_of_the_cut(ctx: TrialContext, model: ConformerCTC, adl: AdlControl
     print(f"dev WER before the threshold cut {wer:.2%}")
 
 
-def _budget(cfg: Config, vocab_size: int) -> int:
-    """The baselines' parameter target, tagged on the run."""
+def _target_params(cfg: Config, vocab_size: int) -> int:
+    """The baselines' parameter target."""
     dense_total = analytic_params(cfg.model, dense_widths(cfg.model), cfg.features.n_mels, vocab_size)["total"]
-    target = baselines.resolve_target(cfg.prune.target_params, cfg.prune.target_reduction, dense_total)
-    mlflow.set_tag("budget.target_params", str(target))
-    return target
-
-
-def _small_dense(ctx: TrialContext) -> Outcome:
-    """A dense model of the budget's size, trained from scratch."""
-    cfg = ctx.cfg
-    vocab = ctx.tokenizer.vocab_size
-    model_cfg, widths = baselines.small_dense_shape(cfg.model, _budget(cfg, vocab), cfg.prune.shrink,
-                                                    cfg.features.n_mels, vocab)
-    model = build_model(cfg, vocab, model_cfg, widths)
-    seconds = ctx.fit(ctx.trainer(model, "checkpoint.pt"))
-    shape = f"d{model_cfg.d_model}-ffn{widths[0].ffn1}-q{widths[0].query_dims[0]}-conv{widths[0].conv}"
-    return Outcome(model.eval(), model_cfg, widths, seconds, tags={"small_dense.shape": shape})
+    return baselines.resolve_target(cfg.prune.target_params, cfg.prune.target_reduction, dense_total)
 
 
 def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
     """Magnitude pruning of the trained dense model to the budget, structured (physically smaller) or
     unstructured (zeros in dense shapes), with optional fine-tuning."""
     cfg = ctx.cfg
-    target = _budget(cfg, ctx.tokenizer.vocab_size)
+    target = _target_params(cfg, ctx.tokenizer.vocab_size)
+    mlflow.set_tag("budget.target_params", str(target))
     dense = dense.to(ctx.device).eval()
     if cfg.method == "magnitude_structured":
         plan = baselines.structured_plan(dense, cfg.model, target, cfg.prune.ranking)

@@ -74,6 +74,7 @@ class TrialContext:
         """An ablation for every pruning method: a few epochs after pruning, logged as finetune/*."""
         if not epochs:
             return 0.0
-        seconds = self.fit(self.trainer(model, "finetune.pt", epochs=epochs), "finetune/", self.cfg.train.epochs)
+        trainer = self.trainer(model, "finetune.pt", epochs=epochs, distributed=False)  # rank 0 alone, after pruning
+        seconds = self.fit(trainer, "finetune/", self.cfg.train.epochs)
         model.eval()
         return seconds

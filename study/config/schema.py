@@ -97,6 +97,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = knob(0, min=0)  # CPU threads; 0 = every core this process may use
     compile: bool = False  # torch.compile the training forward pass (pays off on a GPU)
+    processes: int = knob(1, min=1)  # > 1: DistributedDataParallel over this many processes (study/distributed.py)
 
 
 @dataclass

@@ -1,0 +1,55 @@
+"""Several processes per trial (train.processes > 1): PyTorch DistributedDataParallel, started the way
+torchrun starts it, on one machine or several.
+
+`run_trial` in a plain process relaunches the trial under torchrun (`--standalone`, one machine, one
+process per GPU or CPU share) and waits; each rank then runs `run_trial` again with torchrun's
+environment. Rank 0 does what a single process does (MLflow run, checkpoints, evaluation, pruning,
+export); the other ranks only train, each on its share of every global batch, and stop when training
+ends. Across machines, start the ranks yourself, with the checkpoint folder (runs/) on shared storage:
+    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+        -m study.distributed_trial EXPERIMENT.toml --set train.processes=8 [--set KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+TIMEOUT = datetime.timedelta(hours=2)  # rank 0 evaluates the dev set while the others wait
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes of its trial (0 and 1 outside torchrun)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def local_device(name: str) -> str:
+    """A rank's device: `cuda` becomes the GPU of its local rank; anything else is kept."""
+    if name in ("cuda", "auto") and torch.cuda.is_available() and rank_and_world()[1] > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return name
+
+
+def init(device: torch.device) -> None:
+    """Joins the trial's process group (NCCL on GPUs, gloo on CPUs); nothing outside torchrun."""
+    if rank_and_world()[1] > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
+                                device_id=device if device.type == "cuda" else None)
+
+
+def launch(config_path: Path, processes: int, tracking_uri: str, runs_dir: Path, tags_json: str) -> None:
+    """Runs the trial whose resolved configuration is at config_path under torchrun on this machine."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+               "-m", "study.distributed_trial", "--resolved", str(config_path), "--tracking-uri", tracking_uri,
+               "--runs-dir", str(runs_dir), "--tags", tags_json]
+    root = str(Path(__file__).resolve().parents[1])  # this checkout first: the ranks run the same code
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run(command, env=env)
+    if done.returncode:
+        raise RuntimeError(f"the distributed trial exited with code {done.returncode} (its ranks' output is above)")

@@ -1,0 +1,34 @@
+"""One trial as one rank of a distributed run: `python -m study.distributed_trial`, started by torchrun
+(see study/distributed.py). Either a resolved configuration (--resolved, what run_trial writes when it
+relaunches itself) or an experiment file with overrides (several machines, started by hand)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from study.config import load_config
+from study.sweep.experiment_file import load_experiment
+from study.tracking.store import resolve_tracking_uri
+from study.trial import run_trial
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("experiment", nargs="?", help="experiment TOML file (its base configuration)")
+    parser.add_argument("--resolved", help="a resolved trial configuration (TOML)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--tracking-uri", default="")
+    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--tags", default="{}")
+    args = parser.parse_args()
+    if args.resolved:
+        cfg = load_config(args.resolved)
+    else:
+        from sweep import parse_overrides
+        cfg = load_experiment(args.experiment).config(extra=parse_overrides(args.overrides))
+    run_trial(cfg, resolve_tracking_uri(args.tracking_uri), Path(args.runs_dir), json.loads(args.tags))
+
+
+if __name__ == "__main__":
+    main()
