@@ -59,6 +59,24 @@ def test_librispeech_joins_subsets_sorted_and_normalised(libri: Path) -> None:
     assert len(load_librispeech(libri, ["train-a"])) == 3
 
 
+def test_librispeech_listing_is_cached_per_chapter_and_rechecked_when_one_changes(libri: Path, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    from study.data import librispeech
+    cache = tmp_path / "cache"
+    first = load_librispeech(libri, ["train-a", "train-b"], cache)
+    assert len(list((cache / "manifests").glob("librispeech-*.json"))) == 2
+
+    def no_header_reads(path):
+        raise AssertionError(f"{path}: header read although its chapter is cached")
+    monkeypatch.setattr(librispeech, "audio_duration", no_header_reads)
+    assert load_librispeech(libri, ["train-a", "train-b"], cache) == first  # from the cache alone
+
+    monkeypatch.undo()
+    (libri / "train-a" / "103" / "1240" / "103-1240-0000.flac").unlink()  # the chapter changed: checked again
+    with pytest.raises(DataError, match="103-1240-0000.flac: audio file named in .* not found"):
+        load_librispeech(libri, ["train-a"], cache)
+
+
 def test_librispeech_missing_root(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=re.escape(str(tmp_path / "nope"))):
         load_librispeech(tmp_path / "nope", ["train-a"])

@@ -18,7 +18,7 @@ def load_splits(cfg: DataConfig) -> dict[str, list[Utterance]]:
         from study.data.librispeech import load_librispeech
         if not cfg.root:
             raise DataError("data.root: the LibriSpeech folder must be given for data.source = 'librispeech'")
-        splits = {name: load_librispeech(cfg.root, subsets) for name, subsets in
+        splits = {name: load_librispeech(cfg.root, subsets, cfg.cache_dir) for name, subsets in
                   (("train", cfg.train_subsets), ("dev", cfg.dev_subsets), ("test", cfg.test_subsets))}
     else:
         from study.data.fsdd import load_fsdd
@@ -38,4 +38,4 @@ def load_extra_tests(cfg: DataConfig) -> dict[str, list[Utterance]]:
     if cfg.extra_test_subsets and cfg.source != "librispeech":
         raise DataError(f"data.extra_test_subsets: only for data.source = 'librispeech', not {cfg.source!r}")
     from study.data.librispeech import load_librispeech
-    return {subset: load_librispeech(cfg.root, [subset]) for subset in cfg.extra_test_subsets}
+    return {subset: load_librispeech(cfg.root, [subset], cfg.cache_dir) for subset in cfg.extra_test_subsets}
