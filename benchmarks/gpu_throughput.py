@@ -45,6 +45,7 @@ def timed(work, device: torch.device) -> float:
 def profile_epoch(trainer: Trainer, device: torch.device) -> None:
     """Where a training epoch's time goes: the busiest operators, and how much of the wall time the
     device spends in kernels (the rest is launches, host work and waiting for data)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     on_gpu = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
@@ -56,7 +57,8 @@ def profile_epoch(trainer: Trainer, device: torch.device) -> None:
     events = prof.key_averages()
     print(events.table(sort_by="self_cuda_time_total" if on_gpu else "self_cpu_time_total", row_limit=25))
     if on_gpu:
-        busy = sum(e.self_device_time_total for e in events) / 1e6
+        # kernels only: the operator rows repeat their kernels' time
+        busy = sum(e.self_device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA) / 1e6
         print(f"profiled epoch: {wall:.2f} s wall (with profiler overhead), {busy:.2f} s of kernels "
               f"({busy / wall:.0%} busy); {trainer.steps_per_epoch} steps")
 
