@@ -1,7 +1,7 @@
 """Training throughput: audio seconds trained per wall second, the old recipe against the new one.
 
 Both recipes are `experiments/dense.toml` (its corpus, model widths and batch size); the old one
-overrides what the new one changed: character units and the 4x front end of 32 channels (OLD). Each recipe
+overrides what the new one changed: character units and the 4x Conv2d front end of 32 channels (OLD). Each recipe
 trains the same utterances (the first --utterances of the training split) for one epoch at a time,
 the two alternating --rounds times in one process with 2 threads, so drift hits both alike; the
 median epoch counts. Features are cached beforehand, so only training is timed.
@@ -29,7 +29,8 @@ from study.data.tokenizer import build_tokenizer  # noqa: E402
 from study.training import Trainer  # noqa: E402
 from study.trial_context import build_model  # noqa: E402
 
-OLD = {"text.units": "char", "model.subsampling": 4, "model.subsampling_channels": 32}  # the recipe before issue 11
+OLD = {"text.units": "char", "model.subsampling": 4, "model.front_end": "conv2d",
+       "model.subsampling_channels": 32}  # the recipe before issue 11
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ TINY_RECIPE = {
                            "min_words": 3, "max_words": 5, "rate_min": 150, "rate_max": 180}},
     "text": {"units": "char"},  # 24 utterances: too few for a BPE vocabulary (tests that need one set it)
     "model": {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "conv_channels": 32, "conv_kernel": 5,
-              "num_blocks": 1, "subsampling": 4, "subsampling_channels": 8, "dropout": 0.1},
+              "num_blocks": 1, "subsampling": 4, "front_end": "conv2d", "subsampling_channels": 8, "dropout": 0.1},
     "train": {"epochs": 3, "batch_seconds": 12.0, "lr": 3e-3, "warmup_fraction": 0.1, "threads": 1},
     "tracking": {"experiment": "tiny"},
 }

@@ -122,7 +122,7 @@ def test_batch_norm_recalibration_uses_evaluation_activations_and_changes_no_wei
     from study.method.batch_norm import recalibrate_batch_norm
     from study.model.conformer import ConformerCTC
     cfg = ModelConfig(d_model=16, num_heads=2, ffn_dim=24, conv_channels=8, conv_kernel=3, num_blocks=1,
-                      subsampling=4, subsampling_channels=4)
+                      subsampling=4, front_end="conv2d", subsampling_channels=4)
     torch.manual_seed(0)
     model = ConformerCTC(cfg, n_mels=20, vocab_size=7)
     attach_adls(model, ["ffn", "mhsa", "conv"], AdlSettings())

@@ -16,7 +16,7 @@ from study.model.io import save_model
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = ModelConfig(d_model=32, num_heads=4, ffn_dim=64, conv_channels=24, conv_kernel=5, num_blocks=2,
-                   subsampling=4, subsampling_channels=8, dropout=0.1)
+                   subsampling=4, front_end="conv2d", subsampling_channels=8, dropout=0.1)
 
 
 def test_output_shapes_and_lengths():
@@ -66,6 +66,18 @@ def test_gradients_reach_every_parameter():
     log_probs, _ = model(torch.randn(2, 50, 80), torch.tensor([50, 30]))
     log_probs.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_a_model_file_from_before_the_front_end_knob_loads_as_conv2d(tmp_path):
+    cfg = dataclasses.replace(TINY, subsampling=8)
+    model = ConformerCTC(cfg, n_mels=80, vocab_size=29).eval()
+    save_model(tmp_path / "old.pt", cfg, model, dense_widths(cfg))
+    saved = torch.load(tmp_path / "old.pt", weights_only=True)
+    del saved["model_config"]["front_end"]
+    torch.save(saved, tmp_path / "old.pt")
+    from study.model.io import load_model
+    loaded, _ = load_model(tmp_path / "old.pt")
+    assert type(loaded.encoder.subsampling).__name__ == "DepthwiseSubsampling"
 
 
 def test_load_model_needs_only_torch_and_the_model_code(tmp_path):

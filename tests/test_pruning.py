@@ -16,7 +16,7 @@ from study.model import ConformerCTC
 from study.model.size import analytic_params
 
 CFG = ModelConfig(d_model=32, num_heads=4, ffn_dim=48, conv_channels=24, conv_kernel=5, num_blocks=2,
-                  subsampling=4, subsampling_channels=8, dropout=0.1)
+                  subsampling=4, front_end="conv2d", subsampling_channels=8, dropout=0.1)
 N_MELS, VOCAB = 40, 29
 SUBSETS = [list(s) for r in range(4) for s in itertools.combinations(("ffn", "mhsa", "conv"), r)]
 

@@ -23,6 +23,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     """Returns the model in eval mode and the whole saved dict (e.g. feature statistics)."""
     saved = torch.load(path, map_location=map_location, weights_only=True)
     widths = [BlockWidths(**w) for w in saved["widths"]]
-    model = ConformerCTC(ModelConfig(**saved["model_config"]), saved["n_mels"], saved["vocab_size"], widths)
+    model_config = {"front_end": "conv2d", **saved["model_config"]}  # files from before the knob had only conv2d
+    model = ConformerCTC(ModelConfig(**model_config), saved["n_mels"], saved["vocab_size"], widths)
     model.load_state_dict(saved["state_dict"])
     return model.eval(), saved

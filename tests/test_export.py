@@ -1,0 +1,76 @@
+"""Deployment export: a pruned model as ONNX (run by ONNX Runtime alone) and as a torch.export program."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from study.config import ModelConfig
+from study.data.batching import normalise
+from study.method.adaptive_dropout import AdlSettings
+from study.method.attach import adl_decisions, attach_adls
+from study.method.pruning import prune
+from study.model.conformer import ConformerCTC
+from study.model.io import save_model
+
+CFG = ModelConfig(d_model=32, num_heads=4, ffn_dim=48, conv_channels=24, conv_kernel=5, num_blocks=2,
+                  subsampling=4, front_end="conv2d", subsampling_channels=8)
+
+
+def pruned_model_file(tmp_path: Path, cfg: ModelConfig) -> tuple[Path, ConformerCTC, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = ConformerCTC(cfg, 40, 29)
+    for layer in attach_adls(model, ["ffn", "mhsa", "conv"], AdlSettings()):
+        layer.beta.data = torch.randn_like(layer.beta) * 2.0  # about half of the units cut, heads of unequal sizes
+    pruned, widths = prune(model.eval(), cfg, adl_decisions(model))
+    mean, std = torch.randn(40), torch.rand(40) + 0.5
+    path = tmp_path / "model.pt"
+    save_model(path, cfg, pruned, widths, {"feature_mean": mean, "feature_std": std, "tokenizer": {"units": "char"}})
+    return path, pruned, mean, std
+
+
+@pytest.mark.parametrize("front_end, subsampling", [("conv2d", 4), ("conv1d", 8)])
+def test_onnx_export_runs_in_onnx_runtime_alone_and_matches_pytorch(tmp_path, front_end, subsampling):
+    cfg = ModelConfig(**{**CFG.__dict__, "front_end": front_end, "subsampling": subsampling})
+    path, pruned, mean, std = pruned_model_file(tmp_path, cfg)
+    done = subprocess.run([sys.executable, "-m", "study.export", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    onnx_path = path.with_suffix(".onnx")
+    assert onnx_path.is_file() and path.with_suffix(".units.json").is_file()
+
+    feats, lengths = torch.randn(3, 523, 40), torch.tensor([523, 400, 77])
+    np.save(tmp_path / "feats.npy", feats.numpy())
+    np.save(tmp_path / "lengths.npy", lengths.numpy())
+    script = f"""
+import sys, numpy as np, onnxruntime
+session = onnxruntime.InferenceSession({str(onnx_path)!r}, providers=["CPUExecutionProvider"])
+log_probs, out_lengths = session.run(None, {{"feats": np.load({str(tmp_path / 'feats.npy')!r}),
+                                             "lengths": np.load({str(tmp_path / 'lengths.npy')!r})}})
+np.save({str(tmp_path / 'onnx_out.npy')!r}, log_probs)
+assert not any(m.startswith(("study", "torch")) for m in sys.modules)  # the runtime alone
+"""
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    with torch.no_grad():
+        expected, out_lengths = pruned(normalise(feats, lengths, mean, std), lengths)
+    got = torch.from_numpy(np.load(tmp_path / "onnx_out.npy"))
+    assert got.shape == expected.shape
+    for b, n in enumerate(out_lengths.tolist()):
+        assert torch.allclose(got[b, :n], expected[b, :n], atol=1e-4)
+
+
+def test_torch_export_program_and_a_missing_file(tmp_path, capsys):
+    from study.export import main
+    path, pruned, mean, std = pruned_model_file(tmp_path, CFG)
+    assert main([str(path), "--format", "torch-export"]) == 0
+    program = torch.export.load(path.with_suffix(".pt2")).module()
+    feats, lengths = torch.randn(2, 300, 40), torch.tensor([300, 250])
+    with torch.no_grad():
+        assert torch.allclose(program(feats, lengths)[0], pruned(normalise(feats, lengths, mean, std), lengths)[0],
+                              atol=1e-4)
+    assert main([str(tmp_path / "absent.pt")]) == 2
+    assert "absent.pt: model file not found" in capsys.readouterr().err
