@@ -10,6 +10,7 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 import torch
@@ -182,9 +183,12 @@ def _train(ctx: TrialContext) -> Outcome:
     if not t.adl:
         return Outcome(t.model.eval(), t.model_cfg, t.widths, seconds)
     model, adl = t.model, t.adl
-    if cfg.adl.recalibrate_bn and adl.layers:  # no layer, no mask noise: the dense model (invariant 3)
-        recalibrate_batch_norm(model, t.trainer.plain_batches(RECALIBRATION_UTTERANCES), t.trainer.autocast)
-    _log_cost_of_the_cut(ctx, model, adl)
+
+    def recalibrate() -> None:  # BatchNorm statistics for the masks evaluation now uses
+        if cfg.adl.recalibrate_bn and adl.layers:  # no layer, no mask noise: the dense model (invariant 3)
+            recalibrate_batch_norm(model, t.trainer.plain_batches(RECALIBRATION_UTTERANCES), t.trainer.autocast)
+    _log_cost_of_the_cut(ctx, model, adl, recalibrate)
+    recalibrate()
     pruned, widths = prune(model.eval(), cfg.model, adl_decisions(model))
     seconds += ctx.finetune(pruned, cfg.adl.finetune_epochs)
     return Outcome(pruned, cfg.model, widths, seconds, adl=adl)
@@ -198,11 +202,14 @@ def _help_train(ctx: TrialContext) -> None:
     trainer.fit(lambda: {}, lambda epoch, metrics: None)
 
 
-def _log_cost_of_the_cut(ctx: TrialContext, model: ConformerCTC, adl: AdlController) -> None:
+def _log_cost_of_the_cut(ctx: TrialContext, model: ConformerCTC, adl: AdlController,
+                         recalibrate: Callable[[], None]) -> None:
     """The ADL model's dev WER before the threshold cut (every unit kept, scaled as evaluation scales
-    it): beside dev/wer after pruning, it tells a loss from the cut from a loss in training."""
+    it), with BatchNorm statistics of those masks: beside dev/wer after pruning, it tells a loss from
+    the cut from a loss in training."""
     adl.set_uncut(True)
     try:
+        recalibrate()
         wer, cer, _ = ctx.error_rates(model, "dev")
     finally:
         adl.set_uncut(False)
