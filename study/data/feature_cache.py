@@ -70,11 +70,20 @@ def _extract_shard(job: tuple[list[str], dict, str, int]) -> list[int]:
     return frames
 
 
+def _remove_abandoned(folder: Path) -> None:
+    """Temporary folders of this cache left by processes that died while building it."""
+    for tmp in folder.parent.glob(f"{folder.name}.tmp*"):
+        pid = tmp.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder: Path,
                         workers: int | None = None) -> MappedFeatures:
     """The cache in `folder`, computed first if absent: shards in parallel processes, a progress bar."""
     if (folder / "index.json").is_file():
         return MappedFeatures(folder)
+    _remove_abandoned(folder)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
     starts = list(range(0, len(paths), SHARD_UTTERANCES)) or [0]
@@ -89,7 +98,9 @@ def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder
             results.append(_extract_shard(job))
             bar.update(len(job[0]))
     else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        # fork (as torch's DataLoader on Linux): children need no import of the caller's main module
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(workers) as pool:
             results = []
             for frames in pool.imap(_extract_shard, jobs):
                 results.append(frames)
