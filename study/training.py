@@ -167,7 +167,7 @@ class Trainer:
         without blocking, then normalised and augmented on the device: (batch, (B, T, F) features)."""
         pin = self.device.type == "cuda"
         make = lambda indices: pad_batch(indices, self.train_data.features, self.targets, pin=pin)  # noqa: E731
-        for host_batch in prefetch(batches, make):
+        for host_batch in prefetch(batches, make, background=pin):
             batch = host_batch.to(self.device)
             feats = normalise(batch.features, batch.feature_lengths, self.mean, self.std)
             yield batch, self.spec_augment(feats) if augment else feats

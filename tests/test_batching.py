@@ -29,8 +29,9 @@ def test_normalised_batch_equals_each_utterance_normalised_alone_and_padding_sta
 def test_prefetch_yields_every_batch_in_order():
     feats = utterances([5, 9, 4, 8, 6, 7, 3])
     batches = make_batches([len(f) for f in feats], max_frames=16, shuffle_seed=3)
-    got = [b.indices for b in prefetch(batches, lambda idx: pad_batch(idx, feats))]
-    assert got == batches and sorted(i for b in got for i in b) == list(range(7))
+    for background in (True, False):
+        got = [b.indices for b in prefetch(batches, lambda idx: pad_batch(idx, feats), background=background)]
+        assert got == batches and sorted(i for b in got for i in b) == list(range(7))
 
 
 def test_prefetch_hands_a_producer_error_to_the_consumer():

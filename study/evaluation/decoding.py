@@ -25,7 +25,8 @@ def transcribe(model: torch.nn.Module, data: SplitData, tokenizer: Tokenizer, me
     hyps: dict[int, str] = {}
     mean, std = mean.to(device), std.to(device)
     batches = make_batches(data.lengths, max_frames, shuffle_seed=None)
-    for host_batch in prefetch(batches, lambda indices: pad_batch(indices, data.features, pin=device.type == "cuda")):
+    on_gpu = device.type == "cuda"
+    for host_batch in prefetch(batches, lambda indices: pad_batch(indices, data.features, pin=on_gpu), background=on_gpu):
         batch = host_batch.to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             log_probs, lengths = model(normalise(batch.features, batch.feature_lengths, mean, std), batch.feature_lengths)
