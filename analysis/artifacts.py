@@ -33,19 +33,24 @@ def _quiet_downloads() -> Iterator[None]:
             os.environ[key] = previous
 
 
-def load_retention(client: MlflowClient, run_ids: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
-    """run id -> location -> final retention probabilities; runs without the artifact are absent."""
-    found = {}
+def _json_artifacts(client: MlflowClient, run_ids: Iterable[str], name: str) -> Iterator[tuple[str, dict]]:
+    """(run id, parsed JSON) of the runs that have the artifact `name`, in order."""
     with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
         for run_id in run_ids:
-            if RETENTION not in {a.path for a in client.list_artifacts(run_id)}:
+            if name not in {a.path for a in client.list_artifacts(run_id)}:
                 continue
             folder = Path(tmp) / run_id
             folder.mkdir()
-            data = json.loads(Path(client.download_artifacts(run_id, RETENTION, str(folder))).read_text())
-            probs = {loc: np.asarray(data[loc], dtype=float) for loc in LOCATIONS if len(data.get(loc) or [])}
-            if probs:
-                found[run_id] = probs
+            yield run_id, json.loads(Path(client.download_artifacts(run_id, name, str(folder))).read_text())
+
+
+def load_retention(client: MlflowClient, run_ids: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
+    """run id -> location -> final retention probabilities; runs without the artifact are absent."""
+    found = {}
+    for run_id, data in _json_artifacts(client, run_ids, RETENTION):
+        probs = {loc: np.asarray(data[loc], dtype=float) for loc in LOCATIONS if len(data.get(loc) or [])}
+        if probs:
+            found[run_id] = probs
     return found
 
 
@@ -53,17 +58,9 @@ def load_utterance_errors(client: MlflowClient, run_ids: Iterable[str]) -> dict[
     """run id -> (word edits, reference words) per test utterance, in the ids' order of the first run
     read; runs without the artifact (older ones) or with another test set are absent."""
     found, order = {}, None
-    with tempfile.TemporaryDirectory() as tmp, _quiet_downloads():
-        for run_id in run_ids:
-            if UTTERANCE_ERRORS not in {a.path for a in client.list_artifacts(run_id)}:
-                continue
-            folder = Path(tmp) / run_id
-            folder.mkdir()
-            data = json.loads(Path(client.download_artifacts(run_id, UTTERANCE_ERRORS, str(folder))).read_text())
-            if order is None:
-                order = data["ids"]
-            if data["ids"] != order:
-                continue
+    for run_id, data in _json_artifacts(client, run_ids, UTTERANCE_ERRORS):
+        order = order or data["ids"]
+        if data["ids"] == order:
             found[run_id] = (np.asarray(data["errors"], dtype=float), np.asarray(data["words"], dtype=float))
     return found
 
