@@ -131,12 +131,15 @@ class Trainer:
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
         self.history = History()
 
+    def _batches(self, shuffle_seed: int | None) -> list[list[int]]:
+        """Length-bucketed batches of the trainable utterances, as indices into the training split."""
+        lengths = [self.train_data.lengths[i] for i in self.train_indices]
+        return [[self.train_indices[i] for i in b] for b in make_batches(lengths, self.max_frames, shuffle_seed)]
+
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's global batches; under DDP each rank's share of each (every rank needs one
         utterance or more per step, so global batches smaller than the world are left out)."""
-        lengths = [self.train_data.lengths[i] for i in self.train_indices]
-        batches = make_batches(lengths, self.max_frames, shuffle_seed=self.cfg.train.seed * 1000 + epoch)
-        batches = [[self.train_indices[i] for i in b] for b in batches]
+        batches = self._batches(shuffle_seed=self.cfg.train.seed * 1000 + epoch)
         if self.world > 1:
             batches = [b[self.rank::self.world] for b in batches if len(b) >= self.world]
         return batches
@@ -176,10 +179,10 @@ class Trainer:
         """Training utterances as evaluation sees them (no SpecAugment), in a fixed order, about
         `max_utterances` of them: ((B, T, F) features, (B,) lengths)."""
         batches, total = [], 0
-        for indices in make_batches([self.train_data.lengths[i] for i in self.train_indices], self.max_frames, None):
+        for indices in self._batches(shuffle_seed=None):
             if total >= max_utterances:
                 break
-            batches.append([self.train_indices[i] for i in indices])
+            batches.append(indices)
             total += len(indices)
         for batch, feats in self.device_batches(batches, augment=False):
             yield feats, batch.feature_lengths

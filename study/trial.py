@@ -58,7 +58,6 @@ class Outcome:
     widths: list[BlockWidths] | None  # None: unstructured pruning (dense shapes, zeros inside)
     train_seconds: float = 0.0
     adl: AdlController | None = None
-    tags: dict[str, str] = field(default_factory=dict)
 
 
 def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
@@ -252,8 +251,6 @@ def epochs_received(cfg: Config) -> int:
 def _evaluate_and_log(ctx: TrialContext, outcome: Outcome) -> dict[str, float]:
     """The final figures of METHOD.md section 4 and the artifacts, the same for every method."""
     cfg, model = ctx.cfg, outcome.model
-    if outcome.tags:
-        mlflow.set_tags(outcome.tags)
     dev_wer, dev_cer, _ = ctx.error_rates(model, "dev")
     test_wer, test_cer, test_hyps = ctx.error_rates(model, "test")
     dense = build_model(cfg, ctx.tokenizer.vocab_size).to(ctx.device).eval()  # the full-size reference

@@ -18,11 +18,13 @@ class Batch:
     target_lengths: torch.Tensor  # (B,)
     indices: list[int]  # positions in the split, to find the reference transcripts
 
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "Batch":
+        """The same batch with `fn` applied to each of its tensors."""
+        return Batch(fn(self.features), fn(self.feature_lengths), fn(self.targets), fn(self.target_lengths), self.indices)
+
     def to(self, device: torch.device) -> "Batch":
         """On `device`; from pinned memory the copies overlap with the work already queued there."""
-        move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.features), move(self.feature_lengths), move(self.targets),
-                     move(self.target_lengths), self.indices)
+        return self.map(lambda t: t.to(device, non_blocking=True))
 
 
 def make_batches(lengths: list[int], max_frames: int, shuffle_seed: int | None) -> list[list[int]]:
@@ -61,10 +63,7 @@ def pad_batch(indices: list[int], features: list[torch.Tensor], targets: list[li
                   feature_lengths=torch.tensor([f.shape[0] for f in feats]),
                   targets=torch.nn.utils.rnn.pad_sequence(ids, batch_first=True),
                   target_lengths=torch.tensor([len(t) for t in ids]), indices=indices)
-    if pin:
-        batch = Batch(batch.features.pin_memory(), batch.feature_lengths.pin_memory(), batch.targets.pin_memory(),
-                      batch.target_lengths.pin_memory(), indices)
-    return batch
+    return batch.map(torch.Tensor.pin_memory) if pin else batch
 
 
 def normalise(features: torch.Tensor, lengths: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ instead of holding the whole split in its own memory (train-960 is about 55 GB o
 """
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -106,7 +107,8 @@ def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder
                 results.append(frames)
                 bar.update(len(frames))
     bar.close()
-    where = [[k, sum(frames[:j]), n] for k, frames in enumerate(results) for j, n in enumerate(frames)]
+    where = [[k, start, n] for k, frames in enumerate(results)  # start: the utterance's first row in its shard
+             for start, n in zip(itertools.accumulate(frames, initial=0), frames)]
     (tmp / "index.json").write_text(json.dumps({"n_mels": n_mels, "shards": names, "utterances": where}))
     try:
         tmp.rename(folder)  # atomic: readers see a complete cache or none

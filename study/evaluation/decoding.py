@@ -28,7 +28,7 @@ def transcribe(model: torch.nn.Module, data: SplitData, tokenizer: Tokenizer, me
     on_gpu = device.type == "cuda"
     for host_batch in prefetch(batches, lambda indices: pad_batch(indices, data.features, pin=on_gpu), background=on_gpu):
         batch = host_batch.to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
             log_probs, lengths = model(normalise(batch.features, batch.feature_lengths, mean, std), batch.feature_lengths)
         hyps.update(zip(batch.indices, greedy_decode(log_probs.float(), lengths, tokenizer)))
     return [hyps[i] for i in range(len(data.utterances))]

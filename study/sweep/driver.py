@@ -85,6 +85,14 @@ def _enqueue_retries(study: optuna.Study, keys: set[str] | None) -> int:
     return len(retries)
 
 
+def _requeue_lost(studies: list[optuna.Study], grid: set[str], runs_dir: Path, client: mlflow.MlflowClient) -> None:
+    """Lost trials marked FAIL (their MLflow runs FAILED) and every failed point queued again; the
+    first study's points are the grid, the matched study's are known only later."""
+    for study, keys in zip(studies, (grid, None)):
+        _mark_lost_runs(fail_stale_trials(study, runs_dir), client)
+        _enqueue_retries(study, keys)
+
+
 def _close_previous_parent(study: optuna.Study, client: mlflow.MlflowClient) -> None:
     """A driver that was killed left its parent run RUNNING; this launch takes over."""
     previous = study.user_attrs.get("parent_run_id")
@@ -128,6 +136,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
     storage = open_storage(args.storage, experiment.name, args.runs_dir)
     client = mlflow.MlflowClient(args.tracking_uri)
     total = expected_trials(experiment)
+    grid = {p.key for p in experiment.points()}
     if args.join:
         try:
             studies = [optuna.load_study(study_name=n, storage=storage) for n in study_names(experiment.name)]
@@ -136,10 +145,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         parent = studies[0].user_attrs["parent_run_id"]
     else:
         studies = create_studies(storage, experiment.name)
-        grid = {p.key for p in experiment.points()}
-        for study, keys in zip(studies, (grid, None)):  # matched points are known only later
-            _mark_lost_runs(fail_stale_trials(study, args.runs_dir), client)
-            _enqueue_retries(study, keys)
+        _requeue_lost(studies, grid, args.runs_dir, client)
         _close_previous_parent(studies[0], client)
         parent = _start_parent_run(experiment, args, total)
         for study in studies:
@@ -149,7 +155,6 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
           f"MLflow parent run {parent}; worker logs in {args.runs_dir / 'logs' / experiment.name}")
     seats = placements(experiment, args)
     workers = [_start_worker(experiment, overrides, args, i, seat) for i, seat in enumerate(seats)]
-    grid = {p.key for p in experiment.points()}
     restarts = 0
 
     def replace(i: int, proc: subprocess.Popen) -> subprocess.Popen | None:
@@ -157,9 +162,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         again; a fresh worker takes the seat, while the restart budget lasts, and resumes that trial
         from its last checkpoint in the same MLflow run."""
         nonlocal restarts
-        for study, keys in zip(studies, (grid, None)):
-            _mark_lost_runs(fail_stale_trials(study, args.runs_dir), client)
-            _enqueue_retries(study, keys)
+        _requeue_lost(studies, grid, args.runs_dir, client)
         if restarts >= args.max_restarts:
             return None
         restarts += 1
