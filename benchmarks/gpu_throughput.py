@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=3000, help="built-in corpus training utterances")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true", help="train.compile = true")
+    parser.add_argument("--batch-seconds", type=float, help="train.batch_seconds (default: the experiment's)")
     parser.add_argument("--train-on-cpu", action="store_true", help="also time training without a GPU (slow)")
     parser.add_argument("--cache-dir", default="runs/cache")
     parser.add_argument("--profile", action="store_true", help="print a profile of one more training epoch")
@@ -76,7 +77,8 @@ def main() -> None:
 
     cfg = load_experiment(args.experiment).config(extra={
         "data.source": "synthetic", "data.extra_test_subsets": [], "data.cache_dir": args.cache_dir, "data.synthetic.train_utterances": args.utterances,
-        "train.device": args.device, "train.compile": args.compile, "train.threads": 0})
+        "train.device": args.device, "train.compile": args.compile, "train.threads": 0,
+        **({"train.batch_seconds": args.batch_seconds} if args.batch_seconds else {})})
     device = resolve_device(cfg.train.device)
     use_device(device)
     start = time.perf_counter()

@@ -97,7 +97,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = knob(0, min=0)  # CPU threads; 0 = every core this process may use
-    compile: bool = False  # torch.compile the training forward pass (pays off on a GPU)
+    compile: bool = False  # torch.compile each Conformer block (pays off on a GPU)
     processes: int = knob(1, min=1)  # > 1: DistributedDataParallel over this many processes (study/distributed.py)
 
 
