@@ -111,6 +111,9 @@ class AdlConfig:
     threshold: float = knob(0.5, min=0.0, max=1.0)
     inference: str = knob("expected", choices=("expected", "hard"))
     mask_granularity: str = knob("frame", choices=("frame", "utterance"))
+    # pooled: logistic noise drawn in bulk and reused at random offsets (a fifth of the generator's work,
+    # study/method/noise.py); fresh: drawn anew for every element
+    noise: str = knob("pooled", choices=("pooled", "fresh"))
     straight_through: bool = False
     rescale: str = knob("none", choices=("none", "inverted"))
     beta0: float = 3.0  # initial logit (p = 0.95)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from study.config import AdlConfig
+from study.method.noise import LogisticNoise
 
 
 @dataclass
@@ -26,20 +27,22 @@ class AdlSettings:
     straight_through: bool = False
     rescale: str = "none"  # none | inverted
     beta0: float = 3.0
+    noise: str = "pooled"  # pooled | fresh (study/method/noise.py)
 
     @classmethod
     def from_config(cls, cfg: AdlConfig) -> "AdlSettings":
         return cls(tau=cfg.tau, threshold=cfg.threshold, inference=cfg.inference,
                    mask_granularity=cfg.mask_granularity, straight_through=cfg.straight_through,
-                   rescale=cfg.rescale, beta0=cfg.beta0)
+                   rescale=cfg.rescale, beta0=cfg.beta0, noise=cfg.noise)
 
 
 class AdaptiveDropout(nn.Module):
     """Masks the last dimension of its input: (..., n) -> (..., n)."""
 
-    def __init__(self, units: int, location: str, settings: AdlSettings):
+    def __init__(self, units: int, location: str, settings: AdlSettings, noise: LogisticNoise | None = None):
         super().__init__()
         self.location, self.settings = location, settings
+        self.noise = noise or LogisticNoise(pooled=settings.noise == "pooled")  # shared by a model's layers
         self.beta = nn.Parameter(torch.full((units,), float(settings.beta0)))
         self.tau = settings.tau  # may be annealed during training
         self.frozen = False  # hard phase: train with the evaluation (thresholded) masks
@@ -65,9 +68,9 @@ class AdaptiveDropout(nn.Module):
         s = self.settings
         # utterance: one draw per unit and utterance, broadcast over time; frame: one per element.
         shape = x.shape if s.mask_granularity == "frame" else (x.shape[0],) + (1,) * (x.dim() - 2) + x.shape[-1:]
-        # Logistic noise log(u) - log(1-u) in one op; eps clamps u away from 0 and 1 (finite noise).
-        noise = torch.logit(torch.rand(shape, device=x.device), eps=1e-6)
-        mask = torch.sigmoid((noise + self.beta) * (1.0 / self.tau))
+        noise = self.noise.draw(shape, x.device)  # logistic: log(u) - log(1 - u)
+        # sigmoid((noise + beta) / tau) as one pass for the sum and one in place for the sigmoid
+        mask = torch.add(self.beta / self.tau, noise, alpha=1.0 / self.tau).sigmoid_()
         if s.straight_through:
             mask = mask + ((mask > 0.5).to(mask.dtype) - mask).detach()
         if s.rescale == "inverted":

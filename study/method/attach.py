@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from study.method.adaptive_dropout import AdaptiveDropout, AdlSettings
+from study.method.noise import LogisticNoise
 from study.method.pruning import GROUP_LOCATION, GROUPS, UnitDecision
 from study.model.conformer import ConformerBlock, ConformerCTC
 
@@ -24,11 +25,11 @@ def group_width(block: ConformerBlock, group: str) -> int:
 
 def attach_adls(model: ConformerCTC, locations: list[str], settings: AdlSettings) -> list[AdaptiveDropout]:
     """Puts an ADL at every gate seam of the enabled locations; returns them in block order."""
-    layers = []
+    layers, noise = [], LogisticNoise(pooled=settings.noise == "pooled")
     for block in model.encoder.blocks:
         for group in GROUPS:
             if GROUP_LOCATION[group] in locations:
-                layer = AdaptiveDropout(group_width(block, group), GROUP_LOCATION[group], settings)
+                layer = AdaptiveDropout(group_width(block, group), GROUP_LOCATION[group], settings, noise)
                 setattr(*gate_seam(block, group), layer.to(block.norm.weight.device))
                 layers.append(layer)
     return layers
