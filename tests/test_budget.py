@@ -60,12 +60,26 @@ def test_expected_size_of_undecided_units_is_their_probability_weighted_share():
     assert float(expected_params(model, CFG).detach()) == pytest.approx(dense - units * (2 * CFG.d_model + 1) / 2, abs=1.0)
 
 
-@pytest.mark.parametrize("target", [0.3, 0.5])
-def test_the_lagrangian_drives_the_expected_reduction_to_its_target(target):
-    """The budget term alone (no task loss): logits descend, multipliers ascend; the expected reduction
+def test_the_cut_measure_is_the_pruned_size_of_undecided_units_with_the_expectations_gradient():
+    model, layers = model_with_adls(["ffn", "mhsa", "conv"])
+    for layer in layers:
+        layer.beta.data = torch.randn_like(layer.beta) * 2.0  # p spread over (0, 1): nothing decided
+    cut = expected_params(model, CFG, cut=True)
+    pruned, _ = prune(model.eval(), CFG, adl_decisions(model))
+    assert float(cut.detach()) == pytest.approx(count_params(pruned), abs=0.5)
+    cut.backward()
+    straight = [layer.beta.grad.clone() for layer in layers]
+    assert all(g.abs().sum() > 0 for g in straight)  # the logits still feel the size
+
+
+@pytest.mark.parametrize("target,measure", [(0.3, "expected"), (0.5, "expected"), (0.5, "cut"), (0.7, "cut")])
+def test_the_lagrangian_drives_its_measure_to_the_target(target, measure):
+    """The budget term alone (no task loss): logits descend, multipliers ascend; the measured reduction
     settles within a point of the target and the multipliers turn positive/negative as the gap demands."""
     model, layers = model_with_adls(["ffn", "mhsa", "conv"])
-    budget = BudgetController(model, CFG, target, warmup=0.2)
+    for layer in layers:  # units start spread out, as the task loss would keep them, so they cross one by one
+        layer.beta.data = 3.0 + torch.randn_like(layer.beta)
+    budget = BudgetController(model, CFG, target, warmup=0.2, measure=measure)
     adl = AdlController(layers, AdlConfig(lambda_lr=0.05, lr=0.05), budget)
     groups = adl.param_groups(model, lr=0.0, weight_decay=0.0)
     optimizer = torch.optim.AdamW(groups, fused=True)
@@ -76,7 +90,10 @@ def test_the_lagrangian_drives_the_expected_reduction_to_its_target(target):
         optimizer.step()
     metrics = adl.epoch_metrics(1.0)
     assert metrics["adl/target_reduction"] == target
-    assert metrics["adl/expected_reduction"] == pytest.approx(target, abs=0.01)
+    assert metrics[f"adl/{measure}_reduction"] == pytest.approx(target, abs=0.01)
+    if measure == "cut":  # what the pruner removes
+        pruned, _ = prune(model.eval(), CFG, adl_decisions(model))
+        assert 1 - count_params(pruned) / count_params(ConformerCTC(CFG, N_MELS, VOCAB)) == pytest.approx(target, abs=0.01)
     assert metrics["adl/lambda1"] != 0.0 and metrics["adl/lambda2"] > 0.0
 
 

@@ -139,6 +139,8 @@ class AdlConfig:
     # the expected parameter reduction to this fraction, ramped up over the first target_warmup of training.
     target_reduction: float = knob(0.0, min=0.0, max=0.99)
     target_warmup: float = knob(0.5, min=0.0, max=1.0)
+    # what the controller drives to the target: the expected reduction, or the threshold cut's (exact)
+    target_measure: str = knob("expected", choices=("expected", "cut"))
     lambda_lr: float = knob(5e-2, min=0.0)  # learning rate of the controller's two multipliers (gradient ascent)
 
     def validate(self) -> None:

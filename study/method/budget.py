@@ -20,11 +20,13 @@ from study.model.conformer import ConformerCTC, dense_widths
 from study.model.size import analytic_params, front_end_params
 
 
-def _keep_probabilities(block: nn.Module, group: str) -> torch.Tensor:
-    """(n,) probability that each unit of a group survives: its ADL's p, or 1 where no ADL sits."""
+def _keep_probabilities(block: nn.Module, group: str, cut: bool) -> torch.Tensor:
+    """(n,) probability that each unit of a group survives: its ADL's p, or 1 where no ADL sits.
+    cut: the threshold's 0/1 decisions in value, p's gradient (straight-through)."""
     gate = getattr(*gate_seam(block, group))
     if isinstance(gate, AdaptiveDropout):
-        return gate.retention
+        p = gate.retention
+        return p + (gate.keep_mask().to(p.dtype) - p).detach() if cut else p
     return torch.ones(group_width(block, group), device=block.norm.weight.device)
 
 
@@ -33,17 +35,18 @@ def _any_kept(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return 1.0 - torch.prod(1.0 - p, dim=dim)
 
 
-def expected_params(model: ConformerCTC, cfg: ModelConfig) -> torch.Tensor:
+def expected_params(model: ConformerCTC, cfg: ModelConfig, cut: bool = False) -> torch.Tensor:
     """Expected parameter count of the pruned model (a differentiable scalar), each unit kept with its
     probability. Mirrors model/size.py: a unit takes its rows and columns; a module that loses every
     unit keeps only its output bias (its LayerNorm goes); a head that loses every value unit takes its
-    query and key dimensions with it. Equals the pruned model's real count when every p is 0 or 1."""
+    query and key dimensions with it. Equals the pruned model's real count when every p is 0 or 1, and
+    always with `cut` (the value the threshold cut gives; the gradient still flows through p)."""
     d, k, heads = cfg.d_model, cfg.conv_kernel, cfg.num_heads
     ln = 2 * d
     total = torch.tensor(float(front_end_params(cfg, model.n_mels) + model.head.weight.numel()
                                + model.head.bias.numel()), device=model.head.weight.device)
     for block in model.encoder.blocks:
-        p = {g: _keep_probabilities(block, g) for g in GROUPS}
+        p = {g: _keep_probabilities(block, g, cut) for g in GROUPS}
         for g in ("ffn1", "ffn2"):  # a hidden unit: a row of W1 with its bias, a column of W2
             total = total + d + _any_kept(p[g]) * ln + p[g].sum() * (2 * d + 1)
         head_kept = _any_kept(p["value"].view(heads, -1))  # (H,)
@@ -57,20 +60,25 @@ def expected_params(model: ConformerCTC, cfg: ModelConfig) -> torch.Tensor:
 
 
 class BudgetController:
-    def __init__(self, model: ConformerCTC, cfg: ModelConfig, target: float, warmup: float):
-        self.model, self.cfg, self.target, self.warmup = model, cfg, target, warmup
+    """measure: what the multipliers see. "expected" is the expected reduction; "cut" is the reduction the
+    threshold cut gives (exactly what pruning will remove), with the expectation's gradient for the logits.
+    Driven by the expectation, the cut lands past the target (units hovering just under the threshold
+    count as partly kept); driven by the cut, the multipliers keep pushing until the cut itself is there."""
+
+    def __init__(self, model: ConformerCTC, cfg: ModelConfig, target: float, warmup: float, measure: str = "expected"):
+        self.model, self.cfg, self.target, self.warmup, self.measure = model, cfg, target, warmup, measure
         self.dense_total = analytic_params(cfg, dense_widths(cfg), model.n_mels, model.head.out_features)["total"]
         self.lambdas = nn.Parameter(torch.zeros(2, device=model.head.weight.device))  # lambda1, lambda2
 
-    def expected_reduction(self) -> torch.Tensor:
-        return 1.0 - expected_params(self.model, self.cfg) / self.dense_total
+    def expected_reduction(self, cut: bool = False) -> torch.Tensor:
+        return 1.0 - expected_params(self.model, self.cfg, cut) / self.dense_total
 
     def target_at(self, t: float) -> float:
         """The target ramps linearly from 0 to the requested reduction over the first `warmup` of training."""
         return self.target * min(1.0, t / self.warmup) if self.warmup > 0 else self.target
 
     def loss(self, t: float) -> torch.Tensor:
-        gap = self.expected_reduction() - self.target_at(t)
+        gap = self.expected_reduction(cut=self.measure == "cut") - self.target_at(t)
         return self.lambdas[0] * gap + self.lambdas[1] * gap.pow(2)
 
     def param_group(self, lr: float) -> dict:
@@ -79,5 +87,6 @@ class BudgetController:
 
     def metrics(self, t: float) -> dict[str, float]:
         with torch.no_grad():
-            return {"adl/expected_reduction": float(self.expected_reduction()), "adl/target_reduction": self.target_at(t),
+            return {"adl/expected_reduction": float(self.expected_reduction()),
+                    "adl/cut_reduction": float(self.expected_reduction(cut=True)), "adl/target_reduction": self.target_at(t),
                     "adl/lambda1": float(self.lambdas[0]), "adl/lambda2": float(self.lambdas[1])}
