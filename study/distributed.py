@@ -11,10 +11,14 @@ ends. Across machines, start the ranks yourself, with the checkpoint folder (run
 """
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import torch
@@ -35,9 +39,30 @@ def local_device(name: str) -> str:
     return name
 
 
+def exit_with_parent() -> None:
+    """torchrun starts each rank in a session of its own, so a rank outlived a killed torchrun and went on
+    to finish its trial beside the resumed copy of it (two writers of one checkpoint and one MLflow run).
+    A rank now ends itself when its parent is gone."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _die_with_parent() -> None:
+    """Runs in torchrun's process before it starts: SIGKILL when the process that launched it dies (Linux's
+    PR_SET_PDEATHSIG), so a killed sweep worker takes its distributed trial with it."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 def init(device: torch.device) -> None:
     """Joins the trial's process group (NCCL on GPUs, gloo on CPUs); nothing outside torchrun."""
     if rank_and_world()[1] > 1 and not dist.is_initialized():
+        exit_with_parent()
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT,
                                 device_id=device if device.type == "cuda" else None)
 
@@ -50,6 +75,6 @@ def launch(config_path: Path, processes: int, tracking_uri: str, runs_dir: Path,
     root = str(Path(__file__).resolve().parents[1])  # this checkout first: the ranks run the same code
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run(command, env=env)
+    done = subprocess.run(command, env=env, preexec_fn=_die_with_parent)
     if done.returncode:
         raise RuntimeError(f"the distributed trial exited with code {done.returncode} (its ranks' output is above)")

@@ -242,8 +242,8 @@ class Trainer:
 
     def fit(self, evaluate_dev: Callable[[], dict[str, float]],
             on_epoch_end: Callable[[int, dict[str, float]], None]) -> History:
-        """Trains the remaining epochs; after each, evaluates, checkpoints, then reports metrics (under
-        DDP rank 0 alone evaluates, checkpoints and reports; the others wait in the next step)."""
+        """Trains the remaining epochs; after each, evaluates, reports metrics, then checkpoints (under
+        DDP rank 0 alone evaluates, reports and checkpoints; the others wait in the next step)."""
         for epoch in range(self.history.epoch, self.epochs):
             metrics = self.train_epoch(epoch)
             metrics["train/lr"] = self.scheduler.get_last_lr()[0]
@@ -253,6 +253,6 @@ class Trainer:
                 continue
             metrics.update(evaluate_dev())
             self.history.records.append(metrics)
+            on_epoch_end(epoch + 1, metrics)  # reported first: a kill in between repeats an epoch, loses none
             self.save_checkpoint()
-            on_epoch_end(epoch + 1, metrics)
         return self.history

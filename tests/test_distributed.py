@@ -1,10 +1,21 @@
 """Several processes per trial: a 2-process DDP trial on the CPU (gloo), started as torchrun starts it."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import mlflow
 import pytest
 
+from study.config import dumps_toml, to_dict
+from study.tracking.trial_record import trial_dir
 from study.trial import run_trial
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_two_process_ddp_trial_matches_one_process_and_leaves_one_run(tiny_config, tracking_uri, tmp_path):
@@ -33,3 +44,36 @@ def test_two_process_ddp_trial_matches_one_process_and_leaves_one_run(tiny_confi
     assert two != one  # the ranks really split the batches (float sums in another order)
     assert list((tmp_path / "ddp" / "trials").glob("*/*/distributed_config.toml"))  # relaunched under torchrun
     assert ddp.metrics["params/total"] == single.metrics["params/total"]
+
+
+def test_a_killed_ddp_trial_resumes_every_rank_from_its_checkpoint_in_the_same_run(tiny_config, tracking_uri, tmp_path):
+    """SIGKILL of the process that launched the trial (as when a sweep worker is lost) after the first
+    checkpoint: torchrun and both ranks go with it; the same command resumes the trial: one MLflow run,
+    every epoch logged. A rank that did not resume would train more epochs than rank 0 and wait forever
+    for it, so finishing at all shows that both resumed."""
+    tiny_config.train.epochs = 20
+    tiny_config.train.processes = 2
+    config = tmp_path / "trial.toml"
+    config.write_text(dumps_toml(to_dict(tiny_config)))
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "study.distributed_trial", "--resolved", str(config),
+               "--tracking-uri", tracking_uri, "--runs-dir", str(runs)]
+    checkpoint = trial_dir(tiny_config, runs) / "checkpoint.pt"
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not checkpoint.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)  # torchrun and the ranks run in sessions of their own
+    first.wait()
+    assert checkpoint.is_file(), "the trial wrote no checkpoint before it was killed"
+    time.sleep(3)  # torchrun dies with its parent, the ranks notice (they watch theirs every 0.5 s)
+    assert not (checkpoint.parent / "DONE").exists()  # nothing finished the trial behind our back
+
+    subprocess.run(command, cwd=REPO, check=True, timeout=300, stdout=subprocess.DEVNULL)
+    client = mlflow.MlflowClient(tracking_uri)
+    runs_found = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert len(runs_found) == 1 and runs_found[0].info.status == "FINISHED"
+    resumed_from = int(runs_found[0].data.tags["resumed_from_epoch"])
+    assert 1 <= resumed_from < 20
+    steps = [m.step for m in client.get_metric_history(runs_found[0].info.run_id, "train/loss")]
+    assert sorted(set(steps)) == list(range(1, 21)) and len(steps) <= 20 + 1  # at most the epoch in flight twice
