@@ -78,3 +78,14 @@ def test_a_dense_run_of_other_model_or_training_code_has_another_recipe_key(tmp_
     keys = {name: _recipe_key_in(root) for name, root in copies.items()}
     assert keys["same"] == keys["same_again"]
     assert len({keys["same"], keys["other_model"], keys["other_training"]}) == 3
+
+
+def test_run_names_say_what_pushed_the_logits(tiny_config):
+    from study.tracking.mlflow_runs import run_label
+    tiny_config.method = "adaptive_dropout"
+    tiny_config.adl.alpha, tiny_config.adl.tau = 0.02, 0.5
+    assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-alpha0.02-s0"
+    tiny_config.adl.target_reduction = 0.3  # the controller replaces alpha
+    assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-budget0.3-s0"
+    tiny_config.adl.target_measure = "cut"
+    assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-budget0.3-cut-s0"

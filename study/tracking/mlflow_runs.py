@@ -64,8 +64,10 @@ def _short(value: float) -> str:
 def run_label(cfg: Config) -> str:
     """A run name that says what the trial is, e.g. adl-ffn+mhsa-tau0.3-alpha1e-3-s1."""
     seed = f"s{cfg.train.seed}"
-    if cfg.method == "adaptive_dropout":
-        return f"adl-{location_label(cfg)}-tau{_short(cfg.adl.tau)}-alpha{_short(cfg.adl.alpha)}-{seed}"
+    if cfg.method == "adaptive_dropout":  # the controller replaces alpha: its target names the run
+        push = (f"budget{_short(cfg.adl.target_reduction)}" + ("-cut" if cfg.adl.target_measure == "cut" else "")
+                if cfg.adl.target_reduction else f"alpha{_short(cfg.adl.alpha)}")
+        return f"adl-{location_label(cfg)}-tau{_short(cfg.adl.tau)}-{push}-{seed}"
     budget = (f"p{cfg.prune.target_params}" if cfg.prune.target_params
               else f"r{_short(cfg.prune.target_reduction)}")
     finetune = f"-ft{cfg.prune.finetune_epochs}" if cfg.prune.finetune_epochs else ""
