@@ -46,10 +46,11 @@ def test_8x_front_end_lengths_match_real_outputs(front_end):
         assert model.encoder.subsampling.proj.in_features == 8 * 10  # 80 mel bins -> 40 -> 20 -> 10
 
 
-@pytest.mark.parametrize("subsampling, front_end", [(4, "conv2d"), (8, "conv2d"), (8, "conv1d")])
-def test_padded_frames_never_change_real_outputs(subsampling, front_end):
+@pytest.mark.parametrize("subsampling, front_end, input_norm", [(4, "conv2d", "none"), (8, "conv2d", "none"),
+                                                              (8, "conv1d", "none"), (8, "conv1d", "utterance")])
+def test_padded_frames_never_change_real_outputs(subsampling, front_end, input_norm):
     torch.manual_seed(0)
-    cfg = dataclasses.replace(TINY, subsampling=subsampling, front_end=front_end)
+    cfg = dataclasses.replace(TINY, subsampling=subsampling, front_end=front_end, input_norm=input_norm)
     model = ConformerCTC(cfg, n_mels=80, vocab_size=29).eval()
     short = torch.randn(1, 60, 80)
     alone, n = model(short, torch.tensor([60]))
@@ -58,6 +59,25 @@ def test_padded_frames_never_change_real_outputs(subsampling, front_end):
     batched, lengths = model(torch.cat([padded, other]), torch.tensor([60, 105]))
     assert lengths[0] == n[0]
     assert torch.allclose(batched[0, : n[0]], alone[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("input_norm", ["utterance_mean", "utterance"])
+def test_utterance_normalisation_removes_a_recording_channels_colouring(input_norm):
+    """A fixed per-bin offset (a microphone's colouring in log-mel) leaves the output unchanged; with
+    variance normalisation a per-bin gain does too. Each bin is zero-mean over the real frames only."""
+    from study.model.conformer import utterance_norm
+    torch.manual_seed(0)
+    model = ConformerCTC(dataclasses.replace(TINY, input_norm=input_norm), n_mels=80, vocab_size=29).eval()
+    feats, lengths = torch.randn(2, 90, 80), torch.tensor([90, 50])
+    colour = torch.randn(1, 1, 80) * 3
+    gain = torch.rand(1, 1, 80) + 0.5 if input_norm == "utterance" else 1.0
+    plain, coloured = model(feats, lengths)[0], model(feats * gain + colour, lengths)[0]
+    assert torch.allclose(plain, coloured, atol=1e-4)
+    normed = utterance_norm(feats + colour, lengths, variance=input_norm == "utterance")  # (B, T, F)
+    assert torch.allclose(normed[1, :50].mean(0), torch.zeros(80), atol=1e-5)
+    assert normed[1, 50:].abs().max() == 0
+    if input_norm == "utterance":
+        assert torch.allclose(normed[1, :50].pow(2).mean(0), torch.ones(80), atol=1e-3)
 
 
 def test_gradients_reach_every_parameter():

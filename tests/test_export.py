@@ -33,9 +33,9 @@ def pruned_model_file(tmp_path: Path, cfg: ModelConfig) -> tuple[Path, Conformer
     return path, pruned, mean, std
 
 
-@pytest.mark.parametrize("front_end, subsampling", [("conv2d", 4), ("conv1d", 8)])
-def test_onnx_export_runs_in_onnx_runtime_alone_and_matches_pytorch(tmp_path, front_end, subsampling):
-    cfg = ModelConfig(**{**CFG.__dict__, "front_end": front_end, "subsampling": subsampling})
+@pytest.mark.parametrize("front_end, subsampling, input_norm", [("conv2d", 4, "none"), ("conv1d", 8, "utterance")])
+def test_onnx_export_runs_in_onnx_runtime_alone_and_matches_pytorch(tmp_path, front_end, subsampling, input_norm):
+    cfg = ModelConfig(**{**CFG.__dict__, "front_end": front_end, "subsampling": subsampling, "input_norm": input_norm})
     path, pruned, mean, std = pruned_model_file(tmp_path, cfg)
     done = subprocess.run([sys.executable, "-m", "study.export", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -76,6 +76,9 @@ class ModelConfig:
     dropout: float = knob(0.1, min=0.0, max=0.9)
     attention_dropout: float = knob(0.0, min=0.0, max=0.9)  # on attention weights; slow on the CPU
     scale_input: bool = True  # multiply front-end output by sqrt(d_model) before adding positions
+    # per-utterance normalisation of the input features inside the model (so it travels with an export):
+    # none; utterance_mean: each bin minus its mean over the utterance (CMN); utterance: mean and variance
+    input_norm: str = knob("none", choices=("none", "utterance_mean", "utterance"))
 
     def validate(self) -> None:
         if self.d_model % self.num_heads:

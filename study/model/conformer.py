@@ -88,6 +88,18 @@ def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
 
 
+def utterance_norm(x: torch.Tensor, lengths: torch.Tensor, variance: bool) -> torch.Tensor:
+    """(B, T, F) -> each bin minus its mean over the utterance's own frames (and divided by their standard
+    deviation with `variance`): cepstral mean (and variance) normalisation, which removes a recording
+    channel's fixed colouring. Padded frames stay zero, so the result does not depend on batch padding."""
+    valid = padding_mask(lengths, x.shape[1])[:, :, None].to(x.dtype)  # (B, T, 1)
+    count = lengths.clamp_min(1)[:, None, None].to(x.dtype)  # (B, 1, 1)
+    centred = (x - (x * valid).sum(1, keepdim=True) / count) * valid
+    if not variance:
+        return centred
+    return centred * torch.rsqrt(centred.pow(2).sum(1, keepdim=True) / count + 1e-5)
+
+
 def project_frames(x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
     """(B, C, T', F') front-end maps -> (B, T', D): each frame's channels and bins, projected to d_model."""
     b, c, t, f = x.shape
@@ -291,6 +303,7 @@ class ConformerEncoder(nn.Module):
         super().__init__()
         if widths is not None and len(widths) != cfg.num_blocks:
             raise ValueError(f"{len(widths)} block widths for {cfg.num_blocks} blocks")
+        self.input_norm = cfg.input_norm
         self.subsampling = FRONT_ENDS[cfg.front_end, cfg.subsampling](n_mels, cfg.subsampling_channels, cfg.d_model)
         self.xscale = math.sqrt(cfg.d_model) if cfg.scale_input else 1.0
         self.dropout = Dropout(cfg.dropout)
@@ -298,6 +311,8 @@ class ConformerEncoder(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T_in, n_mels), (B,) -> (B, T, D), (B,)."""
+        if self.input_norm != "none":
+            feats = utterance_norm(feats, lengths, variance=self.input_norm == "utterance")
         x = self.subsampling(feats, lengths)
         lengths = output_lengths(lengths, self.subsampling.factor)
         mask = padding_mask(lengths, x.shape[1])
