@@ -1,12 +1,13 @@
 """Cost of adaptive dropout in training, and what physical pruning buys at inference.
 
 One run, one process: (1) training-step time (forward + backward + AdamW) of the default model
-with ADLs at all three locations over the dense model, same batch, interleaved rounds; for each
-mask granularity. (2) Encoder latency at batch 1 on 10 s of audio of a pruned model against the
+with ADLs at all three locations over the dense model, same batch, interleaved rounds: frame masks
+with pooled noise (the default), with noise drawn fresh for every element (adl.noise = "fresh"),
+and utterance masks. (2) Encoder latency at batch 1 on 10 s of audio of a pruned model against the
 dense one, beside their FLOP ratio. The pruned model comes from --model (a model.pt exported by
 an adaptive-dropout trial) or, by default, from ADL logits drawn so that about --prune of the
 units fall below the threshold.
-Ends with one JSON line: {"adl_step_time_ratio", "pruned_latency_speedup", "flop_reduction_ratio", ...}.
+Ends with one JSON line: {"adl_step_time_ratio", "adl_step_time_ratio_fresh_noise", "pruned_latency_speedup", "flop_reduction_ratio", ...}.
 """
 from __future__ import annotations
 
@@ -62,10 +63,11 @@ def main() -> None:
     lengths = torch.randint(args.frames // 2, args.frames + 1, (args.batch,))
 
     models = {"dense": ConformerCTC(cfg, N_MELS, text.vocab_size())}
-    for granularity in ("frame", "utterance"):
+    for name, granularity, noise in (("adl-frame", "frame", "pooled"), ("adl-frame-fresh", "frame", "fresh"),
+                                     ("adl-utterance", "utterance", "pooled")):
         torch.manual_seed(0)
-        models[f"adl-{granularity}"] = ConformerCTC(cfg, N_MELS, text.vocab_size())
-        attach_adls(models[f"adl-{granularity}"], ["ffn", "mhsa", "conv"], AdlSettings(mask_granularity=granularity))
+        models[name] = ConformerCTC(cfg, N_MELS, text.vocab_size())
+        attach_adls(models[name], ["ffn", "mhsa", "conv"], AdlSettings(mask_granularity=granularity, noise=noise))
     for model in models.values():
         train_step_ms(model, feats, lengths, 2)  # warm-up
     times = {name: [] for name in models}
@@ -101,6 +103,7 @@ def main() -> None:
     print(f"speed-up {speedup:.2f}x against a FLOP reduction of {flop_ratio:.2f}x "
           f"({speedup / flop_ratio:.0%} of it)")
     print(json.dumps({"adl_step_time_ratio": round(step["adl-frame"] / step["dense"], 4),
+                      "adl_step_time_ratio_fresh_noise": round(step["adl-frame-fresh"] / step["dense"], 4),
                       "adl_step_time_ratio_utterance": round(step["adl-utterance"] / step["dense"], 4),
                       "pruned_latency_speedup": round(speedup, 4), "flop_reduction_ratio": round(flop_ratio, 4),
                       "param_reduction": round(1 - params["pruned"] / params["dense"], 4)}))
