@@ -49,3 +49,19 @@ def test_a_consumer_that_stops_early_leaves_no_producer_behind():
         if item == [3]:
             break
     assert threading.active_count() == before
+
+
+def test_frequency_warping_moves_a_formant_by_its_factor_and_keeps_identity_at_one():
+    from study.config import FeatureConfig
+    from study.data.features import SpecAugment, warp_frequencies
+    x = torch.zeros(3, 5, 80)  # (B, T, F): one spectral peak at bin 30 in every frame
+    x[:, :, 30] = 1.0
+    warped = warp_frequencies(x, torch.tensor([1.0, 1.1, 0.9]))
+    assert torch.equal(warped[0], x[0])
+    centre = (warped * torch.arange(80.0)).sum(2) / warped.sum(2)  # (B, T) the peak's position
+    assert centre[1].tolist() == pytest.approx([33.0] * 5, abs=0.05)  # 30 * 1.1
+    assert centre[2].tolist() == pytest.approx([27.0] * 5, abs=0.05)  # 30 * 0.9
+    augment = SpecAugment(FeatureConfig(freq_warp=0.1, freq_masks=0, time_masks=0))
+    torch.manual_seed(0)
+    y = augment(torch.randn(4, 20, 80))
+    assert y.shape == (4, 20, 80) and torch.isfinite(y).all()

@@ -52,6 +52,9 @@ class FeatureConfig:
     freq_mask_width: int = knob(10, min=0)
     time_masks: int = knob(1, min=0)
     time_mask_width: int = knob(10, min=0)  # frames
+    # vocal tract length perturbation: each training utterance's mel axis stretched by a factor drawn
+    # from [1 - freq_warp, 1 + freq_warp] (0 = off; 0.1 is the usual range)
+    freq_warp: float = knob(0.0, min=0.0, max=0.5)
 
 
 @dataclass

@@ -57,16 +57,36 @@ def mean_std(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
+def warp_frequencies(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """(B, T, F), (B,) -> (B, T, F): each utterance's spectrum stretched along the frequency axis by its
+    factor (> 1 moves energy up, as a shorter vocal tract does): bin k takes the value at bin k / factor,
+    linearly interpolated, the top bin repeated past the edge. Vocal tract length perturbation (Jaitly
+    and Hinton 2013) on the mel axis, which stands in for the Hz axis it was defined on."""
+    bins = x.shape[2]
+    source = (torch.arange(bins, device=x.device) / factor[:, None]).clamp(max=bins - 1)  # (B, F)
+    low = source.floor().long()
+    high = (low + 1).clamp(max=bins - 1)
+    frac = (source - low)[:, None, :].to(x.dtype)  # (B, 1, F)
+
+    def at(index: torch.Tensor) -> torch.Tensor:
+        return x.gather(2, index[:, None, :].expand(-1, x.shape[1], -1))
+    return at(low) * (1 - frac) + at(high) * frac
+
+
 class SpecAugment(torch.nn.Module):
-    """Frequency and time masks, independent per utterance; training only."""
+    """Frequency warping (features.freq_warp), then frequency and time masks, independent per utterance;
+    training only."""
 
     def __init__(self, cfg: FeatureConfig):
         super().__init__()
+        self.freq_warp = cfg.freq_warp
         self.freq = torchaudio.transforms.FrequencyMasking(cfg.freq_mask_width, iid_masks=True)
         self.time = torchaudio.transforms.TimeMasking(cfg.time_mask_width, iid_masks=True)
         self.freq_masks, self.time_masks = cfg.freq_masks, cfg.time_masks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F) -> (B, T, F)
+        if self.freq_warp:
+            x = warp_frequencies(x, 1 + self.freq_warp * (2 * torch.rand(x.shape[0], device=x.device) - 1))
         spec = x.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T) as torchaudio expects
         for _ in range(self.freq_masks):
             spec = self.freq(spec)
