@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from functools import cache
 from pathlib import Path
 
 import mlflow
@@ -39,7 +38,6 @@ def run_params(cfg: Config) -> dict[str, str]:
     return params
 
 
-@cache
 def recipe_source_hash() -> str:
     """sha256 (16 hex digits) of RECIPE_SOURCES as they are on disk."""
     digest = hashlib.sha256()
@@ -48,12 +46,18 @@ def recipe_source_hash() -> str:
     return digest.hexdigest()[:16]
 
 
+# Taken when this process imports the code, not when a trial first asks: a worker that started before
+# the files were edited runs the old code and must say so (it used to hash the edited files and retrain
+# a dense model that its own code had already trained).
+LOADED_SOURCE_HASH = recipe_source_hash()
+
+
 def recipe_key(cfg: Config) -> str:
     """What a dense model depends on (data, features, units, model, training, and the code that trains it;
     not where it ran): equal keys, same dense run."""
     tree = identity(cfg)
     recipe = {k: tree[k] for k in ("data", "features", "text", "model", "train")}
-    recipe["source"] = recipe_source_hash()
+    recipe["source"] = LOADED_SOURCE_HASH
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
