@@ -87,5 +87,5 @@ def test_run_names_say_what_pushed_the_logits(tiny_config):
     assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-alpha0.02-s0"
     tiny_config.adl.target_reduction = 0.3  # the controller replaces alpha
     assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-budget0.3-s0"
-    tiny_config.adl.target_measure = "cut"
-    assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-budget0.3-cut-s0"
+    tiny_config.adl.target_measure = "expected"
+    assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-budget0.3-expected-s0"

@@ -145,8 +145,9 @@ class AdlConfig:
     # the expected parameter reduction to this fraction, ramped up over the first target_warmup of training.
     target_reduction: float = knob(0.0, min=0.0, max=0.99)
     target_warmup: float = knob(0.5, min=0.0, max=1.0)
-    # what the controller drives to the target: the expected reduction, or the threshold cut's (exact)
-    target_measure: str = knob("expected", choices=("expected", "cut"))
+    # what the controller drives to the target: the threshold cut's exact reduction (straight-through), or
+    # the expected one (measured, main recipe, targets 30/50/70%: cut 49.9/70.1%, expected 30.1/51.5/71.6%)
+    target_measure: str = knob("cut", choices=("expected", "cut"))
     lambda_lr: float = knob(5e-2, min=0.0)  # learning rate of the controller's two multipliers (gradient ascent)
 
     def validate(self) -> None:

@@ -65,7 +65,7 @@ class BudgetController:
     Driven by the expectation, the cut lands past the target (units hovering just under the threshold
     count as partly kept); driven by the cut, the multipliers keep pushing until the cut itself is there."""
 
-    def __init__(self, model: ConformerCTC, cfg: ModelConfig, target: float, warmup: float, measure: str = "expected"):
+    def __init__(self, model: ConformerCTC, cfg: ModelConfig, target: float, warmup: float, measure: str = "cut"):
         self.model, self.cfg, self.target, self.warmup, self.measure = model, cfg, target, warmup, measure
         self.dense_total = analytic_params(cfg, dense_widths(cfg), model.n_mels, model.head.out_features)["total"]
         self.lambdas = nn.Parameter(torch.zeros(2, device=model.head.weight.device))  # lambda1, lambda2

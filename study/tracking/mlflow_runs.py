@@ -69,7 +69,7 @@ def run_label(cfg: Config) -> str:
     """A run name that says what the trial is, e.g. adl-ffn+mhsa-tau0.3-alpha1e-3-s1."""
     seed = f"s{cfg.train.seed}"
     if cfg.method == "adaptive_dropout":  # the controller replaces alpha: its target names the run
-        push = (f"budget{_short(cfg.adl.target_reduction)}" + ("-cut" if cfg.adl.target_measure == "cut" else "")
+        push = (f"budget{_short(cfg.adl.target_reduction)}" + ("-expected" if cfg.adl.target_measure == "expected" else "")
                 if cfg.adl.target_reduction else f"alpha{_short(cfg.adl.alpha)}")
         return f"adl-{location_label(cfg)}-tau{_short(cfg.adl.tau)}-{push}-{seed}"
     budget = (f"p{cfg.prune.target_params}" if cfg.prune.target_params
