@@ -70,7 +70,7 @@ def main() -> None:
             onnx_path = export(path, tmp / f"{name}.onnx", "onnx")
             calls[("eager", name)] = lambda f, n, m=eager: m(f, n)[0]
             calls[("compiled", name)] = torch.compile(lambda f, n, m=eager: m(f, n)[0], dynamic=False)
-            calls[("onnxruntime", name)] = run_exported(onnx_path, "onnx")
+            calls[("onnxruntime", name)] = run_exported(onnx_path, "onnx", threads=torch.get_num_threads())
         feats, lengths = torch.randn(1, 1000, 80), torch.tensor([1000])  # 10 s at a 10 ms hop
         times = {key: [] for key in calls}
         with torch.inference_mode():

@@ -75,11 +75,17 @@ def export(model_path: Path, out: Path, fmt: str = "onnx") -> Path:
     return out
 
 
-def run_exported(path: Path, fmt: str):
-    """A callable (feats, lengths) -> log_probs over the exported file, in its runtime."""
+def run_exported(path: Path, fmt: str, threads: int = 0):
+    """A callable (feats, lengths) -> log_probs over the exported file, in its runtime. `threads` > 0 fixes
+    ONNX Runtime's thread count and stops its threads spinning between calls (they would otherwise take
+    the cores from whatever runs next, e.g. the other runtimes of an interleaved benchmark)."""
     if fmt == "onnx":
         import onnxruntime
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return lambda feats, lengths: torch.from_numpy(
             session.run(["log_probs"], {"feats": feats.numpy(), "lengths": lengths.numpy()})[0])
     program = torch.export.load(path).module()

@@ -116,3 +116,23 @@ print(sum(p.numel() for p in model.parameters()), loaded)
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split(maxsplit=1) == [str(sum(p.numel() for p in model.parameters())), "[]\n"]
+
+
+def test_unequal_heads_run_inference_on_padded_weights_exactly_and_follow_weight_changes():
+    """Without autograd, a pruned attention multiplies by zero-padded copies of its compact weights
+    instead of scattering activations: the same outputs, rebuilt when a weight changes."""
+    from study.model.conformer import BlockWidths
+    torch.manual_seed(0)
+    widths = [BlockWidths(64, 50, query_dims=[8, 3, 5], value_dims=[2, 8, 7], conv=20),
+              BlockWidths(10, 64, query_dims=[0, 8], value_dims=[4, 1], conv=24)]
+    model = ConformerCTC(TINY, n_mels=80, vocab_size=29, widths=widths).eval()
+    feats, lengths = torch.randn(2, 90, 80), torch.tensor([90, 61])
+    with_autograd = model(feats, lengths)[0]  # the scatter path (parameters require grad)
+    with torch.no_grad():
+        padded = model(feats, lengths)[0]
+        assert all(hasattr(b.mhsa, "_padded_key") for b in model.encoder.blocks)
+        assert torch.allclose(padded, with_autograd, atol=1e-6)
+        model.encoder.blocks[1].mhsa.wv.weight.mul_(-2.0)
+        changed = model(feats, lengths)[0]
+    assert torch.allclose(changed, model(feats, lengths)[0], atol=1e-6)
+    assert not torch.allclose(changed, padded, atol=1e-3)

@@ -238,9 +238,39 @@ class SelfAttention(nn.Module):
             x = x.new_zeros(b, t, self.num_heads * size).index_copy(2, index, x)
         return x.view(b, t, self.num_heads, size).transpose(1, 2)
 
+    def _padded_weights(self) -> tuple[torch.Tensor, ...]:
+        """The projections with zero rows (and the output projection with zero columns) at the padded head
+        positions, so one matrix product gives the padded (B, T, H * head_size) layout: inference of a
+        model with unequal heads without scattering activations (which cost more than pruning saved at
+        batch 1). Derived from the compact weights, never saved; rebuilt when any of them changes."""
+        layers = (self.wq, self.wk, self.wv, self.wo)
+        key = tuple(t._version for layer in layers for t in (layer.weight, layer.bias)) + (self.wq.weight.device,)
+        if getattr(self, "_padded_key", None) != key:
+            width = self.num_heads * self.head_size
+
+            def rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+                return t.new_zeros((width,) + t.shape[1:]).index_copy(0, index, t)
+            wo = self.wo.weight.new_zeros(self.wo.out_features, width).index_copy(1, self.v_index, self.wo.weight)
+            self._padded = (rows(self.wq.weight, self.q_index), rows(self.wq.bias, self.q_index),
+                            rows(self.wk.weight, self.q_index), rows(self.wk.bias, self.q_index),
+                            rows(self.wv.weight, self.v_index), rows(self.wv.bias, self.v_index), wo)
+            self._padded_key = key
+        return self._padded
+
+    def _padded_inference(self) -> bool:
+        return (not self.uniform and not self.training and not torch.is_grad_enabled()
+                and isinstance(self.query_gate, nn.Identity) and isinstance(self.value_gate, nn.Identity)
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         x = self.norm(x)
+        if self._padded_inference():
+            wq, bq, wk, bk, wv, bv, wo = self._padded_weights()
+            q, k, v = (F.linear(x, w, bias).view(b, t, self.num_heads, self.head_size).transpose(1, 2)
+                       for w, bias in ((wq, bq), (wk, bk), (wv, bv)))  # (B, H, T, head_size) each
+            attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=self.scale)
+            return self.dropout(F.linear(attn.transpose(1, 2).reshape(b, t, -1), wo, self.wo.bias))
         q = self._heads(self.query_gate(self.wq(x)), self.q_index, self.head_size)
         k = self._heads(self.wk(x), self.q_index, self.head_size)
         v = self._heads(self.value_gate(self.wv(x)), self.v_index, self.head_size)
