@@ -48,15 +48,21 @@ def random_pair(experiment: str, reduction: float, folder: Path) -> tuple[Path, 
     return folder / "dense.pt", folder / "pruned.pt"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_pair_arguments(doc: str, repeats: int) -> argparse.Namespace:
+    """The dense/pruned pair a latency benchmark compares: two model.pt files (--dense, --pruned), or the
+    recipe's shape pruned by random decisions to about --reduction fewer parameters; 2 threads."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default=str(ROOT / "experiments" / "dense.toml"))
     parser.add_argument("--dense", type=Path)
     parser.add_argument("--pruned", type=Path)
     parser.add_argument("--reduction", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=30)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=repeats)
     torch.set_num_threads(2)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = model_pair_arguments(__doc__, repeats=30)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = {"dense": args.dense, "pruned": args.pruned}

@@ -11,7 +11,6 @@ Ends with one JSON line: {"parts": {part: {"dense_ms", "pruned_ms", "flop_ratio"
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -26,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from deploy_latency import random_pair  # noqa: E402
+from deploy_latency import model_pair_arguments, random_pair  # noqa: E402
 
 from study.evaluation.accounting import encoder_inputs  # noqa: E402
 from study.model.conformer import ConformerCTC  # noqa: E402
@@ -73,14 +72,7 @@ def part_flops(model: ConformerCTC, feats: torch.Tensor, lengths: torch.Tensor) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", default=str(ROOT / "experiments" / "dense.toml"))
-    parser.add_argument("--dense", type=Path)
-    parser.add_argument("--pruned", type=Path)
-    parser.add_argument("--reduction", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=40)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+    args = model_pair_arguments(__doc__, repeats=40)
     with tempfile.TemporaryDirectory() as tmp:
         paths = (args.dense, args.pruned) if args.dense and args.pruned else random_pair(args.experiment, args.reduction, Path(tmp))
         models = {name: load_model(path)[0].eval() for name, path in zip(("dense", "pruned"), paths)}
