@@ -67,6 +67,14 @@ def init(device: torch.device) -> None:
                                 device_id=device if device.type == "cuda" else None)
 
 
+def shutdown() -> None:
+    """Leaves the process group before the interpreter exits: a rank that exited with it alive could
+    abort in the C++ teardown of gloo's threads ("terminate called without an active exception", seen
+    once in CI on the rank that only trains), failing a trial that had finished."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def launch(config_path: Path, processes: int, tracking_uri: str, runs_dir: Path, tags_json: str) -> None:
     """Runs the trial whose resolved configuration is at config_path under torchrun on this machine."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",

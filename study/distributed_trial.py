@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from study import distributed
 from study.config import load_config
 from study.sweep.experiment_file import load_experiment
 from study.tracking.store import resolve_tracking_uri
@@ -27,7 +28,10 @@ def main() -> None:
     else:
         from sweep import parse_overrides
         cfg = load_experiment(args.experiment).config(extra=parse_overrides(args.overrides))
-    run_trial(cfg, resolve_tracking_uri(args.tracking_uri), Path(args.runs_dir), json.loads(args.tags))
+    try:
+        run_trial(cfg, resolve_tracking_uri(args.tracking_uri), Path(args.runs_dir), json.loads(args.tags))
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":
