@@ -256,7 +256,9 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         "locations": _locations(_column(runs, "tags.locations"), _column(runs, "params.adl.locations"), method),
         "seed": _numeric(_column(runs, "tags.seed").fillna(_column(runs, "params.train.seed"))).astype("Int64"),
         "tau": _numeric(_column(runs, "params.adl.tau")).where(is_adl),
-        "alpha": _numeric(_column(runs, "params.adl.alpha")).where(is_adl),
+        # the budget controller replaces the alpha term: its trials have no alpha to show
+        "alpha": _numeric(_column(runs, "params.adl.alpha")).where(
+            is_adl & ~(_numeric(_column(runs, "params.adl.target_reduction")).fillna(0) > 0)),
         "threshold": _numeric(_column(runs, "params.adl.threshold")).where(is_adl),
         "budget_params": budget.where(is_baseline).round().astype("Int64"),
         "target_reduction": reduction_target.where(is_baseline),
