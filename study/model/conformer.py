@@ -231,11 +231,17 @@ class SelfAttention(nn.Module):
         self.register_buffer("q_index", _padded_index(query_dims, self.head_size), persistent=False)
         self.register_buffer("v_index", _padded_index(value_dims, self.head_size), persistent=False)
 
+    def _padded(self, x: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+        """`x` with its compact units along `dim` scattered into the zero-padded H * head_size layout."""
+        shape = list(x.shape)
+        shape[dim] = self.num_heads * self.head_size
+        return x.new_zeros(shape).index_copy(dim, index, x)
+
     def _heads(self, x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
         """(B, T, sum dims) -> (B, H, T, size), zero-padded per head."""
         b, t, _ = x.shape
         if not self.uniform:
-            x = x.new_zeros(b, t, self.num_heads * size).index_copy(2, index, x)
+            x = self._padded(x, 2, index)
         return x.view(b, t, self.num_heads, size).transpose(1, 2)
 
     def _padded_weights(self) -> tuple[torch.Tensor, ...]:
@@ -246,16 +252,11 @@ class SelfAttention(nn.Module):
         layers = (self.wq, self.wk, self.wv, self.wo)
         key = tuple(t._version for layer in layers for t in (layer.weight, layer.bias)) + (self.wq.weight.device,)
         if getattr(self, "_padded_key", None) != key:
-            width = self.num_heads * self.head_size
-
-            def rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-                return t.new_zeros((width,) + t.shape[1:]).index_copy(0, index, t)
-            wo = self.wo.weight.new_zeros(self.wo.out_features, width).index_copy(1, self.v_index, self.wo.weight)
-            self._padded = (rows(self.wq.weight, self.q_index), rows(self.wq.bias, self.q_index),
-                            rows(self.wk.weight, self.q_index), rows(self.wk.bias, self.q_index),
-                            rows(self.wv.weight, self.v_index), rows(self.wv.bias, self.v_index), wo)
+            projections = ((self.wq, self.q_index), (self.wk, self.q_index), (self.wv, self.v_index))
+            rows = [self._padded(t, 0, index) for layer, index in projections for t in (layer.weight, layer.bias)]
+            self._padded_cache = (*rows, self._padded(self.wo.weight, 1, self.v_index))  # wo: padded columns
             self._padded_key = key
-        return self._padded
+        return self._padded_cache
 
     def _padded_inference(self) -> bool:
         return (not self.uniform and not self.training and not torch.is_grad_enabled()
