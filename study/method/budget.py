@@ -70,7 +70,8 @@ class BudgetController:
         self.dense_total = analytic_params(cfg, dense_widths(cfg), model.n_mels, model.head.out_features)["total"]
         self.lambdas = nn.Parameter(torch.zeros(2, device=model.head.weight.device))  # lambda1, lambda2
 
-    def expected_reduction(self, cut: bool = False) -> torch.Tensor:
+    def reduction(self, cut: bool = False) -> torch.Tensor:
+        """The expected reduction, or with `cut` the threshold cut's (straight-through)."""
         return 1.0 - expected_params(self.model, self.cfg, cut) / self.dense_total
 
     def target_at(self, t: float) -> float:
@@ -78,7 +79,7 @@ class BudgetController:
         return self.target * min(1.0, t / self.warmup) if self.warmup > 0 else self.target
 
     def loss(self, t: float) -> torch.Tensor:
-        gap = self.expected_reduction(cut=self.measure == "cut") - self.target_at(t)
+        gap = self.reduction(cut=self.measure == "cut") - self.target_at(t)
         return self.lambdas[0] * gap + self.lambdas[1] * gap.pow(2)
 
     def param_group(self, lr: float) -> dict:
@@ -87,6 +88,6 @@ class BudgetController:
 
     def metrics(self, t: float) -> dict[str, float]:
         with torch.no_grad():
-            return {"adl/expected_reduction": float(self.expected_reduction()),
-                    "adl/cut_reduction": float(self.expected_reduction(cut=True)), "adl/target_reduction": self.target_at(t),
+            return {"adl/expected_reduction": float(self.reduction()),
+                    "adl/cut_reduction": float(self.reduction(cut=True)), "adl/target_reduction": self.target_at(t),
                     "adl/lambda1": float(self.lambdas[0]), "adl/lambda2": float(self.lambdas[1])}
