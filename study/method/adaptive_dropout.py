@@ -42,7 +42,7 @@ class AdaptiveDropout(nn.Module):
     def __init__(self, units: int, location: str, settings: AdlSettings, noise: LogisticNoise | None = None):
         super().__init__()
         self.location, self.settings = location, settings
-        self.noise = noise or LogisticNoise(pooled=settings.noise == "pooled")  # shared by a model's layers
+        self.noise = noise or LogisticNoise(settings.noise)  # shared by a model's layers
         self.beta = nn.Parameter(torch.full((units,), float(settings.beta0)))
         self.tau = settings.tau  # may be annealed during training
         self.frozen = False  # hard phase: train with the evaluation (thresholded) masks

@@ -25,7 +25,7 @@ def group_width(block: ConformerBlock, group: str) -> int:
 
 def attach_adls(model: ConformerCTC, locations: list[str], settings: AdlSettings) -> list[AdaptiveDropout]:
     """Puts an ADL at every gate seam of the enabled locations; returns them in block order."""
-    layers, noise = [], LogisticNoise(pooled=settings.noise == "pooled")
+    layers, noise = [], LogisticNoise(settings.noise)
     for block in model.encoder.blocks:
         for group in GROUPS:
             if GROUP_LOCATION[group] in locations:

@@ -28,8 +28,8 @@ def logistic_(values: torch.Tensor) -> torch.Tensor:
 class LogisticNoise:
     """One pool per device, shared by every layer of a model (attach_adls makes one per model)."""
 
-    def __init__(self, pooled: bool = True):
-        self.pooled = pooled
+    def __init__(self, mode: str = "pooled"):  # adl.noise: pooled | fresh
+        self.pooled = mode == "pooled"
         self.pools: dict[torch.device, torch.Tensor] = {}
 
     def draw(self, shape: torch.Size | tuple[int, ...], device: torch.device) -> torch.Tensor:
