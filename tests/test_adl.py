@@ -1,6 +1,7 @@
 """The adaptive dropout layer, its regulariser and schedule, and an adaptive-dropout trial end to end."""
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,28 @@ def test_adaptive_dropout_with_no_location_is_the_dense_model(tiny_config, track
     for key in ("params/total", "params/encoder", "flops/encoder_10s", "dev/wer", "dev/cer", "test/wer", "test/cer"):
         assert none[key] == dense[key], key
     assert 0.0 < dense["dev/cer"] < 1.0  # a trained model, not two empty outputs that agree by accident
+
+
+def test_hard_concrete_masks_reach_exactly_zero_and_one_with_their_probabilities():
+    """Louizos et al. 2018: P(z = 0) = 1 - sigmoid(beta + tau log 11), P(z = 1) = sigmoid(beta - tau log 11);
+    evaluation multiplies by clip(1.2 sigmoid(beta) - 0.1, 0, 1), which is exactly 0 or 1 for |beta| > 2.4."""
+    tau = 2 / 3
+    layer = AdaptiveDropout(4, "ffn", AdlSettings(gate="hard_concrete", tau=tau, noise="fresh"))
+    layer.beta.data = torch.tensor([-3.0, -1.0, 0.5, 2.0])
+    torch.manual_seed(0)
+    mask = layer.train()(torch.ones(50, 2000, 4)).reshape(-1, 4)  # (samples, n)
+    shift = tau * math.log(11.0)
+    assert torch.allclose((mask == 0).float().mean(0), 1 - torch.sigmoid(layer.beta.data + shift), atol=0.01)
+    assert torch.allclose((mask == 1).float().mean(0), torch.sigmoid(layer.beta.data - shift), atol=0.01)
+    assert torch.allclose(layer.keep_probability.detach(), torch.sigmoid(layer.beta.data + shift))
+    gate = (torch.sigmoid(layer.beta.data) * 1.2 - 0.1).clamp(0, 1)
+    assert torch.allclose(layer.retention.detach(), gate) and gate[0] == 0.0
+    assert torch.allclose(layer.eval()(torch.ones(1, 1, 4))[0, 0], torch.where(gate >= 0.5, gate, 0.0))
+    layer.beta.data = torch.tensor([-2.5, 2.5, 0.0, 0.0])
+    assert layer.retention[:2].tolist() == [0.0, 1.0]
+
+
+def test_hard_concrete_rejects_the_inverted_rescale():
+    from study.config import AdlConfig
+    with pytest.raises(ValueError, match="hard_concrete"):
+        AdlConfig(gate="hard_concrete", rescale="inverted", inference="hard").validate()

@@ -21,15 +21,16 @@ CFG = ModelConfig(d_model=32, num_heads=4, ffn_dim=48, conv_channels=24, conv_ke
 N_MELS, VOCAB = 40, 29
 
 
-def model_with_adls(locations):
+def model_with_adls(locations, gate="gumbel_sigmoid"):
     torch.manual_seed(0)
     model = ConformerCTC(CFG, N_MELS, VOCAB)
-    return model, attach_adls(model, locations, AdlSettings())
+    return model, attach_adls(model, locations, AdlSettings(gate=gate))
 
 
 @pytest.mark.parametrize("locations", [list(s) for r in (1, 2, 3) for s in itertools.combinations(("ffn", "mhsa", "conv"), r)])
-def test_expected_size_is_the_pruned_models_real_size_once_every_unit_is_decided(locations):
-    model, layers = model_with_adls(locations)
+@pytest.mark.parametrize("gate", ["gumbel_sigmoid", "hard_concrete"])
+def test_expected_size_is_the_pruned_models_real_size_once_every_unit_is_decided(locations, gate):
+    model, layers = model_with_adls(locations, gate)
     for layer in layers:  # p = 0 or 1 (|beta| = 100): a random half of the units go
         layer.beta.data = torch.where(torch.rand_like(layer.beta) < 0.5, -100.0, 100.0)
     block0, block1 = model.encoder.blocks
@@ -72,15 +73,17 @@ def test_the_cut_measure_is_the_pruned_size_of_undecided_units_with_the_expectat
     assert all(g.abs().sum() > 0 for g in straight)  # the logits still feel the size
 
 
-@pytest.mark.parametrize("target,measure", [(0.3, "expected"), (0.5, "expected"), (0.5, "cut"), (0.7, "cut")])
-def test_the_lagrangian_drives_its_measure_to_the_target(target, measure):
+@pytest.mark.parametrize("target,measure,gate", [(0.3, "expected", "gumbel_sigmoid"), (0.5, "expected", "gumbel_sigmoid"),
+                                               (0.5, "cut", "gumbel_sigmoid"), (0.7, "cut", "gumbel_sigmoid"),
+                                               (0.5, "expected", "hard_concrete"), (0.5, "cut", "hard_concrete")])
+def test_the_lagrangian_drives_its_measure_to_the_target(target, measure, gate):
     """The budget term alone (no task loss): logits descend, multipliers ascend; the measured reduction
     settles within a point of the target and the multipliers turn positive/negative as the gap demands."""
-    model, layers = model_with_adls(["ffn", "mhsa", "conv"])
+    model, layers = model_with_adls(["ffn", "mhsa", "conv"], gate)
     for layer in layers:  # units start spread out, as the task loss would keep them, so they cross one by one
         layer.beta.data = 3.0 + torch.randn_like(layer.beta)
     budget = BudgetController(model, CFG, target, warmup=0.2, measure=measure)
-    adl = AdlController(layers, AdlConfig(lambda_lr=0.05, lr=0.05), budget)
+    adl = AdlController(layers, AdlConfig(lambda_lr=0.05, lr=0.05, gate=gate), budget)
     groups = adl.param_groups(model, lr=0.0, weight_decay=0.0)
     optimizer = torch.optim.AdamW(groups, fused=True)
     steps = 600

@@ -66,6 +66,16 @@ def test_pruned_model_equals_unpruned_in_eval_mode(locations, inference):
     assert not any(name.endswith("beta") for name, _ in pruned.named_parameters())
 
 
+@pytest.mark.parametrize("inference", ["expected", "hard"])
+def test_exact_with_hard_concrete_gates(inference):
+    model, layers = trained_like_model(["ffn", "mhsa", "conv"], AdlSettings(gate="hard_concrete", inference=inference))
+    gates = torch.cat([layer.retention.detach() for layer in layers])
+    assert (gates == 0).any() and (gates == 1).any() and ((gates > 0.5) & (gates < 1)).any()
+    pruned, widths = prune(model, CFG, adl_decisions(model))
+    assert_exact(model, pruned)
+    assert count_params(pruned) == analytic_params(CFG, widths, N_MELS, VOCAB)["total"]
+
+
 @pytest.mark.parametrize("front_end", ["conv2d", "conv1d"])
 def test_exact_with_the_8x_front_end_and_a_bpe_sized_head(front_end):
     """The front end is never pruned; invariants 1 and 2 hold whatever its frame rate and the head's size."""

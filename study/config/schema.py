@@ -121,6 +121,9 @@ class AdlConfig:
     # study/method/noise.py); fresh: drawn anew for every element
     noise: str = knob("pooled", choices=("pooled", "fresh"))
     straight_through: bool = False
+    # gumbel_sigmoid: the paper's relaxed Bernoulli; hard_concrete: Louizos et al. 2018 (stretched to
+    # (-0.1, 1.1) and clipped, so masks and evaluation gates reach exactly 0 and 1; they use tau = 2/3)
+    gate: str = knob("gumbel_sigmoid", choices=("gumbel_sigmoid", "hard_concrete"))
     rescale: str = knob("none", choices=("none", "inverted"))
     beta0: float = 3.0  # initial logit (p = 0.95)
     c0: float = 3.0  # regulariser target c(t) falls from c0 to c1 between t0 and t1
@@ -157,6 +160,10 @@ class AdlConfig:
             raise ValueError(f"adl.t1 ({self.t1}) must be >= adl.t0 ({self.t0})")
         if len(set(self.locations)) != len(self.locations):
             raise ValueError(f"adl.locations: repeated location in {self.locations}")
+        if self.rescale == "inverted" and self.gate == "hard_concrete":
+            raise ValueError('adl.rescale = "inverted" divides by sigmoid(beta), the mean of a Gumbel-sigmoid '
+                             'mask\'s decision; a hard concrete mask has another mean: use adl.rescale = "none" '
+                             'with adl.gate = "hard_concrete"')
         if self.rescale == "inverted" and self.inference == "expected":
             raise ValueError('adl.rescale = "inverted" trains on x * mask / p, whose mean is x, so evaluation must '
                              'keep units unscaled: set adl.inference = "hard" (inference = "expected" would give x * p)')

@@ -4,6 +4,10 @@ Each unit d has a trainable logit beta[d]; its retention probability is p = sigm
 Training draws a relaxed Bernoulli (Gumbel-sigmoid) mask with temperature tau; evaluation keeps
 units with p >= threshold, scaled by p ("expected") or not ("hard"). The regulariser
 alpha * mean (beta - c(t))^2 pulls logits toward a target that falls during training.
+
+gate = "hard_concrete" (Louizos et al. 2018, METHOD.md 1b) stretches the relaxed mask to (-0.1, 1.1)
+and clips it to [0, 1], so masks are exactly 0 or 1 with real probability; its evaluation gate
+clip(sigmoid(beta) * 1.2 - 0.1, 0, 1) takes the place of p (exactly 0 or 1 once |beta| > 2.4).
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ from torch import nn
 
 from study.config import AdlConfig
 from study.method.noise import LogisticNoise
+
+STRETCH = (-0.1, 1.1)  # the hard concrete's stretch limits (gamma, zeta)
 
 
 @dataclass
@@ -28,12 +34,13 @@ class AdlSettings:
     rescale: str = "none"  # none | inverted
     beta0: float = 3.0
     noise: str = "pooled"  # pooled | fresh (study/method/noise.py)
+    gate: str = "gumbel_sigmoid"  # gumbel_sigmoid | hard_concrete
 
     @classmethod
     def from_config(cls, cfg: AdlConfig) -> "AdlSettings":
         return cls(tau=cfg.tau, threshold=cfg.threshold, inference=cfg.inference,
                    mask_granularity=cfg.mask_granularity, straight_through=cfg.straight_through,
-                   rescale=cfg.rescale, beta0=cfg.beta0, noise=cfg.noise)
+                   rescale=cfg.rescale, beta0=cfg.beta0, noise=cfg.noise, gate=cfg.gate)
 
 
 class AdaptiveDropout(nn.Module):
@@ -49,8 +56,19 @@ class AdaptiveDropout(nn.Module):
         self.uncut = False  # evaluation without the threshold cut: every unit times p (a diagnostic)
 
     @property
-    def retention(self) -> torch.Tensor:  # (n,)
-        return torch.sigmoid(self.beta)
+    def hard_concrete(self) -> bool:
+        return self.settings.gate == "hard_concrete"
+
+    @property
+    def retention(self) -> torch.Tensor:  # (n,) what evaluation multiplies a unit by before the cut
+        p = torch.sigmoid(self.beta)
+        return _stretch(p) if self.hard_concrete else p
+
+    @property
+    def keep_probability(self) -> torch.Tensor:  # (n,) probability that a training mask keeps the unit
+        if self.hard_concrete:  # P(z > 0) = sigmoid(beta - tau log(-gamma / zeta)): the expected L0 norm
+            return torch.sigmoid(self.beta - self.tau * math.log(-STRETCH[0] / STRETCH[1]))
+        return torch.sigmoid(self.beta)  # P(m > 1/2)
 
     def keep_mask(self) -> torch.Tensor:  # (n,) bool: the units that survive pruning
         return self.retention.detach() >= self.settings.threshold
@@ -71,11 +89,19 @@ class AdaptiveDropout(nn.Module):
         noise = self.noise.draw(shape, x.device)  # logistic: log(u) - log(1 - u)
         # sigmoid((noise + beta) / tau) as one pass for the sum and one in place for the sigmoid
         mask = torch.add(self.beta / self.tau, noise, alpha=1.0 / self.tau).sigmoid_()
+        if self.hard_concrete:
+            mask = _stretch(mask)
         if s.straight_through:
             mask = mask + ((mask > 0.5).to(mask.dtype) - mask).detach()
         if s.rescale == "inverted":
             mask = mask / self.retention.detach().clamp_min(0.05)
         return x * mask.to(x.dtype)
+
+
+def _stretch(s: torch.Tensor) -> torch.Tensor:
+    """The hard concrete's stretch to (gamma, zeta) and clip to [0, 1]."""
+    low, high = STRETCH
+    return (s * (high - low) + low).clamp(0.0, 1.0)
 
 
 def target_logit(t: float, c0: float, c1: float, t0: float, t1: float) -> float:

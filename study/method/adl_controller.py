@@ -102,7 +102,8 @@ class AdlController:
             ax.axvline(self.cfg.threshold, color="tab:red", linestyle="--", label=f"threshold {self.cfg.threshold}")
             kept = float((p >= self.cfg.threshold).float().mean())
             ax.set_title(f"{loc}: {kept:.0%} of {p.numel()} units kept")
-            ax.set_xlabel("retention probability p = sigmoid(beta)")
+            ax.set_xlabel("evaluation gate clip(1.2 sigmoid(beta) - 0.1, 0, 1)" if self.cfg.gate == "hard_concrete"
+                          else "retention probability p = sigmoid(beta)")
             ax.set_ylabel("units")
             ax.legend(fontsize=8)
         fig.tight_layout()

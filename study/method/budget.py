@@ -21,11 +21,12 @@ from study.model.size import analytic_params, front_end_params
 
 
 def _keep_probabilities(block: nn.Module, group: str, cut: bool) -> torch.Tensor:
-    """(n,) probability that each unit of a group survives: its ADL's p, or 1 where no ADL sits.
-    cut: the threshold's 0/1 decisions in value, p's gradient (straight-through)."""
+    """(n,) probability that each unit of a group survives: its ADL's keep probability (p, or a hard
+    concrete's P(z > 0)), or 1 where no ADL sits. cut: the threshold's 0/1 decisions in value, the keep
+    probability's gradient (straight-through)."""
     gate = getattr(*gate_seam(block, group))
     if isinstance(gate, AdaptiveDropout):
-        p = gate.retention
+        p = gate.keep_probability
         return p + (gate.keep_mask().to(p.dtype) - p).detach() if cut else p
     return torch.ones(group_width(block, group), device=block.norm.weight.device)
 
