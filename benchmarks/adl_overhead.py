@@ -3,7 +3,7 @@
 One run, one process: (1) training-step time (forward + backward + AdamW) of the default model
 with ADLs at all three locations over the dense model, same batch, interleaved rounds: frame masks
 with pooled noise (the default), with noise drawn fresh for every element (adl.noise = "fresh"),
-and utterance masks. (2) Encoder latency at batch 1 on 10 s of audio of a pruned model against the
+with hard concrete gates (adl.gate), with straight-through masks, and utterance masks. (2) Encoder latency at batch 1 on 10 s of audio of a pruned model against the
 dense one, beside their FLOP ratio. The pruned model comes from --model (a model.pt exported by
 an adaptive-dropout trial) or, by default, from ADL logits drawn so that about --prune of the
 units fall below the threshold.
@@ -63,11 +63,14 @@ def main() -> None:
     lengths = torch.randint(args.frames // 2, args.frames + 1, (args.batch,))
 
     models = {"dense": ConformerCTC(cfg, N_MELS, text.vocab_size())}
-    for name, granularity, noise in (("adl-frame", "frame", "pooled"), ("adl-frame-fresh", "frame", "fresh"),
-                                     ("adl-utterance", "utterance", "pooled")):
+    variants = {"adl-frame": AdlSettings(), "adl-frame-fresh": AdlSettings(noise="fresh"),
+                "adl-hard-concrete": AdlSettings(gate="hard_concrete", tau=2 / 3),
+                "adl-straight": AdlSettings(straight_through=True),
+                "adl-utterance": AdlSettings(mask_granularity="utterance")}
+    for name, settings in variants.items():
         torch.manual_seed(0)
         models[name] = ConformerCTC(cfg, N_MELS, text.vocab_size())
-        attach_adls(models[name], ["ffn", "mhsa", "conv"], AdlSettings(mask_granularity=granularity, noise=noise))
+        attach_adls(models[name], ["ffn", "mhsa", "conv"], settings)
     for model in models.values():
         train_step_ms(model, feats, lengths, 2)  # warm-up
     times = {name: [] for name in models}
@@ -92,9 +95,9 @@ def main() -> None:
     params = {"dense": count_params(dense), "pruned": count_params(pruned)}
 
     print(f"training step, batch {args.batch} x {args.frames} frames, {torch.get_num_threads()} threads (median ms)")
-    print(f"{'model':<16}{'step ms':>10}{'ratio':>8}")
+    print(f"{'model':<20}{'step ms':>10}{'ratio':>8}")
     for name in models:
-        print(f"{name:<16}{step[name]:>10.1f}{step[name] / step['dense']:>8.3f}")
+        print(f"{name:<20}{step[name]:>10.1f}{step[name] / step['dense']:>8.3f}")
     print("\ninference, encoder, batch 1, 10 s of audio")
     print(f"{'model':<16}{'params':>12}{'GFLOPs':>10}{'latency ms':>12}")
     for name in ("dense", "pruned"):
@@ -105,6 +108,8 @@ def main() -> None:
     print(json.dumps({"adl_step_time_ratio": round(step["adl-frame"] / step["dense"], 4),
                       "adl_step_time_ratio_fresh_noise": round(step["adl-frame-fresh"] / step["dense"], 4),
                       "adl_step_time_ratio_utterance": round(step["adl-utterance"] / step["dense"], 4),
+                      "adl_step_time_ratio_hard_concrete": round(step["adl-hard-concrete"] / step["dense"], 4),
+                      "adl_step_time_ratio_straight_through": round(step["adl-straight"] / step["dense"], 4),
                       "pruned_latency_speedup": round(speedup, 4), "flop_reduction_ratio": round(flop_ratio, 4),
                       "param_reduction": round(1 - params["pruned"] / params["dense"], 4)}))
 
