@@ -256,3 +256,15 @@ def test_hard_concrete_rejects_the_inverted_rescale():
     from study.config import AdlConfig
     with pytest.raises(ValueError, match="hard_concrete"):
         AdlConfig(gate="hard_concrete", rescale="inverted", inference="hard").validate()
+
+
+def test_gradients_reach_the_logits_through_hard_concrete_masks_and_the_keep_probability():
+    layer = AdaptiveDropout(4, "conv", AdlSettings(gate="hard_concrete", tau=2 / 3))
+    layer.beta.data = torch.tensor([-2.0, 0.0, 1.0, 2.0])
+    x = torch.randn(8, 50, 4)  # (B, T, n)
+    torch.manual_seed(0)
+    (layer.train()(x) * torch.randn(8, 50, 4)).sum().backward()
+    assert torch.isfinite(layer.beta.grad).all() and (layer.beta.grad.abs() > 0).all()
+    layer.beta.grad = None
+    layer.keep_probability.sum().backward()  # what the budget controller differentiates
+    assert (layer.beta.grad > 0).all()

@@ -101,7 +101,7 @@ class AdaptiveDropout(nn.Module):
 def _stretch(s: torch.Tensor) -> torch.Tensor:
     """The hard concrete's stretch to (gamma, zeta) and clip to [0, 1]."""
     low, high = STRETCH
-    return (s * (high - low) + low).clamp(0.0, 1.0)
+    return s.mul(high - low).add_(low).clamp_(0.0, 1.0)  # one new tensor (s may be saved for backward)
 
 
 def target_logit(t: float, c0: float, c1: float, t0: float, t1: float) -> float:
