@@ -269,7 +269,7 @@ def retention_histograms(frame: pd.DataFrame, retention: dict[str, dict[str, np.
         for t in thresholds:
             ax.axvline(t, color="black", linestyle="--", linewidth=1, label=f"pruning threshold {t:g}")
         ax.set_xlim(0, 1)
-        ax.set_xlabel("retention probability p (final)")
+        ax.set_xlabel("retention p, or a hard concrete gate's evaluation value (final)")
         ax.set_ylabel("units (% of the location's units)")
         ax.set_title(loc)
     _series_legend(fig, axes, series)
