@@ -3,10 +3,10 @@
 One run, one process: (1) training-step time (forward + backward + AdamW) of the default model
 with ADLs at all three locations over the dense model, same batch, interleaved rounds: frame masks
 with pooled noise (the default), with noise drawn fresh for every element (adl.noise = "fresh"),
-with hard concrete gates (adl.gate), with straight-through masks, and utterance masks. (2) Encoder latency at batch 1 on 10 s of audio of a pruned model against the
-dense one, beside their FLOP ratio. The pruned model comes from --model (a model.pt exported by
-an adaptive-dropout trial) or, by default, from ADL logits drawn so that about --prune of the
-units fall below the threshold.
+with hard concrete gates (adl.gate), with straight-through masks, and utterance masks. (2) Encoder
+latency at batch 1 on 10 s of audio of a pruned model against the dense one, beside their FLOP ratio.
+The pruned model comes from --model (a model.pt exported by an adaptive-dropout trial) or, by default,
+from ADL logits drawn so that about --prune of the units fall below the threshold.
 Ends with one JSON line: {"adl_step_time_ratio", "adl_step_time_ratio_fresh_noise", "pruned_latency_speedup", "flop_reduction_ratio", ...}.
 """
 from __future__ import annotations
