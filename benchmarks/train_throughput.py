@@ -1,12 +1,14 @@
 """Training throughput: audio seconds trained per wall second, the old recipe against the new one.
 
-Both recipes are `experiments/dense.toml` (its corpus, model widths and batch size); the old one
-overrides what the new one changed: character units and the 4x Conv2d front end of 32 channels (OLD). Each recipe
-trains the same utterances (the first --utterances of the training split) for one epoch at a time,
-the two alternating --rounds times in one process with 2 threads, so drift hits both alike; the
-median epoch counts. Features are cached beforehand, so only training is timed.
-Goal: speedup >= 1.8.
-Ends with one JSON line: {"audio_s_per_s_old": ..., "audio_s_per_s_new": ..., "speedup": ...}.
+Both recipes are `experiments/dense.toml` (its corpus and model widths); the old one overrides what
+the new one changed: character units, the 4x Conv2d front end of 32 channels and 16 s batches (OLD).
+A third row, the new units and front end at the old batch size, splits the gain between the model
+and the batch. Each recipe trains the same utterances (the first --utterances of the training split)
+for one epoch at a time, all of them alternating --rounds times in one process with 2 threads, so
+drift hits them alike; the median epoch counts. Features are cached beforehand, so only training is
+timed. Goal: speedup >= 1.8.
+Ends with one JSON line: {"audio_s_per_s_old": ..., "audio_s_per_s_new": ..., "speedup": ...,
+"speedup_at_old_batch": ...}.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from study.data.tokenizer import build_tokenizer  # noqa: E402
 from study.training import Trainer  # noqa: E402
 from study.trial_context import build_model  # noqa: E402
 
+OLD_BATCH = {"train.batch_seconds": 16.0}
 OLD = {"text.units": "char", "model.subsampling": 4, "model.front_end": "conv2d",
-       "model.subsampling_channels": 32}  # the recipe before issue 11
+       "model.subsampling_channels": 32, **OLD_BATCH}  # the recipe before issue 11
 
 
 def main() -> None:
@@ -41,7 +44,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
 
-    recipes = {"old": load_config(args.experiment, OLD), "new": load_config(args.experiment)}
+    recipes = {"old": load_config(args.experiment, OLD), "new@16s": load_config(args.experiment, OLD_BATCH),
+               "new": load_config(args.experiment)}
     data = prepare_data(recipes["new"])["train"]  # the corpus and features are the same for both
     train = SplitData(data.utterances[:args.utterances], data.features[:args.utterances])
     trainers, audio = {}, {}
@@ -61,14 +65,16 @@ def main() -> None:
                     seconds[name].append(time.perf_counter() - start)
 
     rate = {name: audio[name] / statistics.median(seconds[name]) for name in recipes}
-    print(f"{'recipe':8} {'units':6} {'front end':>9} {'utterances':>10} {'audio s':>8} {'epoch s':>8} {'audio s/s':>9}")
+    print(f"{'recipe':8} {'units':6} {'front end':>9} {'batch s':>7} {'steps':>5} {'audio s':>8} {'epoch s':>8} "
+          f"{'audio s/s':>9} {'vs old':>6}")
     for name, cfg in recipes.items():
-        print(f"{name:8} {cfg.text.units:6} {str(cfg.model.subsampling) + 'x':>9} {len(trainers[name].train_indices):>10} "
-              f"{audio[name]:8.0f} {statistics.median(seconds[name]):8.1f} {rate[name]:9.1f}")
+        print(f"{name:8} {cfg.text.units:6} {str(cfg.model.subsampling) + 'x':>9} {cfg.train.batch_seconds:7.0f} "
+              f"{trainers[name].steps_per_epoch:5} {audio[name]:8.0f} {statistics.median(seconds[name]):8.1f} "
+              f"{rate[name]:9.1f} {rate[name] / rate['old']:5.2f}x")
     speedup = rate["new"] / rate["old"]
     print(f"speedup {speedup:.2f}x (goal >= 1.8)")
     print(json.dumps({"audio_s_per_s_old": round(rate["old"], 2), "audio_s_per_s_new": round(rate["new"], 2),
-                      "speedup": round(speedup, 3)}))
+                      "speedup": round(speedup, 3), "speedup_at_old_batch": round(rate["new@16s"] / rate["old"], 3)}))
 
 
 if __name__ == "__main__":

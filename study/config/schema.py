@@ -95,7 +95,7 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = knob(18, min=1)
-    batch_seconds: float = knob(16.0, min=1.0)  # audio seconds per batch (length-bucketed)
+    batch_seconds: float = knob(48.0, min=1.0)  # audio seconds per batch (length-bucketed); README: the main recipe
     lr: float = knob(4e-3, min=0.0)
     weight_decay: float = knob(1e-2, min=0.0)
     warmup_fraction: float = knob(0.1, min=0.0, max=1.0)
