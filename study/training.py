@@ -59,6 +59,9 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
 
 
+CONSTANT_WARMUP = 0.1  # longest warm-up, as a fraction of all steps, of a group on the constant schedule
+
+
 def lr_lambda(total_steps: int, warmup_fraction: float, decay: bool = True) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to zero (or, without `decay`, the peak rate to the end)."""
     warmup = max(1, round(total_steps * warmup_fraction))
@@ -131,9 +134,12 @@ class Trainer:
         groups = param_groups or [{"params": list(model.parameters())}]
         # fused: one kernel for all parameters instead of a Python loop (a fifth of a CPU step otherwise)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
-        # A group may ask for {"schedule": "constant"} (the ADL logits): warm-up, then no decay.
+        # A group may ask for {"schedule": "constant"} (the ADL logits, the controller's multipliers):
+        # warm-up, then no decay. They must answer c(t) and the budget from early on, so their warm-up
+        # is the weights' capped at CONSTANT_WARMUP (short runs want a long one for the weights).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, [
-            lr_lambda(self.total_steps, cfg.train.warmup_fraction, decay=group.get("schedule", "shared") == "shared")
+            lr_lambda(self.total_steps, cfg.train.warmup_fraction) if group.get("schedule", "shared") == "shared"
+            else lr_lambda(self.total_steps, min(cfg.train.warmup_fraction, CONSTANT_WARMUP), decay=False)
             for group in self.optimizer.param_groups])
         self.spec_augment = SpecAugment(cfg.features)
         self.ctc = torch.nn.CTCLoss(blank=0, reduction="mean", zero_infinity=False)

@@ -94,8 +94,9 @@ def test_polarised_share_counts_units_outside_the_band():
 
 
 def test_logits_keep_their_learning_rate_when_the_weights_decay(tiny_config, tmp_path):
-    """adl.lr_schedule = "constant": after the shared warm-up the logits' rate stays at adl.lr to the
-    last step, where the weights' cosine has reached zero; "shared" decays both."""
+    """adl.lr_schedule = "constant": after their warm-up the logits' rate stays at adl.lr to the last
+    step, where the weights' cosine has reached zero; "shared" decays both. The logits' warm-up is the
+    weights' up to a tenth of training, never longer (the quick default warms the weights up for half)."""
     from study.data.features import mean_std
     from study.data.prepared import prepare_data
     from study.data.tokenizer import build_tokenizer
@@ -113,8 +114,14 @@ def test_logits_keep_their_learning_rate_when_the_weights_decay(tiny_config, tmp
                           torch.device("cpu"), param_groups=adl.param_groups(model, 1e-3, 0.01))
         weights, logits = trainer.scheduler.lr_lambdas
         end = trainer.total_steps
-        assert weights(0) == logits(0) < 1.0  # the same warm-up
+        assert weights(0) == logits(0) < 1.0  # the same warm-up (tiny_config's is a tenth)
         assert weights(end) == pytest.approx(0.0) and logits(end) == pytest.approx(logits_at_end)
+    tiny_config.adl.lr_schedule, tiny_config.train.warmup_fraction = "constant", 0.5
+    trainer = Trainer(tiny_config, model, train, tokenizer, *mean_std(train.features), tmp_path / "long.pt",
+                      torch.device("cpu"), param_groups=adl.param_groups(model, 1e-3, 0.01))
+    weights, logits = trainer.scheduler.lr_lambdas
+    tenth = round(trainer.total_steps * 0.1)
+    assert logits(tenth) == 1.0 and weights(tenth) < 0.5  # logits at full rate while the weights still warm up
 
 
 def test_batch_norm_recalibration_uses_evaluation_activations_and_changes_no_weight():

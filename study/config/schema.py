@@ -98,7 +98,7 @@ class TrainConfig:
     batch_seconds: float = knob(48.0, min=1.0)  # audio seconds per batch (length-bucketed); README: the main recipe
     lr: float = knob(4e-3, min=0.0)
     weight_decay: float = knob(1e-2, min=0.0)
-    warmup_fraction: float = knob(0.1, min=0.0, max=1.0)
+    warmup_fraction: float = knob(0.3, min=0.0, max=1.0)  # of all steps, then cosine decay
     grad_clip: float = knob(5.0, min=0.0)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
