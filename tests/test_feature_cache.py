@@ -2,6 +2,7 @@
 in parallel shards once, read by any number of processes without a private copy."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -64,3 +65,17 @@ print(mapped, anon_mb() - before)
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
     mapped, copied = map(float, out.stdout.split())
     assert size_mb > 20 and mapped < 0.25 * size_mb < copied
+
+
+def test_extraction_workers_die_of_sigterm_instead_of_inheriting_the_sweeps_handler():
+    """sweep.py turns SIGTERM into KeyboardInterrupt; the pool ends its children with SIGTERM, and a
+    forked child that kept the handler printed a traceback at the end of every first run."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(signum)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with feature_cache.extraction_pool(2) as pool:
+            handlers = pool.map(signal.getsignal, [signal.SIGTERM] * 2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert handlers == [signal.SIG_DFL] * 2

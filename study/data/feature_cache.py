@@ -14,8 +14,10 @@ from __future__ import annotations
 import itertools
 import json
 import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -79,6 +81,14 @@ def _remove_abandoned(folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def extraction_pool(workers: int) -> multiprocessing.pool.Pool:
+    # fork (as torch's DataLoader on Linux): children need no import of the caller's main module.
+    # The pool ends its children with SIGTERM: they must die of it, not run the handler they inherit
+    # (sweep.py's raises KeyboardInterrupt, which printed a child's traceback at the end of extraction).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method).Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL))
+
+
 def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder: Path,
                         workers: int | None = None) -> MappedFeatures:
     """The cache in `folder`, computed first if absent: shards in parallel processes, a progress bar."""
@@ -99,9 +109,7 @@ def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder
             results.append(_extract_shard(job))
             bar.update(len(job[0]))
     else:
-        # fork (as torch's DataLoader on Linux): children need no import of the caller's main module
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(workers) as pool:
+        with extraction_pool(workers) as pool:
             results = []
             for frames in pool.imap(_extract_shard, jobs):
                 results.append(frames)
