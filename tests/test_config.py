@@ -51,6 +51,7 @@ def test_unknown_key_is_rejected_with_its_name_and_file(tmp_path, body, key):
     ('[data]\nsource = "timit"\n', "data.source", "one of"),
     ("[model]\nd_model = 100\nnum_heads = 3\n", "model.d_model", "divisible"),
     ('[data]\ntrain_subsets = "train-clean-100"\n', "data.train_subsets", "list"),
+    ("[features]\nspeed_perturb = [0.9, 3.0]\n", "features.speed_perturb", "<= 2.0"),
     ('[model]\nfront_end = "conv1d"\nsubsampling = 4\n', "model.front_end", "subsampling = 8"),
     ('[adl]\nrescale = "inverted"\n', "adl.inference", "adl.rescale"),
 ])

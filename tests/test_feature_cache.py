@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 import torch
 
 from study.config import FeatureConfig
@@ -79,3 +80,31 @@ def test_extraction_workers_die_of_sigterm_instead_of_inheriting_the_sweeps_hand
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert handlers == [signal.SIG_DFL] * 2
+
+
+def test_speed_perturbation_adds_resampled_training_copies_and_leaves_other_splits_alone(tiny_config):
+    """features.speed_perturb = [0.9, 1.1]: the training split is the originals then one copy per
+    factor, each 1/factor as long with the same transcript; dev and test are the unperturbed ones."""
+    from study.data.prepared import prepare_data
+    plain = prepare_data(tiny_config)
+    tiny_config.features.speed_perturb = [0.9, 1.1]
+    perturbed = prepare_data(tiny_config)
+    n = len(plain["train"].utterances)
+    train = perturbed["train"]
+    assert len(train.utterances) == len(train.features) == 3 * n
+    assert train.transcripts == plain["train"].transcripts * 3
+    assert train.utterances[n].id == "sp0.9-" + train.utterances[0].id
+    for i in (0, n - 1):
+        assert torch.equal(train.features[i], plain["train"].features[i])  # the originals untouched
+        frames = plain["train"].features[i].shape[0]
+        for copy, factor in ((i + n, 0.9), (i + 2 * n, 1.1)):
+            assert abs(train.features[copy].shape[0] - frames / factor) <= 2  # (frames, n_mels), 10 ms hop
+            assert train.utterances[copy].duration == pytest.approx(train.utterances[i].duration / factor)
+
+    def centroid(feats: torch.Tensor) -> float:  # energy-weighted mean mel bin of (frames, n_mels)
+        energy = feats.float().exp()
+        return float((energy * torch.arange(feats.shape[1])).sum() / energy.sum())
+    # 0.9x speed moves the spectrum down, 1.1x up
+    assert centroid(train.features[n]) < centroid(train.features[0]) < centroid(train.features[2 * n])
+    for split in ("dev", "test"):
+        assert perturbed[split].features.folder == plain[split].features.folder  # the same cache

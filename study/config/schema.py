@@ -55,6 +55,9 @@ class FeatureConfig:
     # vocal tract length perturbation: each training utterance's mel axis stretched by a factor drawn
     # from [1 - freq_warp, 1 + freq_warp] (0 = off; 0.1 is the usual range)
     freq_warp: float = knob(0.0, min=0.0, max=0.5)
+    # speed perturbation (Ko et al. 2015): the training split gains one copy of every utterance per
+    # factor, its audio resampled so tempo and pitch both move ([0.9, 1.1] as Kaldi's recipes; [] = off)
+    speed_perturb: list[float] = knob(list, min=0.5, max=2.0, factory=True)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchaudio
 from tqdm import tqdm
 
 SHARD_UTTERANCES = 2000
@@ -56,18 +57,22 @@ class MappedFeatures(Sequence):
         return [frames for _, _, frames in self._where]
 
 
-def _extract_shard(job: tuple[list[str], dict, str, int]) -> list[int]:
-    """Decodes and featurises one shard's audio files into `path`; returns each utterance's frames."""
+def _extract_shard(job: tuple[list[str], list[float], dict, str, int]) -> list[int]:
+    """Decodes, speed-perturbs and featurises one shard's audio files into `path`; returns each
+    utterance's frames."""
     from study.config import FeatureConfig
-    from study.data.audio import load_audio
+    from study.data.audio import SAMPLE_RATE, load_audio
     from study.data.features import LogMel
-    paths, feature_cfg, path, threads = job
+    paths, speeds, feature_cfg, path, threads = job
     torch.set_num_threads(threads)
     logmel = LogMel(FeatureConfig(**feature_cfg))
     frames = []
     with open(path, "wb") as out, torch.inference_mode():
-        for audio in paths:
-            feats = logmel(load_audio(audio)).to(torch.float16).numpy()  # (frames, n_mels)
+        for audio, speed in zip(paths, speeds):
+            wave = load_audio(audio)  # (samples,)
+            if speed != 1:  # read as if recorded at speed x the rate: 1/speed the duration, speed x the pitch
+                wave = torchaudio.functional.resample(wave, round(SAMPLE_RATE * speed), SAMPLE_RATE)
+            feats = logmel(wave).to(torch.float16).numpy()  # (frames, n_mels)
             out.write(feats.tobytes())
             frames.append(feats.shape[0])
     return frames
@@ -90,8 +95,9 @@ def extraction_pool(workers: int) -> multiprocessing.pool.Pool:
 
 
 def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder: Path,
-                        workers: int | None = None) -> MappedFeatures:
-    """The cache in `folder`, computed first if absent: shards in parallel processes, a progress bar."""
+                        workers: int | None = None, speeds: list[float] | None = None) -> MappedFeatures:
+    """The cache in `folder`, computed first if absent: shards in parallel processes, a progress bar.
+    `speeds`: each file's speed-perturbation factor (default 1)."""
     if (folder / "index.json").is_file():
         return MappedFeatures(folder)
     _remove_abandoned(folder)
@@ -100,8 +106,9 @@ def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder
     starts = list(range(0, len(paths), SHARD_UTTERANCES)) or [0]
     names = [f"shard-{k:05d}.f16" for k in range(len(starts))]
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(starts)))
-    jobs = [(paths[s:s + SHARD_UTTERANCES], feature_cfg, str(tmp / n), 1 if workers > 1 else torch.get_num_threads())
-            for s, n in zip(starts, names)]
+    speeds = speeds or [1.0] * len(paths)
+    jobs = [(paths[s:s + SHARD_UTTERANCES], speeds[s:s + SHARD_UTTERANCES], feature_cfg, str(tmp / n),
+             1 if workers > 1 else torch.get_num_threads()) for s, n in zip(starts, names)]
     bar = tqdm(total=len(paths), desc=f"features {folder.name}", unit="utt", disable=None, leave=False)
     if workers == 1:
         results = []

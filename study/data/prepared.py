@@ -10,7 +10,7 @@ import torch
 
 from study.config import Config
 from study.data.feature_cache import MappedFeatures
-from study.data.features import compute_features
+from study.data.features import compute_features, speed_perturbed
 from study.data.manifest import Utterance
 from study.data.splits import SPLITS, load_extra_tests, load_splits
 
@@ -39,7 +39,9 @@ def prepare_data(cfg: Config) -> dict[str, SplitData]:
     data = {}
     for name in [*SPLITS, *cfg.data.extra_test_subsets]:
         utts = splits[name]
+        speeds = None
         if name == "train":
             utts = [u for u in utts if u.duration <= cfg.data.max_train_seconds]
-        data[name] = SplitData(utts, compute_features(utts, cfg.features, cache))
+            utts, speeds = speed_perturbed(utts, cfg.features.speed_perturb)
+        data[name] = SplitData(utts, compute_features(utts, cfg.features, cache, speeds))
     return data
