@@ -66,12 +66,16 @@ def _extract_shard(job: tuple[list[str], list[float], dict, str, int]) -> list[i
     paths, speeds, feature_cfg, path, threads = job
     torch.set_num_threads(threads)
     logmel = LogMel(FeatureConfig(**feature_cfg))
+    # read as if recorded at speed x the rate: 1/speed the duration, speed x the pitch; one filter
+    # kernel per factor, not one per utterance
+    resample = {speed: torchaudio.transforms.Resample(round(SAMPLE_RATE * speed), SAMPLE_RATE)
+                for speed in set(speeds) if speed != 1}
     frames = []
     with open(path, "wb") as out, torch.inference_mode():
         for audio, speed in zip(paths, speeds):
             wave = load_audio(audio)  # (samples,)
-            if speed != 1:  # read as if recorded at speed x the rate: 1/speed the duration, speed x the pitch
-                wave = torchaudio.functional.resample(wave, round(SAMPLE_RATE * speed), SAMPLE_RATE)
+            if speed != 1:
+                wave = resample[speed](wave)
             feats = logmel(wave).to(torch.float16).numpy()  # (frames, n_mels)
             out.write(feats.tobytes())
             frames.append(feats.shape[0])
