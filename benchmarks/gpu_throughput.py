@@ -24,13 +24,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from study.data.batching import round_up  # noqa: E402
 from study.data.features import mean_std  # noqa: E402
 from study.data.prepared import prepare_data  # noqa: E402
 from study.data.synthetic import build_synthetic_corpus  # noqa: E402
 from study.data.tokenizer import build_tokenizer  # noqa: E402
 from study.evaluation.accounting import device_name, synchronize  # noqa: E402
 from study.sweep.experiment_file import load_experiment  # noqa: E402
-from study.training import Trainer, resolve_device, use_device  # noqa: E402
+from study.training import PhaseClock, Trainer, resolve_device, use_device  # noqa: E402
 from study.trial_context import build_model  # noqa: E402
 
 
@@ -56,11 +57,26 @@ def profile_epoch(trainer: Trainer, device: torch.device) -> None:
     wall = time.perf_counter() - start
     events = prof.key_averages()
     print(events.table(sort_by="self_cuda_time_total" if on_gpu else "self_cpu_time_total", row_limit=25))
+    if on_gpu:  # the host's side: dispatch, launches and waits (cudaStreamSynchronize, blocking copies)
+        print(events.table(sort_by="self_cpu_time_total", row_limit=20))
     if on_gpu:
         # kernels only: the operator rows repeat their kernels' time
         busy = sum(e.self_device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA) / 1e6
         print(f"profiled epoch: {wall:.2f} s wall (with profiler overhead), {busy:.2f} s of kernels "
               f"({busy / wall:.0%} busy); {trainer.steps_per_epoch} steps")
+
+
+def phase_table(trainer: Trainer, epoch: int, device: torch.device) -> None:
+    """Host time per phase of one more epoch's steps (no profiler overhead): dispatch, or waiting."""
+    trainer.clock = PhaseClock()
+    wall = timed(lambda: trainer.train_epoch(epoch), device)
+    trainer.clock.mark("device tail")  # after the last step: waiting for the queued kernels
+    seconds, steps = trainer.clock.seconds, trainer.steps_per_epoch
+    trainer.clock = None
+    print(f"{'phase':14} {'ms/step':>8} {'share':>6}")
+    for phase, total in seconds.items():
+        print(f"{phase:14} {1000 * total / steps:8.1f} {total / wall:6.0%}")
+    print(f"{'epoch':14} {1000 * wall / steps:8.1f} ({steps} steps)")
 
 
 def main() -> None:
@@ -72,13 +88,17 @@ def main() -> None:
     parser.add_argument("--batch-seconds", type=float, help="train.batch_seconds (default: the experiment's)")
     parser.add_argument("--train-on-cpu", action="store_true", help="also time training without a GPU (slow)")
     parser.add_argument("--cache-dir", default="runs/cache")
+    parser.add_argument("--length-multiple", type=int, help="train.length_multiple (default: the experiment's)")
+    parser.add_argument("--epochs", type=int, default=1, help="timed training epochs (after the warm-up one)")
     parser.add_argument("--profile", action="store_true", help="print a profile of one more training epoch")
+    parser.add_argument("--phases", action="store_true", help="print the host time per phase of one more epoch")
     args = parser.parse_args()
 
     cfg = load_experiment(args.experiment).config(extra={
         "data.source": "synthetic", "data.extra_test_subsets": [], "data.cache_dir": args.cache_dir, "data.synthetic.train_utterances": args.utterances,
         "train.device": args.device, "train.compile": args.compile, "train.threads": 0,
-        **({"train.batch_seconds": args.batch_seconds} if args.batch_seconds else {})})
+        **({"train.batch_seconds": args.batch_seconds} if args.batch_seconds else {}),
+        **({"train.length_multiple": args.length_multiple} if args.length_multiple else {})})
     device = resolve_device(cfg.train.device)
     use_device(device)
     start = time.perf_counter()
@@ -90,7 +110,7 @@ def main() -> None:
     model = build_model(cfg, tokenizer.vocab_size)
     params = sum(p.numel() for p in model.parameters())
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, model, train, tokenizer, mean, std, Path(tmp) / "c.pt", device, epochs=2)
+        trainer = Trainer(cfg, model, train, tokenizer, mean, std, Path(tmp) / "c.pt", device, epochs=args.epochs + 3)
         audio = sum(train.utterances[i].duration for i in trainer.train_indices)
         batches = trainer._epoch_batches(0)
 
@@ -104,13 +124,19 @@ def main() -> None:
             trainer.train_epoch(0)  # warm-up: cuDNN/cuBLAS choices, compilation
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            train_rate = audio / timed(lambda: trainer.train_epoch(1), device)
+            train_rate = args.epochs * audio / timed(
+                lambda: [trainer.train_epoch(1 + e) for e in range(args.epochs)], device)
+            if args.phases:
+                phase_table(trainer, args.epochs + 1, device)
             if args.profile:
                 profile_epoch(trainer, device)
 
     name = device_name(device)
+    lengths = trainer.train_data.lengths
+    shapes = {(len(b), round_up(max(lengths[i] for i in b), cfg.train.length_multiple)) for b in batches}
     print(f"device {name}; model {params / 1e6:.1f}M parameters; {len(trainer.train_indices)} utterances, "
-          f"{audio / 3600:.2f} h of audio, {len(batches)} batches of <= {cfg.train.batch_seconds:.0f} s; "
+          f"{audio / 3600:.2f} h of audio, {len(batches)} batches of <= {cfg.train.batch_seconds:.0f} s "
+          f"({len(shapes)} distinct shapes, frames padded to a multiple of {cfg.train.length_multiple}); "
           f"corpus and features ready in {prep_seconds:.0f} s")
     print(f"{'measure':10} {'audio s/s':>10}")
     print(f"{'pipeline':10} {pipeline_rate:10.0f}")

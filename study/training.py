@@ -96,6 +96,21 @@ def compile_blocks(model: torch.nn.Module) -> None:
         block.compile(dynamic=True)
 
 
+class PhaseClock:
+    """Host wall time per phase of the training steps (`benchmarks/gpu_throughput.py --phases`): where
+    the host spends a step. A phase that waits for the device (a sync) absorbs the device's lag."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        """Charges the time since the previous mark to `phase`."""
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self.last
+        self.last = now
+
+
 class Trainer:
     def __init__(self, cfg: Config, model: torch.nn.Module, train: SplitData, tokenizer: Tokenizer, mean: torch.Tensor,
                  std: torch.Tensor, checkpoint_path: Path, device: torch.device, epochs: int | None = None,
@@ -145,11 +160,13 @@ class Trainer:
         self.ctc = torch.nn.CTCLoss(blank=0, reduction="mean", zero_infinity=False)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
         self.history = History()
+        self.clock: PhaseClock | None = None  # set to time the phases of each step
 
     def _batches(self, shuffle_seed: int | None) -> list[list[int]]:
         """Length-bucketed batches of the trainable utterances, as indices into the training split."""
         lengths = [self.train_data.lengths[i] for i in self.train_indices]
-        return [[self.train_indices[i] for i in b] for b in make_batches(lengths, self.max_frames, shuffle_seed)]
+        return [[self.train_indices[i] for i in b] for b in make_batches(
+            lengths, self.max_frames, shuffle_seed, self.cfg.train.length_multiple)]
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's global batches; under DDP each rank's share of each (every rank needs one
@@ -184,7 +201,8 @@ class Trainer:
         """The input pipeline: batches padded (and pinned, for a GPU) ahead in a background thread, copied
         without blocking, then normalised and augmented on the device: (batch, (B, T, F) features)."""
         pin = self.device.type == "cuda"
-        make = lambda indices: pad_batch(indices, self.train_data.features, self.targets, pin=pin)  # noqa: E731
+        make = lambda indices: pad_batch(indices, self.train_data.features, self.targets, pin=pin,  # noqa: E731
+                                         multiple=self.cfg.train.length_multiple)
         for host_batch in prefetch(batches, make, background=pin):
             batch = host_batch.to(self.device)
             feats = normalise(batch.features, batch.feature_lengths, self.mean, self.std)
@@ -212,21 +230,28 @@ class Trainer:
         sums = torch.zeros(2, device=self.device)  # CTC and regulariser, summed over utterances
         total_utts, start = 0, time.perf_counter()
         bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False, disable=None)
+        mark = self.clock.mark if self.clock else lambda phase: None
+        mark("epoch start")
         for step, (batch, feats) in enumerate(self.device_batches(batches)):
+            mark("data")
             t = (epoch * self.steps_per_epoch + step) / self.total_steps  # fraction of training done
             if self.on_step:
                 self.on_step(t)  # e.g. the ADL temperature: set before this step's forward pass
             with self.autocast:
                 log_probs, out_lengths = self.step_model(feats, batch.feature_lengths)
+            mark("forward")
             ctc = self.ctc(log_probs.float().transpose(0, 1), batch.targets, out_lengths, batch.target_lengths)
             reg = self.regulariser(t) if self.regulariser else torch.zeros((), device=self.device)
             loss = ctc + reg
+            mark("loss")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            mark("backward")
             if self.cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip, foreach=True)
             self.optimizer.step()
             self.scheduler.step()
+            mark("optimizer")
             sums += torch.stack([ctc.detach(), reg.detach().to(self.device)]) * len(batch.indices)
             total_utts += len(batch.indices)
             bar.update()
@@ -237,6 +262,7 @@ class Trainer:
                                         f"(summed CTC {ctc_sum}, regulariser {reg_sum})")
                 bar.set_postfix(loss=f"{(ctc_sum + reg_sum) / total_utts:.3f}",
                                 utt_s=f"{total_utts / (time.perf_counter() - start):.1f}")
+            mark("bookkeeping")
         bar.close()
         if self.world > 1:  # the whole global batch's figures, not this rank's share
             totals = torch.tensor([ctc_sum, reg_sum, total_utts], dtype=torch.float64, device=self.device)
