@@ -108,3 +108,10 @@ def test_speed_perturbation_adds_resampled_training_copies_and_leaves_other_spli
     assert centroid(train.features[n]) < centroid(train.features[0]) < centroid(train.features[2 * n])
     for split in ("dev", "test"):
         assert perturbed[split].features.folder == plain[split].features.folder  # the same cache
+    # one cache per factor: the originals' is the unperturbed split's, and another factor list reuses
+    # the caches of the factors it shares
+    assert [part.folder for part in train.features.parts][0] == plain["train"].features.folder
+    assert train.lengths == [f.shape[0] for f in train.features]
+    tiny_config.features.speed_perturb = [1.1]
+    again = prepare_data(tiny_config)["train"]
+    assert [p.folder for p in again.features.parts] == [p.folder for p in train.features.parts[::2]]

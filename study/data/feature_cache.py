@@ -57,6 +57,30 @@ class MappedFeatures(Sequence):
         return [frames for _, _, frames in self._where]
 
 
+class ChainedFeatures(Sequence):
+    """Several caches read as one split (the training split's originals, then its copy at each speed
+    factor, each in a cache of its own, so a new factor list reuses every cache it shares)."""
+
+    def __init__(self, parts: list[MappedFeatures]):
+        self.parts = parts
+        self._where = [(k, i) for k, part in enumerate(parts) for i in range(len(part))]
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        part, j = self._where[i]
+        return self.parts[part][j]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (f for part in self.parts for f in part)
+
+    def frames(self) -> list[int]:
+        return [n for part in self.parts for n in part.frames()]
+
+
 def _extract_shard(job: tuple[list[str], list[float], dict, str, int]) -> list[int]:
     """Decodes, speed-perturbs and featurises one shard's audio files into `path`; returns each
     utterance's frames."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from study.config import Config
-from study.data.feature_cache import MappedFeatures
+from study.data.feature_cache import ChainedFeatures, MappedFeatures
 from study.data.features import compute_features, speed_perturbed
 from study.data.manifest import Utterance
 from study.data.splits import SPLITS, load_extra_tests, load_splits
@@ -27,21 +27,27 @@ class SplitData:
 
     @cached_property
     def lengths(self) -> list[int]:
-        if isinstance(self.features, MappedFeatures):
+        if isinstance(self.features, (MappedFeatures, ChainedFeatures)):
             return self.features.frames()  # from the index, without touching the mapped data
         return [f.shape[0] for f in self.features]
 
 
 def prepare_data(cfg: Config) -> dict[str, SplitData]:
-    """Lists and checks every split, then computes (or reads cached) log-mel features."""
+    """Lists and checks every split, then computes (or reads cached) log-mel features; the training
+    split's speed-perturbed copies (features.speed_perturb) follow its originals, one cache per factor."""
     splits = {**load_splits(cfg.data), **load_extra_tests(cfg.data)}
     cache = Path(cfg.data.cache_dir) / "features"
     data = {}
     for name in [*SPLITS, *cfg.data.extra_test_subsets]:
         utts = splits[name]
-        speeds = None
-        if name == "train":
-            utts = [u for u in utts if u.duration <= cfg.data.max_train_seconds]
-            utts, speeds = speed_perturbed(utts, cfg.features.speed_perturb)
-        data[name] = SplitData(utts, compute_features(utts, cfg.features, cache, speeds))
+        if name != "train":
+            data[name] = SplitData(utts, compute_features(utts, cfg.features, cache))
+            continue
+        originals = [u for u in utts if u.duration <= cfg.data.max_train_seconds]
+        utts, speeds = speed_perturbed(originals, cfg.features.speed_perturb)
+        # the originals, then their copy at each factor: a cache each, so factor lists share caches
+        n = max(1, len(originals))
+        parts = [compute_features(utts[k:k + n], cfg.features, cache, speeds[k:k + n])
+                 for k in range(0, max(1, len(utts)), n)]
+        data[name] = SplitData(utts, parts[0] if len(parts) == 1 else ChainedFeatures(parts))
     return data
