@@ -24,7 +24,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from study.data.batching import round_up  # noqa: E402
 from study.data.features import mean_std  # noqa: E402
 from study.data.prepared import prepare_data  # noqa: E402
 from study.data.synthetic import build_synthetic_corpus  # noqa: E402
@@ -88,7 +87,6 @@ def main() -> None:
     parser.add_argument("--batch-seconds", type=float, help="train.batch_seconds (default: the experiment's)")
     parser.add_argument("--train-on-cpu", action="store_true", help="also time training without a GPU (slow)")
     parser.add_argument("--cache-dir", default="runs/cache")
-    parser.add_argument("--length-multiple", type=int, help="train.length_multiple (default: the experiment's)")
     parser.add_argument("--epochs", type=int, default=1, help="timed training epochs (after the warm-up one)")
     parser.add_argument("--profile", action="store_true", help="print a profile of one more training epoch")
     parser.add_argument("--phases", action="store_true", help="print the host time per phase of one more epoch")
@@ -97,8 +95,7 @@ def main() -> None:
     cfg = load_experiment(args.experiment).config(extra={
         "data.source": "synthetic", "data.extra_test_subsets": [], "data.cache_dir": args.cache_dir, "data.synthetic.train_utterances": args.utterances,
         "train.device": args.device, "train.compile": args.compile, "train.threads": 0,
-        **({"train.batch_seconds": args.batch_seconds} if args.batch_seconds else {}),
-        **({"train.length_multiple": args.length_multiple} if args.length_multiple else {})})
+        **({"train.batch_seconds": args.batch_seconds} if args.batch_seconds else {})})
     device = resolve_device(cfg.train.device)
     use_device(device)
     start = time.perf_counter()
@@ -133,10 +130,10 @@ def main() -> None:
 
     name = device_name(device)
     lengths = trainer.train_data.lengths
-    shapes = {(len(b), round_up(max(lengths[i] for i in b), cfg.train.length_multiple)) for b in batches}
+    shapes = {(len(b), max(lengths[i] for i in b)) for b in batches}
     print(f"device {name}; model {params / 1e6:.1f}M parameters; {len(trainer.train_indices)} utterances, "
           f"{audio / 3600:.2f} h of audio, {len(batches)} batches of <= {cfg.train.batch_seconds:.0f} s "
-          f"({len(shapes)} distinct shapes, frames padded to a multiple of {cfg.train.length_multiple}); "
+          f"({len(shapes)} distinct shapes); "
           f"corpus and features ready in {prep_seconds:.0f} s")
     print(f"{'measure':10} {'audio s/s':>10}")
     print(f"{'pipeline':10} {pipeline_rate:10.0f}")

@@ -165,8 +165,7 @@ class Trainer:
     def _batches(self, shuffle_seed: int | None) -> list[list[int]]:
         """Length-bucketed batches of the trainable utterances, as indices into the training split."""
         lengths = [self.train_data.lengths[i] for i in self.train_indices]
-        return [[self.train_indices[i] for i in b] for b in make_batches(
-            lengths, self.max_frames, shuffle_seed, self.cfg.train.length_multiple)]
+        return [[self.train_indices[i] for i in b] for b in make_batches(lengths, self.max_frames, shuffle_seed)]
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's global batches; under DDP each rank's share of each (every rank needs one
@@ -201,8 +200,7 @@ class Trainer:
         """The input pipeline: batches padded (and pinned, for a GPU) ahead in a background thread, copied
         without blocking, then normalised and augmented on the device: (batch, (B, T, F) features)."""
         pin = self.device.type == "cuda"
-        make = lambda indices: pad_batch(indices, self.train_data.features, self.targets, pin=pin,  # noqa: E731
-                                         multiple=self.cfg.train.length_multiple)
+        make = lambda indices: pad_batch(indices, self.train_data.features, self.targets, pin=pin)  # noqa: E731
         for host_batch in prefetch(batches, make, background=pin):
             batch = host_batch.to(self.device)
             feats = normalise(batch.features, batch.feature_lengths, self.mean, self.std)

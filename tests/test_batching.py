@@ -65,26 +65,3 @@ def test_frequency_warping_moves_a_formant_by_its_factor_and_keeps_identity_at_o
     torch.manual_seed(0)
     y = augment(torch.randn(4, 20, 80))
     assert y.shape == (4, 20, 80) and torch.isfinite(y).all()
-
-
-def test_a_length_multiple_pads_frames_to_it_and_sizes_batches_by_the_padded_length():
-    """`train.length_multiple`: on a GPU every new (B, T) shape costs plan building, so frames are padded
-    to a multiple and batches sized by that padded length; full batches of one length bucket then share
-    one shape, and the padding is zeros the masks ignore."""
-    lengths = [5, 9, 4, 8, 6, 7, 3, 17, 12, 10, 11, 16, 15, 13]
-    feats = utterances(lengths)
-    batches = make_batches(lengths, max_frames=48, shuffle_seed=None, multiple=8)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    shapes = []
-    for indices in batches:
-        longest = max(lengths[i] for i in indices)
-        assert len(indices) * -(-longest // 8) * 8 <= 48  # the budget holds for the padded length
-        batch = pad_batch(indices, feats, multiple=8)
-        assert batch.features.shape[1] == -(-longest // 8) * 8  # (B, T, F), T rounded up to the multiple
-        for row, i in enumerate(indices):
-            assert torch.equal(batch.features[row, : lengths[i]], feats[i])
-            assert not batch.features[row, lengths[i]:].any()
-        assert batch.feature_lengths.tolist() == [lengths[i] for i in indices]  # the true lengths
-        shapes.append(tuple(batch.features.shape[:2]))
-    assert shapes == [(6, 8), (3, 16), (3, 16), (2, 24)]  # 3-8 frames: 6 fit in 48; 9-15: 3; 16 + 17: 2 at 24
-    assert make_batches(lengths, 48, None, multiple=1) == make_batches(lengths, 48, None)

@@ -108,9 +108,6 @@ class TrainConfig:
     threads: int = knob(0, min=0)  # CPU threads; 0 = every core this process may use
     compile: bool = False  # torch.compile each Conformer block (pays off on a GPU)
     processes: int = knob(1, min=1)  # > 1: DistributedDataParallel over this many processes (study/distributed.py)
-    # > 1: each training batch's frames padded up to a multiple of this, and batches sized by that padded
-    # length, so on a GPU a few shapes repeat (cuDNN plans and compiled kernels are built once per shape)
-    length_multiple: int = knob(1, min=1)
 
 
 @dataclass

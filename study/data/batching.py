@@ -27,19 +27,12 @@ class Batch:
         return self.map(lambda t: t.to(device, non_blocking=True))
 
 
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def make_batches(lengths: list[int], max_frames: int, shuffle_seed: int | None, multiple: int = 1) -> list[list[int]]:
+def make_batches(lengths: list[int], max_frames: int, shuffle_seed: int | None) -> list[list[int]]:
     """Group indices sorted by length into batches whose padded size stays under max_frames.
 
     With a seed, batch order is shuffled (and neighbours jittered) so epochs differ but stay
-    reproducible; without one, order is fixed (evaluation). With `multiple`, a batch is sized by its
-    longest length rounded up to that multiple (as `pad_batch` pads it), so full batches of one
-    length bucket all have the same (B, T) shape.
+    reproducible; without one, order is fixed (evaluation).
     """
-    lengths = [round_up(n, multiple) for n in lengths]
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     if shuffle_seed is not None:
         rng = random.Random(shuffle_seed)
@@ -61,15 +54,12 @@ def make_batches(lengths: list[int], max_frames: int, shuffle_seed: int | None, 
 
 
 def pad_batch(indices: list[int], features: list[torch.Tensor], targets: list[list[int]] | None = None,
-              pin: bool = False, multiple: int = 1) -> Batch:
-    """Raw padded features (their stored dtype, half the bytes of float32 to copy), their frames padded
-    up to a multiple of `multiple`, and, when `targets` (unit ids per utterance) are given, padded
-    targets; in pinned memory when `pin` (for a GPU)."""
+              pin: bool = False) -> Batch:
+    """Raw padded features (their stored dtype, half the bytes of float32 to copy) and, when `targets`
+    (unit ids per utterance) are given, padded targets; in pinned memory when `pin` (for a GPU)."""
     feats = [features[i] for i in indices]
     ids = [torch.tensor(targets[i] if targets else [], dtype=torch.long) for i in indices]
-    padded = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)  # (B, T, F)
-    extra = round_up(padded.shape[1], multiple) - padded.shape[1]
-    batch = Batch(features=torch.nn.functional.pad(padded, (0, 0, 0, extra)) if extra else padded,
+    batch = Batch(features=torch.nn.utils.rnn.pad_sequence(feats, batch_first=True),
                   feature_lengths=torch.tensor([f.shape[0] for f in feats]),
                   targets=torch.nn.utils.rnn.pad_sequence(ids, batch_first=True),
                   target_lengths=torch.tensor([len(t) for t in ids]), indices=indices)
