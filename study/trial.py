@@ -42,6 +42,7 @@ from study.tracking.trial_record import (
     record_done,
     record_run,
     trial_dir,
+    trial_lock,
     unfinished_run,
 )
 from study.training import Trainer, resolve_device, set_threads, use_device
@@ -64,8 +65,17 @@ def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
               tags: dict[str, str] | None = None) -> TrialResult:
     """Runs (or resumes) one trial; the MLflow run ends FINISHED or FAILED (KILLED on Ctrl-C or SIGTERM).
 
-    A trial whose folder says DONE, with its run FINISHED in this store, is not run again."""
+    A trial whose folder says DONE, with its run FINISHED in this store, is not run again; one that
+    another process is running is waited for."""
     folder = trial_dir(cfg, runs_dir)
+    if rank_and_world()[1] > 1:  # a rank under torchrun: the process that launched it holds the lock
+        return _run_trial(cfg, folder, tracking_uri, runs_dir, tags)
+    with trial_lock(folder):
+        return _run_trial(cfg, folder, tracking_uri, runs_dir, tags)
+
+
+def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
+               tags: dict[str, str] | None) -> TrialResult:
     finished = finished_result(folder, tracking_uri)
     if finished:
         return finished

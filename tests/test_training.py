@@ -144,3 +144,35 @@ def test_phase_clock_accounts_for_every_step_of_the_epoch(tiny_config, tmp_path)
     assert 0.9 * wall <= sum(seconds.values()) <= wall and seconds["backward"] > 0
     assert len(forwards) == trainer.steps_per_epoch and len(set(forwards)) == len(forwards)  # marked anew each step
     assert math.isfinite(metrics["train/loss"])
+
+
+def test_two_processes_needing_the_same_untrained_dense_source_train_it_once(tiny_config, tracking_uri, tmp_path):
+    """Two magnitude trials started at once, in two processes, before their dense source exists (as two
+    sweep workers do): one trains the dense model, the other waits for it instead of training it beside
+    the first into the same checkpoint, and both prune the same dense run."""
+    import subprocess
+    import sys
+
+    from study.config import dumps_toml, to_dict
+    from study.data.prepared import prepare_data
+    prepare_data(tiny_config)  # the corpus and the store made first, as the sweep's driver does
+    mlflow.MlflowClient(tracking_uri).search_experiments()
+    tiny_config.train.epochs = 2
+    tiny_config.method = "magnitude_structured"
+    paths = []
+    for reduction in (0.3, 0.5):
+        tiny_config.prune.target_reduction = reduction
+        paths.append(tmp_path / f"magnitude-{reduction}.toml")
+        paths[-1].write_text(dumps_toml(to_dict(tiny_config)))
+    procs = [subprocess.Popen([sys.executable, "-m", "study.distributed_trial", "--resolved", str(p),
+                               "--tracking-uri", tracking_uri, "--runs-dir", str(tmp_path / "runs")],
+                              cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for p in paths]
+    logs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], logs
+    assert sum("is running in another process: waiting for it" in log for log in logs) == 1, logs
+    client, runs = finished_run(tracking_uri)
+    dense = [r for r in runs if r.data.tags["method"] == "dense"]
+    pruned = [r for r in runs if r.data.tags["method"] == "magnitude_structured"]
+    assert len(dense) == 1 and len(pruned) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["source_dense_run_id"] for r in pruned} == {dense[0].info.run_id}

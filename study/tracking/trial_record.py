@@ -2,8 +2,11 @@
 MLflow run of an interrupted attempt (resumed, not duplicated), and DONE with the final figures."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,22 @@ def trial_key(cfg: Config) -> str:
 
 def trial_dir(cfg: Config, runs_dir: Path) -> Path:
     return Path(runs_dir) / "trials" / cfg.tracking.experiment / trial_key(cfg)
+
+
+@contextmanager
+def trial_lock(folder: Path) -> Iterator[None]:
+    """Held while a process runs the trial in `folder`. Another process that starts the same trial (two
+    magnitude trials whose dense source is not trained yet) waits here, then finds it finished, instead
+    of training it beside the first into the same checkpoint. An exclusive flock: the system lets go of
+    it when its holder dies, so a killed trial never blocks its resumption."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"trial {folder.name} is running in another process: waiting for it", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def finished_result(folder: Path, tracking_uri: str) -> TrialResult | None:
