@@ -328,3 +328,17 @@ match = "adaptive_dropout"
     for run in matched:  # at or just under its adaptive run's size
         target = int(run.data.tags["budget.target_params"])
         assert 0.99 * target <= run.data.metrics["params/total"] <= target
+
+
+def test_dense_points_are_handed_out_first():
+    """Magnitude trials start from the dense model of their recipe: with the dense points first, two
+    workers train the dense models at once instead of one waiting for the other."""
+    from study.sweep.experiment_file import load_experiment
+    from study.sweep.worker import grid_sampler, point_param
+    points = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "pareto.toml").points()
+    keys = [p.key for p in points]
+    study = optuna.create_study(sampler=grid_sampler(points))
+    drawn = []
+    study.optimize(lambda trial: drawn.append(json.loads(trial.suggest_categorical(point_param(keys), keys))) or 0.0)
+    assert [d["method"] for d in drawn[:2]] == ["dense", "dense"] and {d["train.seed"] for d in drawn[:2]} == {0, 1}
+    assert sorted(json.dumps(d, sort_keys=True) for d in drawn) == sorted(keys)  # every point once
