@@ -56,9 +56,9 @@ def profile_epoch(trainer: Trainer, device: torch.device) -> None:
     wall = time.perf_counter() - start
     events = prof.key_averages()
     print(events.table(sort_by="self_cuda_time_total" if on_gpu else "self_cpu_time_total", row_limit=25))
-    if on_gpu:  # the host's side: dispatch, launches and waits (cudaStreamSynchronize, blocking copies)
-        print(events.table(sort_by="self_cpu_time_total", row_limit=20))
     if on_gpu:
+        # the host's side: dispatch, launches and waits (cudaStreamSynchronize, blocking copies)
+        print(events.table(sort_by="self_cpu_time_total", row_limit=20))
         # kernels only: the operator rows repeat their kernels' time
         busy = sum(e.self_device_time_total for e in prof.events() if e.device_type == DeviceType.CUDA) / 1e6
         print(f"profiled epoch: {wall:.2f} s wall (with profiler overhead), {busy:.2f} s of kernels "
