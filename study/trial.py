@@ -172,8 +172,8 @@ def _trainable(ctx: TrialContext) -> Trainable:
     if cfg.method != "adaptive_dropout":
         return Trainable(model, ctx.trainer(model, "checkpoint.pt"), None, cfg.model, dense_widths(cfg.model))
     layers = attach_adls(model, cfg.adl.locations, AdlSettings.from_config(cfg.adl))
-    budget = (BudgetController(model, cfg.model, cfg.adl.target_reduction, cfg.adl.target_warmup, cfg.adl.target_measure)
-              if cfg.adl.target_reduction else None)
+    budget = (BudgetController(model, cfg.model, cfg.adl.target_reduction, cfg.adl.target_warmup, cfg.adl.target_measure,
+                               cfg.adl.anti_windup) if cfg.adl.target_reduction else None)
     adl = AdlController(layers, cfg.adl, budget)
     trainer = ctx.trainer(model, "checkpoint.pt", param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay),
                           regulariser=adl.loss, on_step=adl.begin_step, checkpointed=adl.checkpointed())

@@ -121,3 +121,27 @@ def test_a_budget_trial_logs_the_controller_and_resumes_its_multipliers(tiny_con
         assert key in run.data.metrics, key
     assert run.data.metrics["adl/target_reduction"] == pytest.approx(0.3)
     assert 0.0 <= metrics["params/reduction"] < 1.0
+
+
+@pytest.mark.parametrize("anti_windup", [False, True])
+def test_anti_windup_stops_the_multiplier_pushing_past_the_target(anti_windup):
+    """Logits slower than the multipliers (as under a task loss): lambda1 winds up while the cut lags the
+    ramp. Without the reset the cut runs far past the target before coming back; with it, barely."""
+    model, layers = model_with_adls(["ffn", "mhsa", "conv"], "hard_concrete")
+    for layer in layers:
+        layer.beta.data = 3.0 + torch.randn_like(layer.beta)
+    target = 0.7
+    budget = BudgetController(model, CFG, target, warmup=0.5, measure="cut", anti_windup=anti_windup)
+    adl = AdlController(layers, AdlConfig(lambda_lr=0.05, lr=0.01, gate="hard_concrete"), budget)
+    optimizer = torch.optim.AdamW(adl.param_groups(model, lr=0.0, weight_decay=0.0), fused=True)
+    steps, peak = 600, 0.0
+    for step in range(steps):
+        optimizer.zero_grad()
+        adl.loss(step / steps).backward()
+        optimizer.step()
+        peak = max(peak, float(budget.reduction(cut=True).detach()))
+    if anti_windup:
+        assert peak - target < 0.02
+        assert float(budget.reduction(cut=True).detach()) == pytest.approx(target, abs=0.01)
+    else:  # the failure the reset exists for
+        assert peak - target > 0.1
