@@ -81,25 +81,23 @@ class ChainedFeatures(Sequence):
         return [n for part in self.parts for n in part.frames()]
 
 
-def _extract_shard(job: tuple[list[str], list[float], dict, str, int]) -> list[int]:
+def _extract_shard(job: tuple[list[str], float, dict, str, int]) -> list[int]:
     """Decodes, speed-perturbs and featurises one shard's audio files into `path`; returns each
     utterance's frames."""
     from study.config import FeatureConfig
     from study.data.audio import SAMPLE_RATE, load_audio
     from study.data.features import LogMel
-    paths, speeds, feature_cfg, path, threads = job
+    paths, speed, feature_cfg, path, threads = job
     torch.set_num_threads(threads)
     logmel = LogMel(FeatureConfig(**feature_cfg))
-    # read as if recorded at speed x the rate: 1/speed the duration, speed x the pitch; one filter
-    # kernel per factor, not one per utterance
-    resample = {speed: torchaudio.transforms.Resample(round(SAMPLE_RATE * speed), SAMPLE_RATE)
-                for speed in set(speeds) if speed != 1}
+    # read as if recorded at speed x the rate: 1/speed the duration, speed x the pitch
+    resample = torchaudio.transforms.Resample(round(SAMPLE_RATE * speed), SAMPLE_RATE) if speed != 1 else None
     frames = []
     with open(path, "wb") as out, torch.inference_mode():
-        for audio, speed in zip(paths, speeds):
+        for audio in paths:
             wave = load_audio(audio)  # (samples,)
-            if speed != 1:
-                wave = resample[speed](wave)
+            if resample is not None:
+                wave = resample(wave)
             feats = logmel(wave).to(torch.float16).numpy()  # (frames, n_mels)
             out.write(feats.tobytes())
             frames.append(feats.shape[0])
@@ -123,9 +121,9 @@ def extraction_pool(workers: int) -> multiprocessing.pool.Pool:
 
 
 def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder: Path,
-                        workers: int | None = None, speeds: list[float] | None = None) -> MappedFeatures:
+                        workers: int | None = None, speed: float = 1.0) -> MappedFeatures:
     """The cache in `folder`, computed first if absent: shards in parallel processes, a progress bar.
-    `speeds`: each file's speed-perturbation factor (default 1)."""
+    `speed`: the speed-perturbation factor every file is read at."""
     if (folder / "index.json").is_file():
         return MappedFeatures(folder)
     _remove_abandoned(folder)
@@ -134,8 +132,7 @@ def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder
     starts = list(range(0, len(paths), SHARD_UTTERANCES)) or [0]
     names = [f"shard-{k:05d}.f16" for k in range(len(starts))]
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(starts)))
-    speeds = speeds or [1.0] * len(paths)
-    jobs = [(paths[s:s + SHARD_UTTERANCES], speeds[s:s + SHARD_UTTERANCES], feature_cfg, str(tmp / n),
+    jobs = [(paths[s:s + SHARD_UTTERANCES], speed, feature_cfg, str(tmp / n),
              1 if workers > 1 else torch.get_num_threads()) for s, n in zip(starts, names)]
     bar = tqdm(total=len(paths), desc=f"features {folder.name}", unit="utt", disable=None, leave=False)
     if workers == 1:

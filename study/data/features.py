@@ -33,34 +33,29 @@ class LogMel(torch.nn.Module):
         return torch.log(self.mel(wave) + 1e-6).transpose(0, 1)
 
 
-def _cache_key(utterances: list[Utterance], speeds: list[float], cfg: FeatureConfig) -> str:
+def _cache_key(utterances: list[Utterance], speed: float, cfg: FeatureConfig) -> str:
     settings = asdict(cfg)
-    del settings["speed_perturb"]  # a split's copies and their speeds are in the utterance list
+    del settings["speed_perturb"]  # a split's copies and their speed are in the utterance list
     digest = hashlib.sha256(json.dumps([FEATURE_FORMAT_VERSION, settings]).encode())
-    for u, speed in zip(utterances, speeds):
-        perturbed = "" if speed == 1 else f"\t{speed}"  # unperturbed splits keep their former keys
+    perturbed = "" if speed == 1 else f"\t{speed}"  # unperturbed splits keep their former keys
+    for u in utterances:
         digest.update(f"{u.id}\t{u.path}\t{u.duration}{perturbed}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def speed_perturbed(utterances: list[Utterance], factors: list[float]) -> tuple[list[Utterance], list[float]]:
-    """The utterances followed by one copy per factor (id prefixed `sp<factor>-`, duration / factor),
-    and the speed each is featurised at."""
-    out, speeds = list(utterances), [1.0] * len(utterances)
-    for factor in factors:
-        out += [replace(u, id=f"sp{factor:g}-{u.id}", duration=u.duration / factor) for u in utterances]
-        speeds += [factor] * len(utterances)
-    return out, speeds
+def speed_copy(utterances: list[Utterance], factor: float) -> list[Utterance]:
+    """The utterances as heard at a speed factor: id prefixed `sp<factor>-`, duration / factor."""
+    if factor == 1:
+        return list(utterances)
+    return [replace(u, id=f"sp{factor:g}-{u.id}", duration=u.duration / factor) for u in utterances]
 
 
 def compute_features(utterances: list[Utterance], cfg: FeatureConfig, cache_dir: Path,
-                     speeds: list[float] | None = None) -> MappedFeatures:
-    """The (frames, n_mels) float16 features of each utterance, in manifest order, each at its speed
-    (default 1), from the sharded, memory-mapped cache (study/data/feature_cache.py), computed there
-    first if absent."""
-    speeds = speeds or [1.0] * len(utterances)
-    folder = Path(cache_dir) / _cache_key(utterances, speeds, cfg)
-    return build_feature_cache([u.path for u in utterances], asdict(cfg), cfg.n_mels, folder, speeds=speeds)
+                     speed: float = 1.0) -> MappedFeatures:
+    """The (frames, n_mels) float16 features of each utterance, in manifest order, read at `speed`,
+    from the sharded, memory-mapped cache (study/data/feature_cache.py), computed there first if absent."""
+    folder = Path(cache_dir) / _cache_key(utterances, speed, cfg)
+    return build_feature_cache([u.path for u in utterances], asdict(cfg), cfg.n_mels, folder, speed=speed)
 
 
 def mean_std(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ import torch
 
 from study.config import Config
 from study.data.feature_cache import ChainedFeatures, MappedFeatures
-from study.data.features import compute_features, speed_perturbed
+from study.data.features import compute_features, speed_copy
 from study.data.manifest import Utterance
 from study.data.splits import SPLITS, load_extra_tests, load_splits
 
@@ -44,10 +44,10 @@ def prepare_data(cfg: Config) -> dict[str, SplitData]:
             data[name] = SplitData(utts, compute_features(utts, cfg.features, cache))
             continue
         originals = [u for u in utts if u.duration <= cfg.data.max_train_seconds]
-        utts, speeds = speed_perturbed(originals, cfg.features.speed_perturb)
         # the originals, then their copy at each factor: a cache each, so factor lists share caches
-        n = max(1, len(originals))
-        parts = [compute_features(utts[k:k + n], cfg.features, cache, speeds[k:k + n])
-                 for k in range(0, max(1, len(utts)), n)]
-        data[name] = SplitData(utts, parts[0] if len(parts) == 1 else ChainedFeatures(parts))
+        factors = [1.0, *cfg.features.speed_perturb]
+        copies = [speed_copy(originals, factor) for factor in factors]
+        parts = [compute_features(copy, cfg.features, cache, factor) for copy, factor in zip(copies, factors)]
+        data[name] = SplitData([u for copy in copies for u in copy],
+                               parts[0] if len(parts) == 1 else ChainedFeatures(parts))
     return data
