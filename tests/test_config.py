@@ -108,3 +108,31 @@ def test_command_line_overrides_are_part_of_every_point_and_win():
     assert {p.key for p in plain.points()}.isdisjoint(p.key for p in changed.points())  # not "already done"
     assert {changed.config(p).method for p in changed.points()} == {"dense"}  # --set beats an arm's set
     assert all(changed.config(p).train.epochs == 2 for p in changed.points())
+
+
+def test_an_experiment_extends_another_files_configuration_not_its_sweep(tmp_path):
+    from study.config import toml_sources
+    from study.sweep.experiment_file import load_experiment
+    (tmp_path / "base.toml").write_text('method = "dense"\n[model]\nd_model = 64\nnum_heads = 4\n[train]\nepochs = 3\n'
+                                        '[tracking]\nexperiment = "base"\n'
+                                        '[sweep]\ngrid = { "train.seed" = [0, 1, 2] }\n')
+    child = tmp_path / "sub" / "child.toml"
+    child.parent.mkdir()
+    child.write_text('extends = "../base.toml"\n[train]\nepochs = 5\n[sweep]\n[[sweep.arms]]\nset = { method = "small_dense", "prune.target_reduction" = 0.5 }\n')
+    experiment = load_experiment(child)
+    cfg = experiment.config(experiment.points()[0])
+    assert (cfg.model.d_model, cfg.model.num_heads, cfg.train.epochs) == (64, 4, 5)  # table by table; the child wins
+    assert len(experiment.points()) == 1 and cfg.method == "small_dense"  # the base's grid is not inherited
+    assert experiment.name == "child" and cfg.tracking.experiment == "child"
+    assert toml_sources(child) == [child, child.parent / "../base.toml"]
+    single = tmp_path / "single.toml"
+    single.write_text('extends = "base.toml"\n[model]\nd_model = 32\n')
+    assert (load_config(single).model.d_model, load_config(single).train.epochs) == (32, 3)  # a single trial too
+
+
+@pytest.mark.parametrize("body,words", [('extends = "missing.toml"\n', "exp.toml: extends: "),
+                                        ('extends = "exp.toml"\n', "a cycle"),
+                                        ("extends = 3\n", "extends: expected a file name")])
+def test_a_bad_extends_names_the_file_at_fault(tmp_path, body, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config(write(tmp_path, body))

@@ -4,9 +4,10 @@ from study.config.schema import (AdlConfig, Config, DataConfig, FeatureConfig, F
                                  PruneConfig, TextConfig, TrackingConfig, TrainConfig, knob)
 from study.config.synthetic import SyntheticConfig
 from study.config.toml_io import (ConfigError, build, dumps_toml, flatten, identity, load_config, read_toml,
-                                  set_dotted, to_dict)
+                                  set_dotted, to_dict, toml_sources)
 from study.names import BASELINES, METHODS
 
 __all__ = ["AdlConfig", "BASELINES", "Config", "ConfigError", "DataConfig", "FeatureConfig", "FsddConfig", "METHODS",
            "ModelConfig", "PruneConfig", "SyntheticConfig", "TextConfig", "TrackingConfig", "TrainConfig", "build",
-           "dumps_toml", "flatten", "identity", "knob", "load_config", "read_toml", "set_dotted", "to_dict"]
+           "dumps_toml", "flatten", "identity", "knob", "load_config", "read_toml", "set_dotted", "to_dict",
+           "toml_sources"]

@@ -107,13 +107,46 @@ def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
 
 
 def read_toml(path: Path) -> dict:
+    """The file's tree, on top of the file it `extends` (if any; see toml_sources)."""
+    return _read_with_bases(Path(path), ())[0]
+
+
+def toml_sources(path: Path) -> list[Path]:
+    """The file and every file it extends, itself first: what a run must keep to be re-read."""
+    return _read_with_bases(Path(path), ())[1]
+
+
+def _read_with_bases(path: Path, children: tuple[Path, ...]) -> tuple[dict, list[Path]]:
+    """`extends = "other.toml"` (relative to the file) starts from that file's configuration: its keys,
+    table by table, with this file's winning; never its [sweep] table or its experiment name."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            tree = tomllib.load(f)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: experiment file not found") from None
+        where = f"{children[-1]}: extends: " if children else ""
+        raise ConfigError(f"{where}{path}: experiment file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    base_name = tree.pop("extends", None)
+    if base_name is None:
+        return tree, [path]
+    if not isinstance(base_name, str):
+        raise ConfigError(f"{path}: extends: expected a file name, got {base_name!r}")
+    base_path = path.parent / base_name
+    if base_path.resolve() in {p.resolve() for p in (*children, path)}:
+        raise ConfigError(f"{path}: extends: {base_path} extends this file again (a cycle)")
+    base, sources = _read_with_bases(base_path, (*children, path))
+    base.pop("sweep", None)
+    base.get("tracking", {}).pop("experiment", None)
+    return _merged(base, tree), [path, *sources]
+
+
+def _merged(base: dict, top: dict) -> dict:
+    """Tables merged key by key (recursively); any other value of `top` replaces the base's."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
