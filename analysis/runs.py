@@ -17,7 +17,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from study.names import LOCATIONS, REPORT_ORDER
+from study.names import LOCATIONS, REPORT_ORDER, unread_sections
 
 # Every subset of the locations, largest first, in the canonical location order: the row order of tables.
 LOCATION_SUBSETS = tuple("+".join(s) for n in range(len(LOCATIONS), 0, -1)
@@ -62,11 +62,7 @@ class NoFinishedRuns(AnalysisError):
 
 def ignored_prefixes(method: str) -> tuple[str, ...]:
     """Configuration sections a method does not read: they must not split its runs into settings."""
-    if method == "dense":
-        return ("adl.", "prune.")
-    if method == "adaptive_dropout":
-        return ("prune.",)
-    return ("adl.",)
+    return tuple(f"{section}." for section in unread_sections(method))
 
 
 @dataclass

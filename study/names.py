@@ -11,3 +11,13 @@ REPORT_ORDER = ("dense", "small_dense", "magnitude_structured", "magnitude_unstr
 assert sorted(REPORT_ORDER) == sorted(METHODS)
 # Per test utterance of every trial: word edits and reference words, for the analysis's bootstrap.
 UTTERANCE_ERRORS = "test_utterance_errors.json"
+
+
+def unread_sections(method: str) -> tuple[str, ...]:
+    """Configuration sections a method does not read: they neither split its runs into settings nor
+    change its trial's identity (a magnitude trial's dense source is the sweep's dense trial)."""
+    if method == "dense":
+        return ("adl", "prune")
+    if method == ADAPTIVE_DROPOUT:
+        return ("prune",)
+    return ("adl",)

@@ -89,3 +89,22 @@ def test_run_names_say_what_pushed_the_logits(tiny_config):
     assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-budget0.3-s0"
     tiny_config.adl.target_measure = "expected"
     assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-budget0.3-expected-s0"
+
+
+def test_a_magnitude_trials_dense_source_is_the_sweeps_dense_trial(tmp_path):
+    """An experiment's [adl] table reaches its dense and magnitude points; the dense source a magnitude
+    trial trains (or waits for) must be the sweep's dense trial, one folder and one lock, or the two
+    train the same model side by side (seen: an FSDD sweep trained dense seed 1 twice)."""
+    import dataclasses
+
+    from study.config import AdlConfig, Config, PruneConfig
+    from study.tracking.dense_source import dense_config
+    from study.tracking.trial_record import trial_dir
+    base = Config(adl=AdlConfig(alpha=0.02, tau=0.5))
+    sweep_dense = dataclasses.replace(base, method="dense")
+    magnitude = dataclasses.replace(base, method="magnitude_structured", prune=PruneConfig(target_reduction=0.5))
+    assert trial_dir(dense_config(magnitude), tmp_path) == trial_dir(sweep_dense, tmp_path)
+    tuned = dataclasses.replace(magnitude, prune=PruneConfig(target_reduction=0.7))
+    assert trial_dir(tuned, tmp_path) != trial_dir(magnitude, tmp_path)  # what a method reads still counts
+    other_adl = dataclasses.replace(base, method="adaptive_dropout", adl=AdlConfig(alpha=0.01))
+    assert trial_dir(other_adl, tmp_path) != trial_dir(dataclasses.replace(base, method="adaptive_dropout"), tmp_path)

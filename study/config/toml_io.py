@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from study.config.schema import Config
+from study.names import unread_sections
 
 
 class ConfigError(ValueError):
@@ -81,9 +82,12 @@ def to_dict(cfg: Any) -> dict:
 
 
 def identity(cfg: Config) -> dict:
-    """What a trial's result depends on: everything but where it runs and how it is labelled."""
+    """What a trial's result depends on: everything but where it runs, how it is labelled and the
+    sections its method does not read."""
     tree = to_dict(cfg)
     del tree["train"]["device"], tree["train"]["threads"], tree["tracking"]["run_name"]
+    for section in unread_sections(cfg.method):
+        del tree[section]
     return tree
 
 
