@@ -19,18 +19,19 @@ from pathlib import Path
 import torch
 
 from study.data.batching import normalise
-from study.model.conformer import ConformerCTC
+from study.model.conformer import ConformerCTC, with_uniform_heads
 from study.model.io import load_model
 
 TOLERANCE = 1e-4
 
 
 class Deployable(torch.nn.Module):
-    """The model with its feature normalisation: raw log-mel in, CTC log-probabilities out."""
+    """The model with its feature normalisation: raw log-mel in, CTC log-probabilities out; unequal
+    attention heads held as zero-padded equal ones (the same outputs, a dense model's graph)."""
 
     def __init__(self, model: ConformerCTC, mean: torch.Tensor, std: torch.Tensor):
         super().__init__()
-        self.model = model
+        self.model = with_uniform_heads(model)
         self.register_buffer("mean", mean.float())
         self.register_buffer("std", std.float())
 

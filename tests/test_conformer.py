@@ -136,3 +136,22 @@ def test_unequal_heads_run_inference_on_padded_weights_exactly_and_follow_weight
         changed = model(feats, lengths)[0]
     assert torch.allclose(changed, model(feats, lengths)[0], atol=1e-6)
     assert not torch.allclose(changed, padded, atol=1e-3)
+
+
+def test_uniform_heads_copy_gives_the_same_outputs_with_equal_heads():
+    """The deployment copy (study/export.py) holds unequal heads as zero-padded equal ones: the same
+    outputs with autograd on (the path a compiled or exported graph takes), the original untouched."""
+    from study.model.conformer import BlockWidths, with_uniform_heads
+    torch.manual_seed(0)
+    widths = [BlockWidths(64, 50, query_dims=[8, 3, 5], value_dims=[2, 8, 7], conv=20),
+              BlockWidths(10, 64, query_dims=[0, 8], value_dims=[4, 1], conv=24)]
+    model = ConformerCTC(TINY, n_mels=80, vocab_size=29, widths=widths).eval()
+    feats, lengths = torch.randn(2, 90, 80), torch.tensor([90, 61])
+    uniform = with_uniform_heads(model)
+    assert all(b.mhsa.uniform and b.mhsa.wq.out_features == b.mhsa.num_heads * b.mhsa.head_size
+               for b in uniform.encoder.blocks)
+    assert not any(b.mhsa.uniform for b in model.encoder.blocks)
+    expected, expected_lengths = model(feats, lengths)
+    got, got_lengths = uniform(feats, lengths)
+    assert torch.equal(got_lengths, expected_lengths)
+    assert torch.allclose(got, expected, atol=1e-5)

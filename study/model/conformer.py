@@ -8,6 +8,7 @@ Shapes: B batch, T frames after subsampling, D d_model, F ffn_dim, C conv channe
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -282,6 +283,33 @@ class SelfAttention(nn.Module):
         if not self.uniform:
             attn = attn.index_select(2, self.v_index)
         return self.dropout(self.wo(attn))
+
+
+def with_uniform_heads(model: nn.Module) -> nn.Module:
+    """A copy for deployment whose attention layers with unequal heads hold their zero-padded projections
+    as plain weights: the same outputs, and every runtime sees the graph of a dense model with smaller
+    heads. (The padded-weights path above serves eager inference only; a compiled or exported graph
+    takes the scatter path, whose gathers and extra transposes cost more than pruning saved.)"""
+    model = copy.deepcopy(model)
+    for attention in (m for m in model.modules() if isinstance(m, SelfAttention) and not m.uniform):
+        with torch.no_grad():
+            wq, bq, wk, bk, wv, bv, wo = attention._padded_weights()
+            width = attention.num_heads * attention.head_size
+            for name, weight, bias in (("wq", wq, bq), ("wk", wk, bk), ("wv", wv, bv)):
+                layer = nn.Linear(weight.shape[1], width, device=weight.device, dtype=weight.dtype)
+                layer.weight.copy_(weight)
+                layer.bias.copy_(bias)
+                setattr(attention, name, layer)
+            output = nn.Linear(width, wo.shape[0], device=wo.device, dtype=wo.dtype)
+            output.weight.copy_(wo)
+            output.bias.copy_(attention.wo.bias)
+            attention.wo = output
+        attention.uniform = True
+        for index in ("q_index", "v_index"):
+            setattr(attention, index, torch.arange(width, device=wq.device))
+        for cached in ("_padded_key", "_padded_cache"):
+            attention.__dict__.pop(cached, None)
+    return model
 
 
 def _padded_index(dims: list[int], size: int) -> torch.Tensor:
