@@ -141,7 +141,8 @@ def _read_with_bases(path: Path, children: tuple[Path, ...]) -> tuple[dict, list
         raise ConfigError(f"{path}: extends: {base_path} extends this file again (a cycle)")
     base, sources = _read_with_bases(base_path, (*children, path))
     base.pop("sweep", None)
-    base.get("tracking", {}).pop("experiment", None)
+    if isinstance(base.get("tracking"), dict):
+        base["tracking"].pop("experiment", None)
     return _merged(base, tree), [path, *sources]
 
 
