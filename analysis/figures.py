@@ -103,7 +103,7 @@ def pareto(frame: pd.DataFrame, axis: str, errors: UtteranceErrors | None = None
     _dense_line(ax, data)
     ax.set_xlabel(_pareto_axis_label(axis, prefix))
     ax.set_ylabel("test WER (%)")
-    ax.set_title(f"{_experiment(data)}: test WER against {what} (lower left is better)")
+    ax.set_title(f"{_experiment(data)}: test WER against {what}\n(lower left is better)")
     handles, _ = ax.get_legend_handles_labels()
     handles += [Line2D([], [], color="gray", marker="o", linestyle="", alpha=0.4, label="one trial (seed)"),
                 Line2D([], [], color="gray", marker="o", linestyle="",
