@@ -292,24 +292,24 @@ def with_uniform_heads(model: nn.Module) -> nn.Module:
     takes the scatter path, whose gathers and extra transposes cost more than pruning saved.)"""
     model = copy.deepcopy(model)
     for attention in (m for m in model.modules() if isinstance(m, SelfAttention) and not m.uniform):
-        with torch.no_grad():
-            wq, bq, wk, bk, wv, bv, wo = attention._padded_weights()
-            width = attention.num_heads * attention.head_size
-            for name, weight, bias in (("wq", wq, bq), ("wk", wk, bk), ("wv", wv, bv)):
-                layer = nn.Linear(weight.shape[1], width, device=weight.device, dtype=weight.dtype)
-                layer.weight.copy_(weight)
-                layer.bias.copy_(bias)
-                setattr(attention, name, layer)
-            output = nn.Linear(width, wo.shape[0], device=wo.device, dtype=wo.dtype)
-            output.weight.copy_(wo)
-            output.bias.copy_(attention.wo.bias)
-            attention.wo = output
+        wq, bq, wk, bk, wv, bv, wo = attention._padded_weights()
+        for name, weight, bias in (("wq", wq, bq), ("wk", wk, bk), ("wv", wv, bv), ("wo", wo, attention.wo.bias)):
+            setattr(attention, name, _linear_of(weight, bias))
         attention.uniform = True
         for index in ("q_index", "v_index"):
-            setattr(attention, index, torch.arange(width, device=wq.device))
+            setattr(attention, index, torch.arange(attention.num_heads * attention.head_size, device=wq.device))
         for cached in ("_padded_key", "_padded_cache"):
             attention.__dict__.pop(cached, None)
     return model
+
+
+@torch.no_grad()
+def _linear_of(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
+    """An nn.Linear holding copies of `weight` (out, in) and `bias` (out,), on their device and dtype."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    layer.weight.copy_(weight)
+    layer.bias.copy_(bias)
+    return layer
 
 
 def _padded_index(dims: list[int], size: int) -> torch.Tensor:
