@@ -111,7 +111,6 @@ def test_command_line_overrides_are_part_of_every_point_and_win():
 
 
 def test_an_experiment_extends_another_files_configuration_not_its_sweep(tmp_path):
-    from study.config import toml_sources
     from study.sweep.experiment_file import load_experiment
     (tmp_path / "base.toml").write_text('method = "dense"\n[model]\nd_model = 64\nnum_heads = 4\n[train]\nepochs = 3\n'
                                         '[tracking]\nexperiment = "base"\n'
@@ -124,7 +123,7 @@ def test_an_experiment_extends_another_files_configuration_not_its_sweep(tmp_pat
     assert (cfg.model.d_model, cfg.model.num_heads, cfg.train.epochs) == (64, 4, 5)  # table by table; the child wins
     assert len(experiment.points()) == 1 and cfg.method == "small_dense"  # the base's grid is not inherited
     assert experiment.name == "child" and cfg.tracking.experiment == "child"
-    assert toml_sources(child) == [child, child.parent / "../base.toml"]
+    assert experiment.sources == [child, child.parent / "../base.toml"]
     single = tmp_path / "single.toml"
     single.write_text('extends = "base.toml"\n[model]\nd_model = 32\n')
     assert (load_config(single).model.d_model, load_config(single).train.epochs) == (32, 3)  # a single trial too

@@ -4,10 +4,10 @@ from study.config.schema import (AdlConfig, Config, DataConfig, FeatureConfig, F
                                  PruneConfig, TextConfig, TrackingConfig, TrainConfig, knob)
 from study.config.synthetic import SyntheticConfig
 from study.config.toml_io import (ConfigError, build, dumps_toml, flatten, identity, load_config, read_toml,
-                                  set_dotted, to_dict, toml_sources)
+                                  read_toml_with_sources, set_dotted, to_dict)
 from study.names import BASELINES, METHODS
 
 __all__ = ["AdlConfig", "BASELINES", "Config", "ConfigError", "DataConfig", "FeatureConfig", "FsddConfig", "METHODS",
            "ModelConfig", "PruneConfig", "SyntheticConfig", "TextConfig", "TrackingConfig", "TrainConfig", "build",
-           "dumps_toml", "flatten", "identity", "knob", "load_config", "read_toml", "set_dotted", "to_dict",
-           "toml_sources"]
+           "dumps_toml", "flatten", "identity", "knob", "load_config", "read_toml",
+           "read_toml_with_sources", "set_dotted", "to_dict"]

@@ -111,13 +111,13 @@ def set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
 
 
 def read_toml(path: Path) -> dict:
-    """The file's tree, on top of the file it `extends` (if any; see toml_sources)."""
+    """The file's tree, on top of the file it `extends` (if any; see read_toml_with_sources)."""
     return _read_with_bases(Path(path), ())[0]
 
 
-def toml_sources(path: Path) -> list[Path]:
-    """The file and every file it extends, itself first: what a run must keep to be re-read."""
-    return _read_with_bases(Path(path), ())[1]
+def read_toml_with_sources(path: Path) -> tuple[dict, list[Path]]:
+    """The tree, and the file with every file it extends, itself first: what a run must keep to be re-read."""
+    return _read_with_bases(Path(path), ())
 
 
 def _read_with_bases(path: Path, children: tuple[Path, ...]) -> tuple[dict, list[Path]]:

@@ -20,7 +20,6 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from study.config import toml_sources
 from study.sweep.experiment_file import Experiment
 from study.sweep.optuna_storage import (
     create_studies,
@@ -107,7 +106,7 @@ def _start_parent_run(experiment: Experiment, args: SweepArgs, n_points: int) ->
     client = mlflow.MlflowClient(args.tracking_uri)
     run = client.create_run(experiment_id, run_name=f"sweep-{datetime.now():%Y%m%d-%H%M%S}",
                             tags={"sweep.role": "parent", "sweep.mode": experiment.spec.mode})
-    for source in toml_sources(experiment.path):  # the file and the files it extends
+    for source in experiment.sources:  # the file and the files it extends
         client.log_artifact(run.info.run_id, str(source))
     for key, value in {"workers": args.workers, "storage": "journal" if not args.storage else args.storage.split(":")[0],
                        "devices": ",".join(args.devices) or "cpu", "points": n_points,

@@ -32,7 +32,7 @@ from study.config import (
     ConfigError,
     build,
     knob,
-    read_toml,
+    read_toml_with_sources,
     set_dotted,
 )
 
@@ -79,6 +79,7 @@ class Experiment:
     spec: SweepSpec
     arms: list[ArmSpec]
     overrides: dict[str, Any] = field(default_factory=dict)  # --set: part of every point, applied last
+    sources: list[Path] = field(default_factory=list)  # the file and the files it extends
 
     def config(self, point: Point | None = None, extra: dict[str, Any] | None = None) -> Config:
         tree = copy.deepcopy(self.base)
@@ -123,7 +124,7 @@ class Experiment:
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:
     """Reads and checks an experiment file; a file with no [sweep] table is a single trial."""
     path = Path(path)
-    tree = read_toml(path)
+    tree, sources = read_toml_with_sources(path)
     sweep = tree.pop("sweep", {})
     try:
         raw_arms = sweep.pop("arms", [{}]) if isinstance(sweep, dict) else sweep
@@ -140,7 +141,7 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     if len({a.name for a in arms}) != len(arms):
         raise ConfigError(f"{path}: sweep.arms: two arms share a name")
     name = (overrides or {}).get("tracking.experiment") or tree.get("tracking", {}).get("experiment") or path.stem  # the MLflow experiment and Optuna study
-    experiment = Experiment(path, name, tree, spec, arms, dict(overrides or {}))
+    experiment = Experiment(path, name, tree, spec, arms, dict(overrides or {}), sources)
     for point in experiment.points():
         experiment.config(point)  # every known point must build
     for arm in arms:
