@@ -275,3 +275,28 @@ def test_gradients_reach_the_logits_through_hard_concrete_masks_and_the_keep_pro
     layer.beta.grad = None
     layer.keep_probability.sum().backward()  # what the budget controller differentiates
     assert (layer.beta.grad > 0).all()
+
+
+@pytest.mark.parametrize("gate", ["gumbel_sigmoid", "hard_concrete"])
+def test_polarisation_pushes_straddling_units_to_their_side_of_the_threshold(gate):
+    """adl.polarise: undecided gates (0.05 < g < 0.95) each move to the side of 1/2 they are on, so every
+    unit ends decided and the threshold cut keeps exactly the units it kept before."""
+    from study.config import AdlConfig
+    from study.method.adl_controller import AdlController, polarised_share
+    torch.manual_seed(0)
+    layers = [AdaptiveDropout(40, "ffn", AdlSettings(gate=gate)), AdaptiveDropout(24, "mhsa", AdlSettings(gate=gate))]
+    for layer in layers:
+        layer.beta.data.uniform_(-1.5, 1.5)
+    kept = torch.cat([layer.keep_mask() for layer in layers])
+    controller = AdlController(layers, AdlConfig(alpha=0.0, polarise=1.0, t1=0.8))
+    assert controller.polarise_weight(0.8) == 0.0 and controller.polarise_weight(0.9) == pytest.approx(0.5)
+    assert controller.polarise_weight(1.0) == 1.0 and controller.loss(0.5).item() == 0.0
+    retention = lambda: torch.cat([layer.retention.detach() for layer in layers])
+    assert polarised_share(retention()) < 0.3
+    optimiser = torch.optim.Adam([layer.beta for layer in layers], lr=0.05)
+    for _ in range(200):
+        optimiser.zero_grad()
+        controller.loss(1.0).backward()
+        optimiser.step()
+    assert polarised_share(retention()) == 1.0
+    assert torch.equal(torch.cat([layer.keep_mask() for layer in layers]), kept)

@@ -158,6 +158,10 @@ class AdlConfig:
     # reset lambda1 when it pushes past the target (built up while the reduction lagged the ramp); off, a 70%
     # target landed at 71.6% (main recipe, hard concrete, both seeds)
     anti_windup: bool = True
+    # > 0: adds polarise * sum_units g (1 - g) (g: a unit's evaluation gate), ramped up linearly from 0 once
+    # the target is reached (target_warmup with a budget, else t1) to this weight at the end, so that units
+    # left straddling the threshold (a 30% budget left 13% of them in [0.05, 0.95]) take a side
+    polarise: float = knob(0.0, min=0.0)
 
     def validate(self) -> None:
         if self.target_reduction and not self.locations:

@@ -117,6 +117,14 @@ def annealed_tau(t: float, tau: float, tau_end: float | None) -> float:
     return tau * math.exp(t * math.log(tau_end / tau))
 
 
+def polarisation_penalty(layers: list[AdaptiveDropout], weight: float) -> torch.Tensor:
+    """weight * sum over units of g (1 - g), g each unit's evaluation gate (the value the threshold cuts):
+    it pushes a gate above 1/2 up and one below down, so no unit is left straddling the cut. A sum, so
+    the push on one unit does not depend on model size; zero for a decided unit (g = 0 or 1)."""
+    g = torch.cat([layer.retention for layer in layers])  # (units,)
+    return weight * (g * (1.0 - g)).sum()
+
+
 def regulariser(layers: list[AdaptiveDropout], alpha: float, c_t: float, normalization: str = "unit",
                 location_weights: dict[str, float] | None = None) -> torch.Tensor:
     """alpha * (beta - c(t))^2 summed over every unit ("sum", the paper's form), its mean over every

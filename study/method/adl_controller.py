@@ -11,6 +11,7 @@ from study.config import AdlConfig
 from study.method.adaptive_dropout import (
     AdaptiveDropout,
     annealed_tau,
+    polarisation_penalty,
     regulariser,
     target_logit,
 )
@@ -63,8 +64,18 @@ class AdlController:
         if self.in_hard_phase(t) or not self.layers:
             return torch.zeros((), device=self.layers[0].beta.device if self.layers else None)
         if self.budget:
-            return self.budget.loss(t)
-        return regulariser(self.layers, self.cfg.alpha, self.c_t(t), self.cfg.reg_normalization, self.weights)
+            loss = self.budget.loss(t)
+        else:
+            loss = regulariser(self.layers, self.cfg.alpha, self.c_t(t), self.cfg.reg_normalization, self.weights)
+        weight = self.polarise_weight(t)
+        return loss + polarisation_penalty(self.layers, weight) if weight > 0 else loss
+
+    def polarise_weight(self, t: float) -> float:
+        """adl.polarise ramps from 0 when the size is reached (the budget's warm-up, or t1 when c(t)
+        bottoms out) to its full weight at the end of training; pushing earlier would fix units on
+        the side where the ramp found them."""
+        start = self.cfg.target_warmup if self.budget else self.cfg.t1
+        return self.cfg.polarise * min(1.0, max(0.0, (t - start) / (1.0 - start))) if start < 1.0 else 0.0
 
     def by_location(self) -> dict[str, torch.Tensor]:
         """Every unit's retention probability, concatenated per location."""
@@ -75,6 +86,8 @@ class AdlController:
         """Per location: kept fraction, mean retention, and the share of polarised units (p outside
         [0.05, 0.95]: the threshold cut barely changes what they contribute); polarised/all over every unit."""
         metrics = {"adl/c_t": self.c_t(t), "adl/tau": self.layers[0].tau if self.layers else self.cfg.tau}
+        if self.cfg.polarise:
+            metrics["adl/polarise_weight"] = self.polarise_weight(t)
         probs = self.by_location()
         for loc, p in probs.items():
             metrics[f"adl/kept_fraction/{loc}"] = float((p >= self.cfg.threshold).float().mean())
