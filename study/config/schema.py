@@ -159,9 +159,11 @@ class AdlConfig:
     # target landed at 71.6% (main recipe, hard concrete, both seeds)
     anti_windup: bool = True
     # > 0: adds polarise * sum_units g (1 - g) (g: a unit's evaluation gate), ramped up linearly from 0 once
-    # the target is reached (target_warmup with a budget, else t1) to this weight at the end, so that units
+    # the target should be reached (target_warmup with a budget, else t1) to this weight at the end, so that units
     # left straddling the threshold (a 30% budget left 13% of them in [0.05, 0.95]) take a side
     polarise: float = knob(0.0, min=0.0)
+    # with a budget, the polarisation term acts only while the cut is within this of the target
+    polarise_gap: float = knob(0.005, min=0.0, max=1.0)
 
     def validate(self) -> None:
         if self.target_reduction and not self.locations:

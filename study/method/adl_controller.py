@@ -68,12 +68,20 @@ class AdlController:
         else:
             loss = regulariser(self.layers, self.cfg.alpha, self.c_t(t), self.cfg.reg_normalization, self.weights)
         weight = self.polarise_weight(t)
-        return loss + polarisation_penalty(self.layers, weight) if weight > 0 else loss
+        if weight == 0:
+            return loss
+        penalty = polarisation_penalty(self.layers, weight)
+        if self.budget:  # only while the size is where it was asked to be: see polarise_weight
+            penalty = penalty * self.budget.within(self.cfg.polarise_gap)
+        return loss + penalty
 
     def polarise_weight(self, t: float) -> float:
-        """adl.polarise ramps from 0 when the size is reached (the budget's warm-up, or t1 when c(t)
-        bottoms out) to its full weight at the end of training; pushing earlier would fix units on
-        the side where the ramp found them."""
+        """adl.polarise ramps from 0 when the size should be reached (the budget's warm-up, or t1 when
+        c(t) bottoms out) to its full weight at the end of training; pushing earlier would fix units
+        on the side where the ramp found them. With a budget it also waits for the cut to be within
+        adl.polarise_gap of the target: a push that holds kept units at 1 outweighs the multipliers'
+        pull on them (measured: a 70% target stalled at 65.8% when the push began with the cut 4.6
+        points short at the end of the warm-up)."""
         start = self.cfg.target_warmup if self.budget else self.cfg.t1
         return self.cfg.polarise * min(1.0, max(0.0, (t - start) / (1.0 - start))) if start < 1.0 else 0.0
 

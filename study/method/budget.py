@@ -72,6 +72,7 @@ class BudgetController:
         self.anti_windup = anti_windup
         self.dense_total = analytic_params(cfg, dense_widths(cfg), model.n_mels, model.head.out_features)["total"]
         self.lambdas = nn.Parameter(torch.zeros(2, device=model.head.weight.device))  # lambda1, lambda2
+        self.gap = torch.full((), float("inf"), device=model.head.weight.device)  # the last step's s - t
 
     def reduction(self, cut: bool = False) -> torch.Tensor:
         """The expected reduction, or with `cut` the threshold cut's (straight-through)."""
@@ -83,6 +84,7 @@ class BudgetController:
 
     def loss(self, t: float) -> torch.Tensor:
         gap = self.reduction(cut=self.measure == "cut") - self.target_at(t)
+        self.gap = gap.detach()
         if self.anti_windup:
             self._release_windup(gap.detach())
         return self.lambdas[0] * gap + self.lambdas[1] * gap.pow(2)
@@ -95,6 +97,11 @@ class BudgetController:
         A lambda1 that pushes away from the target (lambda1 * gap < 0) is reset to 0; on the device, no sync."""
         lambda1 = self.lambdas[0]
         lambda1.copy_(torch.where(lambda1 * gap < 0, torch.zeros_like(lambda1), lambda1))
+
+    def within(self, tolerance: float) -> torch.Tensor:
+        """1.0 while the last step's reduction was within `tolerance` of the target, else 0.0 (on the
+        device: no sync)."""
+        return (self.gap.abs() <= tolerance).to(self.lambdas.dtype)
 
     def param_group(self, lr: float) -> dict:
         """The lambdas climb the Lagrangian (gradient ascent) while everything else descends it."""
