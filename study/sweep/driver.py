@@ -261,7 +261,10 @@ def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[s
                     bar.update(1)
         if not running:
             break
-        time.sleep(POLL_SECONDS)
+        try:  # returns as soon as the last worker exits, not up to a poll later
+            next(proc for proc in workers if proc.poll() is None).wait(timeout=POLL_SECONDS)
+        except (StopIteration, subprocess.TimeoutExpired):
+            pass
     bar.total = max(bar.n, 1)  # the matched arms may have had fewer distinct budgets than expected
     bar.refresh()
     bar.close()
