@@ -70,9 +70,9 @@ def phases(db: Path, start: float, end: float, workers: int) -> dict[str, float]
     trials and the training within them, gaps between a worker's trials, and end (to exit)."""
     import mlflow
     mlflow.set_tracking_uri(f"sqlite:///{db}")
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`sweep.role` != 'parent'",
-                              output_format="list")
-    spans = sorted((r.info.start_time / 1000, r.info.end_time / 1000, r.data.metrics.get("time/train_s", 0.0))
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    # trial runs only: the parent run has no training time
+    spans = sorted((r.info.start_time / 1000, r.info.end_time / 1000, r.data.metrics["time/train_s"])
                    for r in runs if "time/train_s" in r.data.metrics)
     first, last = spans[0][0], max(e for _, e, _ in spans)
     trials = sum(e - s for s, e, _ in spans) / workers

@@ -104,10 +104,14 @@ def _stretch(s: torch.Tensor) -> torch.Tensor:
     return s.mul(high - low).add_(low).clamp_(0.0, 1.0)  # one new tensor (s may be saved for backward)
 
 
+def linear_ramp(t: float, t0: float, t1: float) -> float:
+    """clip((t - t0) / (t1 - t0), 0, 1): 0 before t0, 1 from t1 on (a step at t0 when t1 <= t0)."""
+    return min(1.0, max(0.0, (t - t0) / (t1 - t0))) if t1 > t0 else float(t >= t0)
+
+
 def target_logit(t: float, c0: float, c1: float, t0: float, t1: float) -> float:
     """c(t) = c0 + (c1 - c0) * clip((t - t0) / (t1 - t0), 0, 1), t = fraction of training done."""
-    ramp = min(1.0, max(0.0, (t - t0) / (t1 - t0))) if t1 > t0 else float(t >= t0)
-    return c0 + (c1 - c0) * ramp
+    return c0 + (c1 - c0) * linear_ramp(t, t0, t1)
 
 
 def annealed_tau(t: float, tau: float, tau_end: float | None) -> float:

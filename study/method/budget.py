@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from study.config import ModelConfig
-from study.method.adaptive_dropout import AdaptiveDropout
+from study.method.adaptive_dropout import AdaptiveDropout, linear_ramp
 from study.method.attach import gate_seam, group_width
 from study.method.pruning import GROUPS
 from study.model.conformer import ConformerCTC, dense_widths
@@ -80,13 +80,13 @@ class BudgetController:
 
     def target_at(self, t: float) -> float:
         """The target ramps linearly from 0 to the requested reduction over the first `warmup` of training."""
-        return self.target * min(1.0, t / self.warmup) if self.warmup > 0 else self.target
+        return self.target * linear_ramp(t, 0.0, self.warmup)
 
     def loss(self, t: float) -> torch.Tensor:
         gap = self.reduction(cut=self.measure == "cut") - self.target_at(t)
         self.gap = gap.detach()
         if self.anti_windup:
-            self._release_windup(gap.detach())
+            self._release_windup(self.gap)
         return self.lambdas[0] * gap + self.lambdas[1] * gap.pow(2)
 
     @torch.no_grad()
