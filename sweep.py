@@ -26,6 +26,7 @@ from study.data.prepared import prepare_data
 from study.data.tokenizer import build_tokenizer
 from study.sweep.driver import SweepArgs, SweepError, launch
 from study.sweep.experiment_file import Experiment, load_experiment
+from study.sweep.process import exit_now
 from study.sweep.status import pareto_front, status_table
 from study.tracking.store import resolve_tracking_uri, runs_url, ui_command
 
@@ -133,4 +134,4 @@ def _regenerate_figures(experiment: str, tracking_uri: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

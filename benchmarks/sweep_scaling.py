@@ -6,7 +6,8 @@ and its features are made once beforehand and shared, so neither run pays for th
 gets every core as threads; two workers get half each (the driver's default split). A third run,
 1 worker held to the 2-worker share of threads, separates process parallelism from what a lone
 worker already gains from threads.
-Goal: 2 workers take at most 0.65 of the time of 1 on 2 cores.
+Goal (issue 14): the 2-worker ratio within 10% of the ideal (half the 1-thread run's wall time over the
+2-thread run's); `--epochs` lengthens the trials to show what the launch's fixed cost hides.
 Where the rest goes: each run's trial runs (MLflow start and end times, and time/train_s) split its
 wall time into the launch (start to the first trial), trials (of which training), the gaps between
 trials, and the end (the last trial to exit), per worker.
@@ -106,7 +107,7 @@ def main() -> None:
     ratio, held_ratio = two.wall_s / one.wall_s, two.wall_s / one_held.wall_s
     # ideal: two workers each take half of what one worker takes at their thread count (issue 14)
     ideal = one_held.wall_s / 2 / one.wall_s
-    print(f"ratio 2/1: {ratio:.3f} (goal <= 0.65, and within 10% of this run's ideal {ideal:.3f}); "
+    print(f"ratio 2/1: {ratio:.3f} (goal: within 10% of this run's ideal {ideal:.3f}, so <= {1.1 * ideal:.3f}); "
           f"with the same threads per trial: {held_ratio:.3f}")
     print(json.dumps({"wall_ratio_2_over_1": round(ratio, 4), "one_worker_s": round(one.wall_s, 1),
                       "two_workers_s": round(two.wall_s, 1), "one_worker_same_threads_s": round(one_held.wall_s, 1),

@@ -342,3 +342,30 @@ def test_dense_points_are_handed_out_first():
     study.optimize(lambda trial: drawn.append(json.loads(trial.suggest_categorical(point_param(keys), keys))) or 0.0)
     assert [d["method"] for d in drawn[:2]] == ["dense", "dense"] and {d["train.seed"] for d in drawn[:2]} == {0, 1}
     assert sorted(json.dumps(d, sort_keys=True) for d in drawn) == sorted(keys)  # every point once
+
+
+def test_a_worker_takes_no_trial_before_its_launch_and_leaves_when_its_driver_is_gone(tmp_path, corpus_cache):
+    """The driver starts its workers before its MLflow set-up; they begin when the first study carries
+    their launch's token (not an earlier launch's), and give up if the driver exits first."""
+    import threading
+
+    from study.sweep.optuna_storage import create_studies
+    from study.sweep.worker import LAUNCH_ATTR, Worker, WorkerSettings
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE)
+    settings = WorkerSettings(str(exp), {}, None, f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "runs"),
+                              launch="this-launch")
+    worker = Worker(settings)
+    first = create_studies(worker.storage, "tiny_sweep")[0]
+    first.set_user_attr(LAUNCH_ATTR, "an-earlier-launch")
+    waiter = threading.Thread(target=worker.wait_for_launch, args=("tiny_sweep",))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive()  # an earlier launch's token does not let it begin
+    first.set_user_attr(LAUNCH_ATTR, "this-launch")
+    waiter.join(timeout=10)
+    assert not waiter.is_alive()
+
+    orphan = Worker(WorkerSettings(**{**settings.__dict__, "launch": "a-launch-never-marked"}))
+    orphan.driver_pid = -1  # as if the driver had exited and this process had been adopted
+    with pytest.raises(SystemExit, match="exited before its launch began"):
+        orphan.wait_for_launch("tiny_sweep")

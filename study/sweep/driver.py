@@ -1,6 +1,10 @@
 """The sweep driver: creates the Optuna studies and the MLflow parent run once, starts the worker
 processes, reports progress, and closes the parent run when the workers are done.
 
+Workers start as soon as the studies exist, so their imports overlap the driver's MLflow set-up (the
+first use of a fresh SQLite store migrates it); they take no trial, and touch no MLflow store, until
+the driver marks the first study with this launch's token (`LAUNCH_ATTR`).
+
 Another machine joins a running sweep with `--join` (same experiment, storage and tracking URI):
 it only starts workers, which load the studies and the parent run the driver created.
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,7 +31,7 @@ from study.sweep.optuna_storage import (
     open_storage,
     study_names,
 )
-from study.sweep.worker import WorkerSettings, point_of, settings_json
+from study.sweep.worker import LAUNCH_ATTR, WorkerSettings, point_of, settings_json
 from study.tracking.mlflow_runs import run_status
 from study.tracking.store import ensure_experiment
 
@@ -134,7 +139,6 @@ class LaunchResult:
 def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchResult:
     """Runs (or continues, or joins) the sweep."""
     storage = open_storage(args.storage, experiment.name, args.runs_dir)
-    client = mlflow.MlflowClient(args.tracking_uri)
     total = expected_trials(experiment)
     grid = {p.key for p in experiment.points()}
     if args.join:
@@ -143,18 +147,28 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         except KeyError:
             raise SweepError(f"no sweep of {experiment.name} in this storage: start it first without --join") from None
         parent = studies[0].user_attrs["parent_run_id"]
+        token = ""  # joining workers wait for nothing: the sweep is under way
     else:
         studies = create_studies(storage, experiment.name)
-        _requeue_lost(studies, grid, args.runs_dir, client)
-        _close_previous_parent(studies[0], client)
-        parent = _start_parent_run(experiment, args, total)
-        for study in studies:
-            study.set_user_attr("parent_run_id", parent)
-            study.set_user_attr("launch_time", datetime.now().isoformat())
+        token = uuid.uuid4().hex
+    seats = placements(experiment, args)
+    workers = [_start_worker(experiment, overrides, args, i, seat, token) for i, seat in enumerate(seats)]
+    client = mlflow.MlflowClient(args.tracking_uri)  # a fresh SQLite store takes over a second to set up
+    if not args.join:
+        try:  # while the workers import: lost trials, the parent run, then the token that lets them begin
+            _requeue_lost(studies, grid, args.runs_dir, client)
+            _close_previous_parent(studies[0], client)
+            parent = _start_parent_run(experiment, args, total)
+            for study in studies:
+                study.set_user_attr("parent_run_id", parent)
+                study.set_user_attr("launch_time", datetime.now().isoformat())
+            studies[0].set_user_attr(LAUNCH_ATTR, token)
+        except BaseException:
+            for proc in workers:
+                proc.kill()
+            raise
     print(f"sweep {experiment.name}: {total} trials, {args.workers} worker(s); "
           f"MLflow parent run {parent}; worker logs in {args.runs_dir / 'logs' / experiment.name}")
-    seats = placements(experiment, args)
-    workers = [_start_worker(experiment, overrides, args, i, seat) for i, seat in enumerate(seats)]
     restarts = 0
 
     def replace(i: int, proc: subprocess.Popen) -> subprocess.Popen | None:
@@ -166,7 +180,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         if restarts >= args.max_restarts:
             return None
         restarts += 1
-        return _start_worker(experiment, overrides, args, i, seats[i])
+        return _start_worker(experiment, overrides, args, i, seats[i], token)
 
     interrupted = False
     try:
@@ -207,11 +221,11 @@ def _failed_in_launch(study: optuna.Study) -> int:
 
 
 def _start_worker(experiment: Experiment, overrides: dict, args: SweepArgs, seat: int,
-                  placement: dict) -> subprocess.Popen:
+                  placement: dict, launch_token: str) -> subprocess.Popen:
     log_dir = args.runs_dir / "logs" / experiment.name
     log_dir.mkdir(parents=True, exist_ok=True)
     settings = WorkerSettings(str(experiment.path), overrides, args.storage, args.tracking_uri,
-                              str(args.runs_dir), placement)
+                              str(args.runs_dir), placement, launch_token)
     with open(log_dir / f"worker-{os.getpid()}-{seat}.log", "a") as log:
         return subprocess.Popen([sys.executable, "-m", "study.sweep.worker", settings_json(settings)],
                                 stdout=log, stderr=subprocess.STDOUT, env=_worker_env())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import sys
 import time
@@ -29,6 +30,7 @@ from study.sweep.optuna_storage import (
     study_names,
     worker_id,
 )
+from study.sweep.process import exit_now
 from study.tracking.mlflow_runs import run_label
 from study.tracking.trial_record import trial_dir
 from study.trial import run_trial
@@ -36,6 +38,8 @@ from study.trial import run_trial
 REPORTED = ("dev/wer", "test/wer", "test/cer", "params/total", "params/reduction", "flops/encoder_10s",
             "latency/ms_b1_10s")
 PHASE_POLL_SECONDS = 3
+LAUNCH_POLL_SECONDS = 0.1
+LAUNCH_ATTR = "launch"  # the first study's user attribute: the token of the launch whose workers may begin
 
 
 @dataclass
@@ -46,6 +50,7 @@ class WorkerSettings:
     tracking_uri: str
     runs_dir: str
     placement: dict[str, Any] = field(default_factory=dict)  # train.threads / train.device of this worker
+    launch: str = ""  # the driver's launch token: no trial before the first study carries it ("": joined, no wait)
 
 
 class TrialFailed(Exception):
@@ -124,6 +129,7 @@ def grid_sampler(points: list[Point]) -> optuna.samplers.GridSampler:
 
 class Worker:
     def __init__(self, settings: WorkerSettings):
+        self.driver_pid = os.getppid()
         self.settings = settings
         self.runs_dir = Path(settings.runs_dir)
         self.experiment: Experiment = load_experiment(settings.experiment, settings.overrides)
@@ -195,8 +201,19 @@ class Worker:
                                                 f"tags.`optuna.study_name` = '{study.study_name}'")
         return [(r.data.tags["method"], int(r.data.metrics["params/total"])) for r in runs]
 
+    def wait_for_launch(self, study_name: str) -> None:
+        """The driver starts its workers before its MLflow set-up and marks the study when that is done."""
+        if not self.settings.launch:
+            return
+        study_id = self.storage.get_study_id_from_name(study_name)
+        while self.storage.get_study_user_attrs(study_id).get(LAUNCH_ATTR) != self.settings.launch:
+            if os.getppid() != self.driver_pid:
+                raise SystemExit(f"the sweep driver (pid {self.driver_pid}) exited before its launch began")
+            time.sleep(LAUNCH_POLL_SECONDS)
+
     def run(self) -> None:
         first, matched = study_names(self.experiment.name)
+        self.wait_for_launch(first)
         if self.experiment.spec.mode == "search":
             self.run_search(self.load(first, optuna.samplers.TPESampler()))
             return
@@ -227,4 +244,4 @@ def settings_json(settings: WorkerSettings) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    exit_now(main(sys.argv[1:]))
