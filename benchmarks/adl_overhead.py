@@ -1,7 +1,7 @@
 """Cost of adaptive dropout in training, and what physical pruning buys at inference.
 
 One run, one process: (1) training-step time (forward + backward + AdamW) of the default model
-with ADLs at all three locations over the dense model, same batch, interleaved rounds: frame masks
+with ADLs at all three locations over the dense model, same batch, the models taking turns step by step: frame masks
 with pooled noise (the default), with noise drawn fresh for every element (adl.noise = "fresh"),
 with hard concrete gates (adl.gate), with straight-through masks, and utterance masks. (2) Encoder
 latency at batch 1 on 10 s of audio of a pruned model against the dense one, beside their FLOP ratio.
@@ -33,27 +33,40 @@ from study.model.io import load_model  # noqa: E402
 N_MELS = 80
 
 
-def train_step_ms(model: ConformerCTC, feats: torch.Tensor, lengths: torch.Tensor, steps: int) -> list[float]:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def train_step_ms(model: ConformerCTC, optimizer: torch.optim.Optimizer, feats: torch.Tensor,
+                  lengths: torch.Tensor) -> float:
     model.train()
-    times = []
+    start = time.perf_counter()
+    log_probs, _ = model(feats, lengths)
+    loss = -log_probs.mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return (time.perf_counter() - start) * 1000
+
+
+def paired_step_ratios(models: dict[str, ConformerCTC], feats: torch.Tensor, lengths: torch.Tensor,
+                       steps: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Median step ms per model, and the median over steps of each model's time over the dense model's
+    in the same round: the models take turns step by step, so a drift in the machine's speed (seen:
+    +-4% between runs) falls on every model alike."""
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+    for name, model in models.items():  # warm-up, and AdamW's state allocated outside the timing
+        for _ in range(2):
+            train_step_ms(model, optimizers[name], feats, lengths)
+    times = {name: [] for name in models}
     for _ in range(steps):
-        start = time.perf_counter()
-        log_probs, _ = model(feats, lengths)
-        loss = -log_probs.mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        times.append((time.perf_counter() - start) * 1000)
-    return times
+        for name, model in models.items():
+            times[name].append(train_step_ms(model, optimizers[name], feats, lengths))
+    ratios = {name: statistics.median(t / d for t, d in zip(times[name], times["dense"])) for name in models}
+    return {name: statistics.median(t) for name, t in times.items()}, ratios
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--frames", type=int, default=300, help="input frames (300 = 3 s)")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per model and round")
+    parser.add_argument("--steps", type=int, default=60, help="timed steps per model, taken in turn")
     parser.add_argument("--prune", type=float, default=0.54, help="share of units pruned when no --model")
     parser.add_argument("--model", help="a model.pt exported by an adaptive-dropout trial")
     args = parser.parse_args()
@@ -71,13 +84,7 @@ def main() -> None:
         torch.manual_seed(0)
         models[name] = ConformerCTC(cfg, N_MELS, text.vocab_size())
         attach_adls(models[name], ["ffn", "mhsa", "conv"], settings)
-    for model in models.values():
-        train_step_ms(model, feats, lengths, 2)  # warm-up
-    times = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            times[name] += train_step_ms(model, feats, lengths, args.steps)
-    step = {name: statistics.median(t) for name, t in times.items()}
+    step, ratio = paired_step_ratios(models, feats, lengths, args.steps)
 
     if args.model:
         pruned, _ = load_model(args.model)
@@ -95,9 +102,9 @@ def main() -> None:
     params = {"dense": count_params(dense), "pruned": count_params(pruned)}
 
     print(f"training step, batch {args.batch} x {args.frames} frames, {torch.get_num_threads()} threads (median ms)")
-    print(f"{'model':<20}{'step ms':>10}{'ratio':>8}")
+    print(f"{'model':<20}{'step ms':>10}{'ratio':>8}   (median of per-step ratios to dense)")
     for name in models:
-        print(f"{name:<20}{step[name]:>10.1f}{step[name] / step['dense']:>8.3f}")
+        print(f"{name:<20}{step[name]:>10.1f}{ratio[name]:>8.3f}")
     print("\ninference, encoder, batch 1, 10 s of audio")
     print(f"{'model':<16}{'params':>12}{'GFLOPs':>10}{'latency ms':>12}")
     for name in ("dense", "pruned"):
@@ -105,11 +112,11 @@ def main() -> None:
     speedup, flop_ratio = latency["dense"] / latency["pruned"], flops["dense"] / flops["pruned"]
     print(f"speed-up {speedup:.2f}x against a FLOP reduction of {flop_ratio:.2f}x "
           f"({speedup / flop_ratio:.0%} of it)")
-    print(json.dumps({"adl_step_time_ratio": round(step["adl-frame"] / step["dense"], 4),
-                      "adl_step_time_ratio_fresh_noise": round(step["adl-frame-fresh"] / step["dense"], 4),
-                      "adl_step_time_ratio_utterance": round(step["adl-utterance"] / step["dense"], 4),
-                      "adl_step_time_ratio_hard_concrete": round(step["adl-hard-concrete"] / step["dense"], 4),
-                      "adl_step_time_ratio_straight_through": round(step["adl-straight"] / step["dense"], 4),
+    print(json.dumps({"adl_step_time_ratio": round(ratio["adl-frame"], 4),
+                      "adl_step_time_ratio_fresh_noise": round(ratio["adl-frame-fresh"], 4),
+                      "adl_step_time_ratio_utterance": round(ratio["adl-utterance"], 4),
+                      "adl_step_time_ratio_hard_concrete": round(ratio["adl-hard-concrete"], 4),
+                      "adl_step_time_ratio_straight_through": round(ratio["adl-straight"], 4),
                       "pruned_latency_speedup": round(speedup, 4), "flop_reduction_ratio": round(flop_ratio, 4),
                       "param_reduction": round(1 - params["pruned"] / params["dense"], 4)}))
 
