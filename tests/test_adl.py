@@ -306,13 +306,17 @@ def test_polarisation_pushes_straddling_units_to_their_side_of_the_threshold(gat
 def test_hard_concrete_mask_matches_the_stretch_and_clip_traced_by_autograd(granularity):
     """HardConcreteMask's own backward against autograd through sigmoid, stretch and clip, with logits
     that leave some mask values clipped at 0 and 1 and some inside."""
-    from study.method.adaptive_dropout import HardConcreteMask, _stretch
+    from study.method.adaptive_dropout import (
+        HardConcreteMask,
+        _stretch,
+        relaxed_bernoulli,
+    )
     torch.manual_seed(0)
     beta = torch.linspace(-4, 4, 24, requires_grad=True)
     noise = torch.logit(torch.rand((6, 5, 24) if granularity == "frame" else (6, 1, 24)), 1e-6)
     grad_out = torch.randn(6, 5, 24)
     tau = 2 / 3
-    reference = _stretch(torch.sigmoid(torch.add(beta / tau, noise, alpha=1 / tau)))  # the layer's rounding
+    reference = _stretch(relaxed_bernoulli(beta, noise, tau))  # the same rounding, traced by autograd
     (reference * grad_out).sum().backward()
     expected, beta.grad = beta.grad.clone(), None
     mask = HardConcreteMask.apply(beta, noise, tau)

@@ -89,13 +89,19 @@ class AdaptiveDropout(nn.Module):
         noise = self.noise.draw(shape, x.device)  # logistic: log(u) - log(1 - u)
         if self.hard_concrete:
             mask = HardConcreteMask.apply(self.beta, noise, self.tau)
-        else:  # sigmoid((noise + beta) / tau) as one pass for the sum and one in place for the sigmoid
-            mask = torch.add(self.beta / self.tau, noise, alpha=1.0 / self.tau).sigmoid_()
+        else:
+            mask = relaxed_bernoulli(self.beta, noise, self.tau)
         if s.straight_through:
             mask = mask + ((mask > 0.5).to(mask.dtype) - mask).detach()
         if s.rescale == "inverted":
             mask = mask / self.retention.detach().clamp_min(0.05)
         return x * mask.to(x.dtype)
+
+
+def relaxed_bernoulli(beta: torch.Tensor, noise: torch.Tensor, tau: float) -> torch.Tensor:
+    """sigmoid((noise + beta) / tau), (n,) and (..., n) -> (..., n): one pass for the sum and one in place
+    for the sigmoid. The Gumbel-sigmoid mask, and the hard concrete's before its stretch."""
+    return torch.add(beta / tau, noise, alpha=1.0 / tau).sigmoid_()
 
 
 class HardConcreteMask(torch.autograd.Function):
@@ -105,7 +111,7 @@ class HardConcreteMask(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, beta: torch.Tensor, noise: torch.Tensor, tau: float) -> torch.Tensor:  # (n,), (..., n)
-        s = torch.add(beta / tau, noise, alpha=1.0 / tau).sigmoid_()
+        s = relaxed_bernoulli(beta, noise, tau)
         mask = _stretch(s)
         ctx.save_for_backward(s, mask)
         ctx.tau = tau
