@@ -98,7 +98,7 @@ def main() -> None:
                 torch.tensor(args.prune))  # about --prune of the logits fall below 0 (p < 0.5)
         pruned, _ = prune(source, cfg, adl_decisions(source))
     flops = {"dense": encoder_flops(dense), "pruned": encoder_flops(pruned)}
-    latency = latency_ms({"dense": dense, "pruned": pruned}, repeats=30)
+    latency = latency_ms({"dense": dense, "pruned": pruned}, rounds=6)
     params = {"dense": count_params(dense), "pruned": count_params(pruned)}
 
     print(f"training step, batch {args.batch} x {args.frames} frames, {torch.get_num_threads()} threads (median ms)")

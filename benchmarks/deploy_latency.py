@@ -1,11 +1,13 @@
 """Batch-1 latency on 10 s of audio of a dense and a pruned model in eager PyTorch, compiled PyTorch
-(torch.compile) and ONNX Runtime (the optional `deploy` extra), interleaved in one run, 2 threads.
+(torch.compile) and ONNX Runtime (the optional `deploy` extra), measured in one run, 2 threads.
 
 By default the models are the main recipe's shape (experiments/dense.toml) with random weights and
 the pruned one cut by random adaptive-dropout decisions to about --reduction fewer parameters
 (latency does not depend on the weights' values); --dense and --pruned take trained model.pt files.
 The latency is of the whole exported graph (normalisation, front end, encoder, head), the median of
---repeats calls after warm-up; each runtime's pruned/dense speed-up sits beside the FLOP reduction.
+steady-state calls (`steady_times`: each model called several times in a row, as a deployed model
+serving requests, the models taking turns round by round); each runtime's pruned/dense speed-up sits
+beside the FLOP reduction.
 Ends with one JSON line: {"latency_ms": {runtime: {dense, pruned}}, "speedup": {runtime: ...},
 "flop_reduction_ratio": ..., "params_reduction": ..., "fastest_runtime": ..., "pruned_latency_speedup": ...}.
 """
@@ -16,14 +18,13 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from study.evaluation.accounting import encoder_flops  # noqa: E402
+from study.evaluation.accounting import encoder_flops, steady_times  # noqa: E402
 from study.export import Deployable, export, run_exported  # noqa: E402
 from study.method.adaptive_dropout import AdlSettings  # noqa: E402
 from study.method.attach import adl_decisions, attach_adls  # noqa: E402
@@ -48,7 +49,7 @@ def random_pair(experiment: str, reduction: float, folder: Path) -> tuple[Path, 
     return folder / "dense.pt", folder / "pruned.pt"
 
 
-def model_pair_arguments(doc: str, repeats: int) -> argparse.Namespace:
+def model_pair_arguments(doc: str, rounds: int) -> argparse.Namespace:
     """The dense/pruned pair a latency benchmark compares: two model.pt files (--dense, --pruned), or the
     recipe's shape pruned by random decisions to about --reduction fewer parameters; 2 threads."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,13 +57,13 @@ def model_pair_arguments(doc: str, repeats: int) -> argparse.Namespace:
     parser.add_argument("--dense", type=Path)
     parser.add_argument("--pruned", type=Path)
     parser.add_argument("--reduction", type=float, default=0.5)
-    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--rounds", type=int, default=rounds, help="rounds of 5 timed calls per model (steady_times)")
     torch.set_num_threads(2)
     return parser.parse_args()
 
 
 def main() -> None:
-    args = model_pair_arguments(__doc__, repeats=30)
+    args = model_pair_arguments(__doc__, rounds=30)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         files = {"dense": args.dense, "pruned": args.pruned}
@@ -78,16 +79,9 @@ def main() -> None:
             calls[("compiled", name)] = torch.compile(lambda f, n, m=eager: m(f, n)[0], dynamic=False)
             calls[("onnxruntime", name)] = run_exported(onnx_path, "onnx", threads=torch.get_num_threads())
         feats, lengths = torch.randn(1, 1000, 80), torch.tensor([1000])  # 10 s at a 10 ms hop
-        times = {key: [] for key in calls}
         with torch.inference_mode():
-            for call in calls.values():
-                for _ in range(3):
-                    call(feats, lengths)
-            for _ in range(args.repeats):
-                for key, call in calls.items():
-                    start = time.perf_counter()
-                    call(feats, lengths)
-                    times[key].append((time.perf_counter() - start) * 1000)
+            timed = steady_times({key: lambda call=call: call(feats, lengths) for key, call in calls.items()}, args.rounds)
+        times = {key: [ms for ms, _ in values] for key, values in timed.items()}
     runtimes = ("eager", "compiled", "onnxruntime")
     latency = {r: {n: round(statistics.median(times[(r, n)]), 2) for n in ("dense", "pruned")} for r in runtimes}
     speedup = {r: round(latency[r]["dense"] / latency[r]["pruned"], 3) for r in runtimes}

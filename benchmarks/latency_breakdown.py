@@ -1,6 +1,6 @@
 """Where the batch-1 time of a dense and a pruned model goes, part by part, beside each part's FLOPs.
 
-Eager PyTorch, 2 threads, 10 s of audio, the models interleaved. Each part of the encoder (front end,
+Eager PyTorch, 2 threads, 10 s of audio, steady state (`steady_times`). Each part of the encoder (front end,
 and per kind over all blocks: FFN, self-attention, conv module, block LayerNorm; then the CTC head) is
 timed by forward hooks around it, which add a few microseconds per call; the table gives each part's
 median time per forward pass for both models, its speed-up, and its FLOP ratio, so the parts that
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from deploy_latency import model_pair_arguments, random_pair  # noqa: E402
 
-from study.evaluation.accounting import encoder_inputs  # noqa: E402
+from study.evaluation.accounting import encoder_inputs, steady_times  # noqa: E402
 from study.model.conformer import ConformerCTC  # noqa: E402
 from study.model.io import load_model  # noqa: E402
 
@@ -72,33 +72,30 @@ def part_flops(model: ConformerCTC, feats: torch.Tensor, lengths: torch.Tensor) 
 
 
 def main() -> None:
-    args = model_pair_arguments(__doc__, repeats=40)
+    args = model_pair_arguments(__doc__, rounds=20)
     with tempfile.TemporaryDirectory() as tmp:
         paths = (args.dense, args.pruned) if args.dense and args.pruned else random_pair(args.experiment, args.reduction, Path(tmp))
         models = {name: load_model(path)[0].eval() for name, path in zip(("dense", "pruned"), paths)}
     feats, lengths = encoder_inputs(models["dense"].n_mels)
     flops = {name: part_flops(model, feats, lengths) for name, model in models.items()}
     timers = {name: PartTimer(model) for name, model in models.items()}
-    per_call = {name: defaultdict(list) for name in models}
-    totals = {name: [] for name in models}
+
+    def call(name: str) -> dict[str, float]:
+        timers[name].totals.clear()
+        models[name](feats, lengths)
+        return dict(timers[name].totals)
+
     with torch.inference_mode():
-        for _ in range(3):
-            for model in models.values():
-                model(feats, lengths)
-        for _ in range(args.repeats):
-            for name, model in models.items():
-                timers[name].totals.clear()
-                start = time.perf_counter()
-                model(feats, lengths)
-                totals[name].append(time.perf_counter() - start)
-                for part in PARTS:
-                    per_call[name][part].append(timers[name].totals[part])
+        timed = steady_times({name: lambda name=name: call(name) for name in models}, args.rounds)
+    totals = {name: [ms / 1e3 for ms, _ in values] for name, values in timed.items()}
+    per_call = {name: {part: [parts_s.get(part, 0.0) for _, parts_s in values] for part in PARTS}
+                for name, values in timed.items()}
     ms = {name: {part: 1e3 * statistics.median(per_call[name][part]) for part in PARTS} for name in models}
     total = {name: 1e3 * statistics.median(totals[name]) for name in models}
     for name in models:
         ms[name]["other"] = total[name] - sum(ms[name].values())  # positions, masks, log-softmax, hooks
     rows = {}
-    print(f"batch 1, 10 s of audio, eager PyTorch, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"batch 1, 10 s of audio, eager PyTorch, {torch.get_num_threads()} threads, median of {5 * args.rounds} steady calls")
     print(f"{'part':<12}{'dense ms':>10}{'pruned ms':>11}{'speed-up':>10}{'FLOP ratio':>12}{'share of dense':>16}")
     for part in (*PARTS, "other"):
         d, p = ms["dense"][part], ms["pruned"][part]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from study.config import ModelConfig
-from study.evaluation.accounting import count_params
+from study.evaluation.accounting import count_params, steady_times
 from study.method.adaptive_dropout import AdlSettings
 from study.method.attach import adl_decisions, adl_layers, attach_adls
 from study.method.pruning import prune
@@ -125,3 +125,19 @@ def test_parameter_counts_exclude_adl_logits():
     dense = ConformerCTC(CFG, N_MELS, VOCAB)
     assert count_params(model) == count_params(dense)
     assert sum(p.numel() for p in model.parameters()) == count_params(dense) + sum(l.beta.numel() for l in layers)
+
+
+def test_latency_is_timed_in_steady_state_with_the_models_taking_turns():
+    """`steady_times`: per round, each call's warm-up runs go untimed, then its timed runs follow in a
+    row (a deployed model's caches are warm); the rounds alternate the calls."""
+    order = []
+
+    def call(name):
+        order.append(name)
+        return sum(1 for n in order if n == name)  # how many times this call has run so far
+
+    times = steady_times({"a": lambda: call("a"), "b": lambda: call("b")}, rounds=2, block=3, warmup=2)
+    assert order == ["a"] * 5 + ["b"] * 5 + ["a"] * 5 + ["b"] * 5
+    for name in ("a", "b"):
+        assert [value for _, value in times[name]] == [3, 4, 5, 8, 9, 10]  # the timed runs only
+        assert all(ms >= 0 for ms, _ in times[name])
