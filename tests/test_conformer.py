@@ -139,8 +139,9 @@ def test_unequal_heads_run_inference_on_padded_weights_exactly_and_follow_weight
 
 
 def test_uniform_heads_copy_gives_the_same_outputs_with_equal_heads():
-    """The deployment copy (study/export.py) holds unequal heads as zero-padded equal ones: the same
-    outputs with autograd on (the path a compiled or exported graph takes), the original untouched."""
+    """The deployment copy (study/export.py) holds unequal heads as zero-padded equal ones, and heads
+    without query units as the mean of their values: the same outputs with autograd on (the path a
+    compiled or exported graph takes), the original untouched."""
     from study.model.conformer import BlockWidths, with_uniform_heads
     torch.manual_seed(0)
     widths = [BlockWidths(64, 50, query_dims=[8, 3, 5], value_dims=[2, 8, 7], conv=20),
@@ -151,6 +152,10 @@ def test_uniform_heads_copy_gives_the_same_outputs_with_equal_heads():
     assert all(b.mhsa.uniform and b.mhsa.wq.out_features == b.mhsa.num_heads * b.mhsa.head_size
                for b in uniform.encoder.blocks)
     assert not any(b.mhsa.uniform for b in model.encoder.blocks)
+    # block 1's first head has values but no query units: it attends uniformly, so it becomes the mean of
+    # its values (pooled_heads) and SDPA runs over the other head alone
+    assert uniform.encoder.blocks[0].mhsa.pooled_heads is None and uniform.encoder.blocks[0].mhsa.num_heads == 3
+    assert uniform.encoder.blocks[1].mhsa.pooled_heads is not None and uniform.encoder.blocks[1].mhsa.num_heads == 1
     expected, expected_lengths = model(feats, lengths)
     got, got_lengths = uniform(feats, lengths)
     assert torch.equal(got_lengths, expected_lengths)

@@ -223,6 +223,7 @@ class SelfAttention(nn.Module):
         self.query_gate = nn.Identity()
         self.value_gate = nn.Identity()
         self.wo = nn.Linear(sum(value_dims), d_model)
+        self.pooled_heads: nn.Linear | None = None  # set by with_uniform_heads (deployment copies only)
         self.dropout = Dropout(dropout)
         self.attn_dropout = attention_dropout
         self.uniform = len(set(query_dims) | set(value_dims)) == 1
@@ -272,7 +273,7 @@ class SelfAttention(nn.Module):
             q, k, v = (F.linear(x, w, bias).view(b, t, self.num_heads, self.head_size).transpose(1, 2)
                        for w, bias in ((wq, bq), (wk, bk), (wv, bv)))  # (B, H, T, head_size) each
             attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :], scale=self.scale)
-            return self.dropout(F.linear(attn.transpose(1, 2).reshape(b, t, -1), wo, self.wo.bias))
+            return self._output(F.linear(attn.transpose(1, 2).reshape(b, t, -1), wo, self.wo.bias), x, mask)
         q = self._heads(self.query_gate(self.wq(x)), self.q_index, self.head_size)
         k = self._heads(self.wk(x), self.q_index, self.head_size)
         v = self._heads(self.value_gate(self.wv(x)), self.v_index, self.head_size)
@@ -282,25 +283,74 @@ class SelfAttention(nn.Module):
         attn = attn.transpose(1, 2).reshape(b, t, -1)
         if not self.uniform:
             attn = attn.index_select(2, self.v_index)
-        return self.dropout(self.wo(attn))
+        return self._output(self.wo(attn), x, mask)
+
+    def _output(self, out: torch.Tensor, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pooled_heads is not None:
+            out = out + self.pooled_heads(masked_mean(x, mask))  # (B, 1, D): the same for every frame
+        return self.dropout(out)
 
 
 def with_uniform_heads(model: nn.Module) -> nn.Module:
     """A copy for deployment whose attention layers with unequal heads hold their zero-padded projections
     as plain weights: the same outputs, and every runtime sees the graph of a dense model with smaller
     heads. (The padded-weights path above serves eager inference only; a compiled or exported graph
-    takes the scatter path, whose gathers and extra transposes cost more than pruning saved.)"""
+    takes the scatter path, whose gathers and extra transposes cost more than pruning saved.)
+    Heads that lost every query unit score every key 0, so they attend uniformly: their output is the
+    mean of their values over the utterance, which the copy computes as one (D, D) product of the mean
+    frame (`pooled_heads`) instead of paying a softmax over T x T scores per head."""
     model = copy.deepcopy(model)
-    for attention in (m for m in model.modules() if isinstance(m, SelfAttention) and not m.uniform):
-        wq, bq, wk, bk, wv, bv, wo = attention._padded_weights()
-        for name, weight, bias in (("wq", wq, bq), ("wk", wk, bk), ("wv", wv, bv), ("wo", wo, attention.wo.bias)):
-            setattr(attention, name, _linear_of(weight, bias))
-        attention.uniform = True
-        for index in ("q_index", "v_index"):
-            setattr(attention, index, torch.arange(attention.num_heads * attention.head_size, device=wq.device))
-        for cached in ("_padded_key", "_padded_cache"):
-            attention.__dict__.pop(cached, None)
+    for block in model.encoder.blocks:
+        if isinstance(block.mhsa, SelfAttention) and not block.mhsa.uniform:
+            block.mhsa = _uniform_heads(_without_query_less_heads(block.mhsa))
     return model
+
+
+@torch.no_grad()
+def _without_query_less_heads(attention: SelfAttention) -> SelfAttention:
+    """`attention` with its heads that have value units but no query units moved into `pooled_heads`
+    (kept as they are when no head has query units: SDPA needs one)."""
+    head_of = lambda index: torch.div(index, attention.head_size, rounding_mode="floor")  # noqa: E731
+    query_heads, value_heads = head_of(attention.q_index), head_of(attention.v_index)
+    scored = sorted(set(query_heads.tolist()))
+    if not scored or len(scored) == attention.num_heads:
+        return attention
+    kept = torch.isin(value_heads, torch.tensor(scored, device=value_heads.device))
+    keep, pool = kept.nonzero().flatten(), (~kept).nonzero().flatten()
+    query_dims = [int((query_heads == h).sum()) for h in scored]
+    value_dims = [int((value_heads == h).sum()) for h in scored]
+    wv, wo = attention.wv, attention.wo
+    smaller = SelfAttention(wv.in_features, query_dims, value_dims, attention.scale, 0.0,
+                            attention.attn_dropout).to(wv.weight.device).eval()
+    smaller.norm.load_state_dict(attention.norm.state_dict())
+    smaller.wq.load_state_dict(attention.wq.state_dict())
+    smaller.wk.load_state_dict(attention.wk.state_dict())
+    smaller.wv = _linear_of(wv.weight[keep], wv.bias[keep])
+    smaller.wo = _linear_of(wo.weight[:, keep], wo.bias)
+    smaller.dropout = attention.dropout
+    # mean_t(wo_p (wv_p x_t + bv_p)) = (wo_p wv_p) mean_t(x_t) + wo_p bv_p
+    smaller.pooled_heads = _linear_of(wo.weight[:, pool] @ wv.weight[pool], wo.weight[:, pool] @ wv.bias[pool])
+    return smaller
+
+
+def _uniform_heads(attention: SelfAttention) -> SelfAttention:
+    if attention.uniform:
+        return attention
+    wq, bq, wk, bk, wv, bv, wo = attention._padded_weights()
+    for name, weight, bias in (("wq", wq, bq), ("wk", wk, bk), ("wv", wv, bv), ("wo", wo, attention.wo.bias)):
+        setattr(attention, name, _linear_of(weight, bias))
+    attention.uniform = True
+    for index in ("q_index", "v_index"):
+        setattr(attention, index, torch.arange(attention.num_heads * attention.head_size, device=wq.device))
+    for cached in ("_padded_key", "_padded_cache"):
+        attention.__dict__.pop(cached, None)
+    return attention
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D), (B, T) bool -> (B, 1, D): the mean over each utterance's real frames."""
+    weights = mask.to(x.dtype)[..., None]
+    return (x * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
 
 
 @torch.no_grad()
