@@ -24,8 +24,12 @@ CFG = ModelConfig(d_model=32, num_heads=4, ffn_dim=48, conv_channels=24, conv_ke
 def pruned_model_file(tmp_path: Path, cfg: ModelConfig) -> tuple[Path, ConformerCTC, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = ConformerCTC(cfg, 40, 29)
-    for layer in attach_adls(model, ["ffn", "mhsa", "conv"], AdlSettings()):
+    layers = attach_adls(model, ["ffn", "mhsa", "conv"], AdlSettings())
+    for layer in layers:
         layer.beta.data = torch.randn_like(layer.beta) * 2.0  # about half of the units cut, heads of unequal sizes
+    query, value = layers[2], layers[3]  # block 0's (groups: ffn1, ffn2, query, value, conv)
+    head = cfg.d_model // cfg.num_heads
+    query.beta.data[:head], value.beta.data[:head] = -10.0, 10.0  # head 0: values, no queries (pooled when deployed)
     pruned, widths = prune(model.eval(), cfg, adl_decisions(model))
     mean, std = torch.randn(40), torch.rand(40) + 0.5
     path = tmp_path / "model.pt"

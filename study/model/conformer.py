@@ -310,8 +310,9 @@ def with_uniform_heads(model: nn.Module) -> nn.Module:
 def _without_query_less_heads(attention: SelfAttention) -> SelfAttention:
     """`attention` with its heads that have value units but no query units moved into `pooled_heads`
     (kept as they are when no head has query units: SDPA needs one)."""
-    head_of = lambda index: torch.div(index, attention.head_size, rounding_mode="floor")  # noqa: E731
-    query_heads, value_heads = head_of(attention.q_index), head_of(attention.v_index)
+    # the head of each compact unit, from its position in the padded (H * head_size) layout
+    query_heads = torch.div(attention.q_index, attention.head_size, rounding_mode="floor")
+    value_heads = torch.div(attention.v_index, attention.head_size, rounding_mode="floor")
     scored = sorted(set(query_heads.tolist()))
     if not scored or len(scored) == attention.num_heads:
         return attention
