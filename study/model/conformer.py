@@ -93,12 +93,17 @@ def utterance_norm(x: torch.Tensor, lengths: torch.Tensor, variance: bool) -> to
     """(B, T, F) -> each bin minus its mean over the utterance's own frames (and divided by their standard
     deviation with `variance`): cepstral mean (and variance) normalisation, which removes a recording
     channel's fixed colouring. Padded frames stay zero, so the result does not depend on batch padding."""
-    valid = padding_mask(lengths, x.shape[1])[:, :, None].to(x.dtype)  # (B, T, 1)
-    count = lengths.clamp_min(1)[:, None, None].to(x.dtype)  # (B, 1, 1)
-    centred = (x - (x * valid).sum(1, keepdim=True) / count) * valid
+    mask = padding_mask(lengths, x.shape[1])
+    centred = (x - masked_mean(x, mask)) * mask[:, :, None].to(x.dtype)
     if not variance:
         return centred
-    return centred * torch.rsqrt(centred.pow(2).sum(1, keepdim=True) / count + 1e-5)
+    return centred * torch.rsqrt(masked_mean(centred.pow(2), mask) + 1e-5)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, D), (B, T) bool -> (B, 1, D): the mean over each utterance's real frames (0 with none)."""
+    weights = mask.to(x.dtype)[..., None]  # (B, T, 1)
+    return (x * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp_min(1)
 
 
 def project_frames(x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
@@ -346,12 +351,6 @@ def _uniform_heads(attention: SelfAttention) -> SelfAttention:
     for cached in ("_padded_key", "_padded_cache"):
         attention.__dict__.pop(cached, None)
     return attention
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, D), (B, T) bool -> (B, 1, D): the mean over each utterance's real frames."""
-    weights = mask.to(x.dtype)[..., None]
-    return (x * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
 
 
 @torch.no_grad()
