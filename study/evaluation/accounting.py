@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -57,9 +57,9 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def steady_times(calls: dict, rounds: int, block: int = 5, warmup: int = 2,
-                 sync: Callable[[], None] = lambda: None) -> dict:
-    """Steady-state wall times: {key: [(ms, what the call returned), ...]} for each zero-argument call.
+def steady_times(calls: dict[Any, Callable[[], Any]], rounds: int, block: int = 5, warmup: int = 2) -> dict:
+    """Steady-state wall times: {key: [(ms, what the call returned), ...]} for each zero-argument call
+    (a call on a GPU waits for its own work before it returns).
 
     Each round runs every call `warmup` times untimed, then `block` times timed, one call after the
     other: a deployed model serves requests back to back, with its weights in the caches. Rounds
@@ -70,10 +70,8 @@ def steady_times(calls: dict, rounds: int, block: int = 5, warmup: int = 2,
     for _ in range(rounds):
         for key, call in calls.items():
             for i in range(warmup + block):
-                sync()
                 start = time.perf_counter()
                 value = call()
-                sync()
                 if i >= warmup:
                     times[key].append(((time.perf_counter() - start) * 1000, value))
     return times
@@ -82,13 +80,16 @@ def steady_times(calls: dict, rounds: int, block: int = 5, warmup: int = 2,
 @torch.no_grad()
 def latency_ms(models: dict[str, ConformerCTC], rounds: int = 4) -> dict[str, float]:
     """Median encoder latency (ms) at batch 1 on 10 s, steady state (`steady_times`)."""
-    calls = {}
-    for name, model in models.items():
-        model.eval()
-        inputs = encoder_inputs(model.n_mels, device=next(model.parameters()).device)
-        calls[name] = lambda model=model, inputs=inputs: model.encoder(*inputs)
-    device = next(next(iter(models.values())).parameters()).device
-    times = steady_times(calls, rounds, sync=lambda: synchronize(device))
+    def timed_call(model: ConformerCTC) -> Callable[[], None]:
+        device = next(model.parameters()).device
+        inputs = encoder_inputs(model.n_mels, device=device)
+
+        def call() -> None:
+            model.encoder(*inputs)
+            synchronize(device)
+        return call
+
+    times = steady_times({name: timed_call(model.eval()) for name, model in models.items()}, rounds)
     return {name: statistics.median(ms for ms, _ in t) for name, t in times.items()}
 
 
