@@ -3,11 +3,14 @@
 One run, one process: (1) training-step time (forward + backward + AdamW) of the default model
 with ADLs at all three locations over the dense model, same batch, the models taking turns step by step: frame masks
 with pooled noise (the default), with noise drawn fresh for every element (adl.noise = "fresh"),
-with hard concrete gates (adl.gate), with straight-through masks, and utterance masks. (2) Encoder
+with hard concrete gates (adl.gate), with straight-through masks, and utterance masks; and the floor of
+any frame-mask implementation: each ADL reduced to one multiply by its logits (no noise, no sigmoid),
+which a fused kernel would still have to do forward and backward. (2) Encoder
 latency at batch 1 on 10 s of audio of a pruned model against the dense one, beside their FLOP ratio.
 The pruned model comes from --model (a model.pt exported by an adaptive-dropout trial) or, by default,
 from ADL logits drawn so that about --prune of the units fall below the threshold.
-Ends with one JSON line: {"adl_step_time_ratio", "adl_step_time_ratio_fresh_noise", "pruned_latency_speedup", "flop_reduction_ratio", ...}.
+Ends with one JSON line: {"adl_step_time_ratio", "adl_step_time_ratio_fresh_noise", "adl_step_time_ratio_multiply_only",
+"pruned_latency_speedup", "flop_reduction_ratio", ...}.
 """
 from __future__ import annotations
 
@@ -24,13 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from study.config import ModelConfig  # noqa: E402
 from study.data import text  # noqa: E402
 from study.evaluation.accounting import count_params, encoder_flops, latency_ms  # noqa: E402
-from study.method.adaptive_dropout import AdlSettings  # noqa: E402
+from study.method.adaptive_dropout import AdaptiveDropout, AdlSettings  # noqa: E402
 from study.method.attach import adl_decisions, attach_adls  # noqa: E402
 from study.method.pruning import prune  # noqa: E402
 from study.model import ConformerCTC  # noqa: E402
 from study.model.io import load_model  # noqa: E402
 
 N_MELS = 80
+
+
+def multiply_only(layer: AdaptiveDropout) -> None:
+    """The layer's forward becomes x * beta: the mask's unavoidable work (its multiply; backward, the
+    input's gradient and the logits' sum over frames) without drawing noise or taking a sigmoid."""
+    layer.forward = lambda x: x * layer.beta
 
 
 def train_step_ms(model: ConformerCTC, optimizer: torch.optim.Optimizer, feats: torch.Tensor,
@@ -79,11 +88,13 @@ def main() -> None:
     variants = {"adl-frame": AdlSettings(), "adl-frame-fresh": AdlSettings(noise="fresh"),
                 "adl-hard-concrete": AdlSettings(gate="hard_concrete", tau=2 / 3),
                 "adl-straight": AdlSettings(straight_through=True),
-                "adl-utterance": AdlSettings(mask_granularity="utterance")}
+                "adl-utterance": AdlSettings(mask_granularity="utterance"), "multiply-only": AdlSettings()}
     for name, settings in variants.items():
         torch.manual_seed(0)
         models[name] = ConformerCTC(cfg, N_MELS, text.vocab_size())
-        attach_adls(models[name], ["ffn", "mhsa", "conv"], settings)
+        for layer in attach_adls(models[name], ["ffn", "mhsa", "conv"], settings):
+            if name == "multiply-only":
+                multiply_only(layer)
     step, ratio = paired_step_ratios(models, feats, lengths, args.steps)
 
     if args.model:
@@ -117,6 +128,7 @@ def main() -> None:
                       "adl_step_time_ratio_utterance": round(ratio["adl-utterance"], 4),
                       "adl_step_time_ratio_hard_concrete": round(ratio["adl-hard-concrete"], 4),
                       "adl_step_time_ratio_straight_through": round(ratio["adl-straight"], 4),
+                      "adl_step_time_ratio_multiply_only": round(ratio["multiply-only"], 4),
                       "pruned_latency_speedup": round(speedup, 4), "flop_reduction_ratio": round(flop_ratio, 4),
                       "param_reduction": round(1 - params["pruned"] / params["dense"], 4)}))
 
