@@ -28,7 +28,7 @@ from study.config import ModelConfig  # noqa: E402
 from study.data import text  # noqa: E402
 from study.evaluation.accounting import count_params, encoder_flops, latency_ms  # noqa: E402
 from study.method.adaptive_dropout import AdaptiveDropout, AdlSettings  # noqa: E402
-from study.method.attach import adl_decisions, attach_adls  # noqa: E402
+from study.method.attach import adl_decisions, adl_layers, attach_adls  # noqa: E402
 from study.method.pruning import prune  # noqa: E402
 from study.model import ConformerCTC  # noqa: E402
 from study.model.io import load_model  # noqa: E402
@@ -92,9 +92,9 @@ def main() -> None:
     for name, settings in variants.items():
         torch.manual_seed(0)
         models[name] = ConformerCTC(cfg, N_MELS, text.vocab_size())
-        for layer in attach_adls(models[name], ["ffn", "mhsa", "conv"], settings):
-            if name == "multiply-only":
-                multiply_only(layer)
+        attach_adls(models[name], ["ffn", "mhsa", "conv"], settings)
+    for layer in adl_layers(models["multiply-only"]):
+        multiply_only(layer)
     step, ratio = paired_step_ratios(models, feats, lengths, args.steps)
 
     if args.model:
