@@ -22,6 +22,7 @@ import mlflow
 
 from study.config import ConfigError
 from study.data.manifest import DataError
+from study.environment import installed_version
 from study.data.prepared import prepare_data
 from study.data.tokenizer import build_tokenizer
 from study.sweep.driver import SweepArgs, SweepError, launch
@@ -64,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-restarts", type=int, default=3, help="lost workers replaced in one launch; "
                    "the lost trial resumes from its last checkpoint (default: 3)")
     p.add_argument("--status", action="store_true", help="print the sweep's trials and exit")
+    p.add_argument("--check", action="store_true", help="check that the installed torch/torchaudio pair (and "
+                   "torch's CUDA wheels) are the pinned ones, then exit (a mismatch exits 2 at any command)")
     p.add_argument("--no-analysis", action="store_true", help="skip regenerating figures at the end")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration key of every trial, e.g. --set train.epochs=2 (repeatable)")
@@ -72,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.check:  # importing study already checked the pins (a drift exits 2 there)
+        print("environment ok: " + ", ".join(f"{n} {installed_version(n)}" for n in ("torch", "torchaudio")))
+        return 0
     # `kill` (SIGTERM) unwinds like Ctrl-C: workers stop, runs close as KILLED, never left RUNNING.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
