@@ -115,17 +115,19 @@ class Trainer:
     def __init__(self, cfg: Config, model: torch.nn.Module, train: SplitData, tokenizer: Tokenizer, mean: torch.Tensor,
                  std: torch.Tensor, checkpoint_path: Path, device: torch.device, epochs: int | None = None,
                  param_groups: list[dict] | None = None, regulariser: Callable[[float], torch.Tensor] | None = None,
-                 on_step: Callable[[float], None] | None = None, checkpointed: dict[str, torch.Tensor] | None = None,
+                 on_step: Callable[[float], None] | None = None,
+                 on_epoch_start: Callable[[int], None] | None = None, checkpointed: dict[str, torch.Tensor] | None = None,
                  distributed: bool = True):
         """`regulariser(t)` (t = fraction of training done) is added to the CTC loss at every step;
-        `on_step(t)` runs before each step's forward pass;
+        `on_step(t)` runs before each step's forward pass; `on_epoch_start(epoch)` right after the epoch's
+        seed is set (state carried across epochs, such as a noise pool, restarts from that seed there);
         `param_groups` replace the single AdamW group (e.g. for the ADL logits); `checkpointed` tensors
         outside the model (e.g. the budget controller's multipliers) are saved and restored with it;
         `distributed` False trains in this process alone even under torchrun (rank 0's fine-tuning)."""
         self.checkpointed = checkpointed or {}
         self.cfg, self.model, self.device = cfg, model.to(device), device
         self.epochs = epochs if epochs is not None else cfg.train.epochs
-        self.regulariser, self.on_step = regulariser, on_step
+        self.regulariser, self.on_step, self.on_epoch_start = regulariser, on_step, on_epoch_start
         self.train_data, self.mean, self.std = train, mean.to(device), std.to(device)
         self.rank, self.world = rank_and_world() if distributed else (0, 1)
         step_model = self.model
@@ -162,10 +164,12 @@ class Trainer:
         self.history = History()
         self.clock: PhaseClock | None = None  # set to time the phases of each step
 
-    def _batches(self, shuffle_seed: int | None) -> list[list[int]]:
-        """Length-bucketed batches of the trainable utterances, as indices into the training split."""
-        lengths = [self.train_data.lengths[i] for i in self.train_indices]
-        return [[self.train_indices[i] for i in b] for b in make_batches(lengths, self.max_frames, shuffle_seed)]
+    def _batches(self, shuffle_seed: int | None, indices: list[int] | None = None) -> list[list[int]]:
+        """Length-bucketed batches of `indices` (default: every trainable utterance), as indices into the
+        training split."""
+        indices = self.train_indices if indices is None else indices
+        lengths = [self.train_data.lengths[i] for i in indices]
+        return [[indices[i] for i in b] for b in make_batches(lengths, self.max_frames, shuffle_seed)]
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's global batches; under DDP each rank's share of each (every rank needs one
@@ -206,22 +210,21 @@ class Trainer:
             feats = normalise(batch.features, batch.feature_lengths, self.mean, self.std)
             yield batch, self.spec_augment(feats) if augment else feats
 
-    def plain_batches(self, max_utterances: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Training utterances as evaluation sees them (no SpecAugment), in a fixed order, about
-        `max_utterances` of them: ((B, T, F) features, (B,) lengths)."""
-        batches, total = [], 0
-        for indices in self._batches(shuffle_seed=None):
-            if total >= max_utterances:
-                break
-            batches.append(indices)
-            total += len(indices)
-        for batch, feats in self.device_batches(batches, augment=False):
+    def sample_batches(self, max_utterances: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """A seeded random sample of `max_utterances` training utterances (every one when there are fewer),
+        as evaluation sees them (no SpecAugment): ((B, T, F) features, (B,) lengths). Random, so its lengths
+        follow the corpus's (the first batches in length order would be the shortest utterances only)."""
+        count = min(max_utterances, len(self.train_indices))
+        sample = sorted(random.Random(seed).sample(self.train_indices, count))
+        for batch, feats in self.device_batches(self._batches(None, sample), augment=False):
             yield feats, batch.feature_lengths
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         self.model.train()
         torch.manual_seed(self.cfg.train.seed * 1000 + epoch + 7919 * self.rank)  # dropout and SpecAugment draws
         random.seed(self.cfg.train.seed * 1000 + epoch)
+        if self.on_epoch_start:
+            self.on_epoch_start(epoch)
         batches = self._epoch_batches(epoch)
         # The host waits for the device only every `check_every` steps (on the CPU that wait is free).
         check_every = LOSS_CHECK_EVERY if self.device.type == "cuda" else 1

@@ -176,7 +176,8 @@ def _trainable(ctx: TrialContext) -> Trainable:
                                cfg.adl.anti_windup) if cfg.adl.target_reduction else None)
     adl = AdlController(layers, cfg.adl, budget)
     trainer = ctx.trainer(model, "checkpoint.pt", param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay),
-                          regulariser=adl.loss, on_step=adl.begin_step, checkpointed=adl.checkpointed())
+                          regulariser=adl.loss, on_step=adl.begin_step,
+                          on_epoch_start=adl.begin_epoch, checkpointed=adl.checkpointed())
     return Trainable(model, trainer, adl, cfg.model, dense_widths(cfg.model))
 
 
@@ -195,7 +196,8 @@ def _train(ctx: TrialContext) -> Outcome:
 
     def recalibrate() -> None:  # BatchNorm statistics for the masks evaluation now uses
         if cfg.adl.recalibrate_bn and adl.layers:  # no layer, no mask noise: the dense model (invariant 3)
-            recalibrate_batch_norm(model, t.trainer.plain_batches(RECALIBRATION_UTTERANCES), t.trainer.autocast)
+            batches = t.trainer.sample_batches(RECALIBRATION_UTTERANCES, seed=cfg.train.seed)
+            recalibrate_batch_norm(model, batches, t.trainer.autocast)
     _log_cost_of_the_cut(ctx, model, adl, recalibrate)
     recalibrate()
     pruned, widths = prune(model.eval(), cfg.model, adl_decisions(model))
@@ -215,15 +217,23 @@ def _log_cost_of_the_cut(ctx: TrialContext, model: ConformerCTC, adl: AdlControl
                          recalibrate: Callable[[], None]) -> None:
     """The ADL model's dev WER before the threshold cut (every unit kept, scaled as evaluation scales
     it), with BatchNorm statistics of those masks: beside dev/wer after pruning, it tells a loss from
-    the cut from a loss in training."""
-    adl.set_uncut(True)
+    the cut from a loss in training. Where a training mask's mean E[m] is not p (relaxed Gumbel-sigmoid
+    masks, inference = "expected"), also the same with every unit scaled by p, as before E[m] was used."""
+    metrics = {}
+    modes = {"mean": "adl/dev_{}_uncut"}
+    if any(not (l.hard_concrete or l.settings.straight_through or l.settings.inference == "hard") for l in adl.layers):
+        modes["p"] = "adl/dev_{}_uncut_scaled_by_p"
     try:
-        recalibrate()
-        wer, cer, _ = ctx.error_rates(model, "dev")
+        for mode, name in modes.items():
+            adl.set_uncut(mode)
+            recalibrate()
+            wer, cer, _ = ctx.error_rates(model, "dev")
+            metrics |= {name.format("wer"): wer, name.format("cer"): cer}
     finally:
-        adl.set_uncut(False)
-    mlflow.log_metrics({"adl/dev_wer_uncut": wer, "adl/dev_cer_uncut": cer})
-    print(f"dev WER before the threshold cut {wer:.2%}")
+        adl.set_uncut(None)
+    mlflow.log_metrics(metrics)
+    print(f"dev WER before the threshold cut {metrics['adl/dev_wer_uncut']:.2%}"
+          + (f" (scaled by p: {metrics['adl/dev_wer_uncut_scaled_by_p']:.2%})" if "p" in modes else ""))
 
 
 def _target_params(cfg: Config, vocab_size: int) -> int:

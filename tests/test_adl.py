@@ -15,6 +15,7 @@ from study.method.adaptive_dropout import (
     AdlSettings,
     annealed_tau,
     regulariser,
+    relaxed_mask_mean,
     target_logit,
 )
 
@@ -78,14 +79,40 @@ def test_evaluation_thresholds_and_scales():
     layer.beta.data = torch.tensor([-1.0, 0.5, 2.0])
     x = torch.ones(1, 2, 3)
     p = torch.sigmoid(layer.beta.data)
-    assert torch.allclose(layer.eval()(x)[0, 0], torch.tensor([0.0, p[1], p[2]]))
+    mean = relaxed_mask_mean(layer.beta.data, layer.tau)  # what the relaxed training masks averaged
+    assert torch.allclose(layer.eval()(x)[0, 0], torch.tensor([0.0, mean[1], mean[2]]))
     layer.settings.inference = "hard"
     assert torch.allclose(layer(x)[0, 0], torch.tensor([0.0, 1.0, 1.0]))
-    layer.uncut = True  # the diagnostic: no unit cut, each scaled as evaluation scales a kept one
+    layer.uncut = "mean"  # the diagnostic: no unit cut, each scaled as evaluation scales a kept one
     assert torch.equal(layer(x), x)
     layer.settings.inference = "expected"
+    assert torch.allclose(layer(x)[0, 0], mean)
+    layer.uncut = "p"  # the scale evaluation used before E[m]
     assert torch.allclose(layer(x)[0, 0], p)
+    layer.settings.straight_through = True  # forward masks are m > 1/2: their mean is p itself
+    layer.uncut = None
+    assert torch.allclose(layer(x)[0, 0], torch.tensor([0.0, p[1], p[2]]))
     assert not torch.equal(layer.train()(x), layer.eval()(x))  # training masks ignore the flag
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5, 0.1, 2.0])
+def test_tabulated_mask_mean_matches_monte_carlo(tau):
+    """E[sigmoid((beta + L) / tau)] from the table against 2M draws of logistic noise (standard error
+    under 2.5e-4), over logits from decided-off to decided-on; it differs from p = sigmoid(beta) at tau ~ 1."""
+    betas = torch.tensor([-6.0, -2.0, -0.3, 0.0, 0.5, 1.7, 3.0, 6.0, 25.0])
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(2_000_000, generator=generator, dtype=torch.float64).logit()
+    monte_carlo = torch.stack([torch.sigmoid((b + noise) / tau).mean() for b in betas.double()]).float()
+    assert torch.allclose(relaxed_mask_mean(betas, tau), monte_carlo, atol=1e-3)
+    if tau == 1.0:  # the review's figures: beta = 3 -> 0.887 against p = 0.953; beta = -2 -> 0.205 against 0.119
+        assert relaxed_mask_mean(torch.tensor([3.0, -2.0]), tau) == pytest.approx([0.887, 0.205], abs=2e-3)
+
+
+def test_inverted_rescale_gives_masks_of_mean_one():
+    layer = AdaptiveDropout(4, "ffn", AdlSettings(tau=1.0, rescale="inverted", inference="hard"))
+    layer.beta.data = torch.tensor([3.0, 1.0, 0.0, -1.0])
+    masked = layer.train()(torch.ones(4000, 50, 4))
+    assert torch.allclose(masked.mean(dim=(0, 1)), torch.ones(4), atol=0.02)
 
 
 def test_polarised_share_counts_units_outside_the_band():
@@ -140,6 +167,7 @@ def test_batch_norm_recalibration_uses_evaluation_activations_and_changes_no_wei
     conv.batch_norm.register_forward_pre_hook(lambda m, args: bn_inputs.append(args[0].detach()))
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
     batches = [(torch.randn(3, 60, 20), torch.tensor([60, 60, 60])) for _ in range(2)]
+    model.eval()
     assert recalibrate_batch_norm(model, batches) == 2
     seen = torch.cat([h.transpose(0, 1).reshape(8, -1) for h in bn_inputs], dim=1)  # (C, every frame)
     assert torch.allclose(conv.batch_norm.running_mean, seen.mean(1), atol=1e-5)
@@ -147,6 +175,35 @@ def test_batch_norm_recalibration_uses_evaluation_activations_and_changes_no_wei
     assert torch.all(conv.batch_norm.running_var[:4] < 1e-10)  # cut channels (p < 0.5): only the depthwise bias
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     assert not model.training and not conv.batch_norm.training and conv.batch_norm.momentum == 0.1
+    model.train()  # the caller's mode comes back, whichever it was
+    recalibrate_batch_norm(model, batches)
+    assert model.training and conv.batch_norm.training and conv.gate.training
+
+
+def test_recalibration_sample_spans_the_corpus_lengths_not_its_shortest(tiny_config, tmp_path):
+    """Batches in length order would hand recalibration the shortest utterances only; the seeded random
+    sample follows the corpus's length distribution, and the same seed gives the same sample."""
+    from study.data.features import mean_std
+    from study.data.prepared import prepare_data
+    from study.data.tokenizer import build_tokenizer
+    from study.training import Trainer
+    from study.trial_context import build_model
+    tiny_config.data.synthetic.train_utterances = 60
+    train = prepare_data(tiny_config)["train"]
+    tokenizer = build_tokenizer(tiny_config.text, train.transcripts, tiny_config.data.cache_dir)
+    trainer = Trainer(tiny_config, build_model(tiny_config, tokenizer.vocab_size), train, tokenizer,
+                      *mean_std(train.features), tmp_path / "c.pt", torch.device("cpu"))
+    corpus = sorted(train.lengths[i] for i in trainer.train_indices)
+    sample = sorted(int(n) for _, lengths in trainer.sample_batches(20, seed=0) for n in lengths)
+    assert len(sample) == 20
+    shortest = corpus[:20]
+    assert max(sample) > max(shortest)  # not the 20 shortest
+    median = corpus[len(corpus) // 2]
+    assert 4 <= sum(n > median for n in sample) <= 16  # about half above the corpus's median
+    again = sorted(int(n) for _, lengths in trainer.sample_batches(20, seed=0) for n in lengths)
+    assert again == sample
+    everything = sorted(int(n) for _, lengths in trainer.sample_batches(1000, seed=0) for n in lengths)
+    assert everything == corpus  # asked for more than there are: every utterance once
 
 
 def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_config, tracking_uri, tmp_path):
@@ -166,7 +223,7 @@ def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_co
     for key in ("train/reg", "adl/c_t", "adl/kept_fraction/ffn", "adl/kept_fraction/mhsa", "adl/kept_fraction/conv",
                 "params/kept/ffn", "units/kept/conv", "latency/ms_b1_10s", "test/wer", "test/cer",
                 "finetune/train/loss", "finetune/dev/wer", "adl/polarised/ffn", "adl/polarised/all",
-                "adl/dev_wer_uncut"):
+                "adl/dev_wer_uncut", "adl/dev_wer_uncut_scaled_by_p"):
         assert key in run.data.metrics, key
     assert run.data.metrics["train/epochs_total"] == 4  # 3 epochs with ADLs, 1 of fine-tuning
     assert 0.0 <= run.data.metrics["adl/polarised/all"] <= 1.0

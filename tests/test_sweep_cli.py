@@ -21,6 +21,16 @@ def test_bad_override_and_missing_data_root(tmp_path, capsys):
     assert str(missing) in capsys.readouterr().err
 
 
+def test_expected_measure_with_hard_concrete_gates_exits_2_naming_both_keys(tmp_path, capsys):
+    """The expected measure counts a hard concrete unit by P(z > 0); pruning keeps it by its evaluation gate."""
+    bad = tmp_path / "budget.toml"
+    bad.write_text('method = "adaptive_dropout"\n[adl]\ngate = "hard_concrete"\ntarget_reduction = 0.5\n'
+                   'target_measure = "expected"\n')
+    assert sweep.main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "budget.toml" in err and "adl.target_measure" in err and "adl.gate" in err
+
+
 def test_overrides_parse_toml_values():
     assert sweep.parse_overrides(["a.b=3", "c=1e-3", "d=[\"ffn\", \"conv\"]", "e=word", "f=true"]) == {
         "a.b": 3, "c": 1e-3, "d": ["ffn", "conv"], "e": "word", "f": True}

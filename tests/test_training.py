@@ -65,6 +65,37 @@ def test_interrupted_run_resumes_from_its_last_epoch_and_matches_an_uninterrupte
     assert resumed["dev/wer"] == pytest.approx(reference["dev/wer"])
 
 
+def test_killed_adaptive_dropout_trial_resumes_to_the_same_final_weights(tiny_config, tmp_path, monkeypatch):
+    """Mask noise, dropout and SpecAugment after a resume are the draws the uninterrupted run made (the noise
+    pool restarts from every epoch's seed), so the final pruned model is bit-identical."""
+    tiny_config.method = "adaptive_dropout"
+    tiny_config.adl.alpha = 0.5
+    reference = run_trial(tiny_config, f"sqlite:///{tmp_path / 'ref.db'}", runs_dir=tmp_path / "ref")
+
+    original = Trainer.train_epoch
+    def killed_after_first_epoch(self, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+    monkeypatch.setattr(Trainer, "train_epoch", killed_after_first_epoch)
+    uri = f"sqlite:///{tmp_path / 'run.db'}"
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(tiny_config, uri, runs_dir=tmp_path / "run")
+    monkeypatch.setattr(Trainer, "train_epoch", original)
+    resumed = run_trial(tiny_config, uri, runs_dir=tmp_path / "run")
+    client, runs = finished_run(uri)
+    assert runs[0].data.tags["resumed_from_epoch"] == "1"
+
+    def final_weights(uri: str, run_id: str, folder: Path) -> dict[str, torch.Tensor]:
+        path = mlflow.MlflowClient(uri).download_artifacts(run_id, "model.pt", str(folder))
+        return torch.load(path, weights_only=False)["state_dict"]
+    ref_weights = final_weights(f"sqlite:///{tmp_path / 'ref.db'}", reference.run_id, tmp_path / "a")
+    new_weights = final_weights(uri, resumed.run_id, tmp_path / "b")
+    assert ref_weights.keys() == new_weights.keys()
+    assert all(torch.equal(ref_weights[k], new_weights[k]) for k in ref_weights)
+    assert resumed.metrics["dev/wer"] == reference.metrics["dev/wer"]
+
+
 def test_non_finite_loss_fails_the_run_with_its_reason(tiny_config, tracking_uri, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.nn.CTCLoss, "forward", lambda self, *a: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingError, match="non-finite CTC loss"):

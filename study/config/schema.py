@@ -172,13 +172,17 @@ class AdlConfig:
             raise ValueError(f"adl.t1 ({self.t1}) must be >= adl.t0 ({self.t0})")
         if len(set(self.locations)) != len(self.locations):
             raise ValueError(f"adl.locations: repeated location in {self.locations}")
+        if self.target_measure == "expected" and self.gate == "hard_concrete":
+            raise ValueError('adl.target_measure = "expected" with adl.gate = "hard_concrete" counts a unit as kept '
+                             'with its training mask\'s P(z > 0) = sigmoid(beta + 1.6 tau), but pruning keeps it only '
+                             'when its evaluation gate is >= 1/2 (beta >= 0): the cut would land far past the target. '
+                             'Use adl.target_measure = "cut" with adl.gate = "hard_concrete"')
         if self.rescale == "inverted" and self.gate == "hard_concrete":
-            raise ValueError('adl.rescale = "inverted" divides by sigmoid(beta), the mean of a Gumbel-sigmoid '
-                             'mask\'s decision; a hard concrete mask has another mean: use adl.rescale = "none" '
-                             'with adl.gate = "hard_concrete"')
+            raise ValueError('adl.rescale = "inverted" divides by the mean of a Gumbel-sigmoid mask; a hard '
+                             'concrete mask has another mean: use adl.rescale = "none" with adl.gate = "hard_concrete"')
         if self.rescale == "inverted" and self.inference == "expected":
-            raise ValueError('adl.rescale = "inverted" trains on x * mask / p, whose mean is x, so evaluation must '
-                             'keep units unscaled: set adl.inference = "hard" (inference = "expected" would give x * p)')
+            raise ValueError('adl.rescale = "inverted" trains on x * mask / E[mask], whose mean is x, so evaluation must '
+                             'keep units unscaled: set adl.inference = "hard" (inference = "expected" would scale it twice)')
 
 
 @dataclass

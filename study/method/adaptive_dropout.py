@@ -1,16 +1,20 @@
 """The adaptive dropout layer (ADL) and its regulariser (METHOD.md section 1).
 
 Each unit d has a trainable logit beta[d]; its retention probability is p = sigmoid(beta).
-Training draws a relaxed Bernoulli (Gumbel-sigmoid) mask with temperature tau; evaluation keeps
-units with p >= threshold, scaled by p ("expected") or not ("hard"). The regulariser
-alpha * mean (beta - c(t))^2 pulls logits toward a target that falls during training.
+Training draws a relaxed Bernoulli (Gumbel-sigmoid) mask m with temperature tau; evaluation keeps
+units with p >= threshold, scaled ("expected") or not ("hard"). The scale is the mean training saw,
+E[m] = E[sigmoid((beta + L) / tau)] over logistic noise L, which equals p only as tau -> 0 (at tau = 1,
+beta = 3: 0.887 against p = 0.953); straight-through masks (m > 1/2 forward) have mean p exactly.
+The regulariser alpha * mean (beta - c(t))^2 pulls logits toward a target that falls during training.
 
 gate = "hard_concrete" (Louizos et al. 2018, METHOD.md 1b) stretches the relaxed mask to (-0.1, 1.1)
 and clips it to [0, 1], so masks are exactly 0 or 1 with real probability; its evaluation gate
-clip(sigmoid(beta) * 1.2 - 0.1, 0, 1) takes the place of p (exactly 0 or 1 once |beta| > 2.4).
+clip(sigmoid(beta) * 1.2 - 0.1, 0, 1) takes the place of p (exactly 0 or 1 once |beta| > 2.4), and is
+also its evaluation scale (Louizos et al.'s test-time gate).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -21,6 +25,8 @@ from study.config import AdlConfig
 from study.method.noise import LogisticNoise
 
 STRETCH = (-0.1, 1.1)  # the hard concrete's stretch limits (gamma, zeta)
+MEAN_TABLE_STEP = 1 / 32  # logit spacing of the tabulated relaxed-mask mean (linear interpolation between)
+MEAN_QUADRATURE = 4096  # midpoints in u of the integral over the noise: error under 1 / 4096 at any tau
 
 
 @dataclass
@@ -53,7 +59,9 @@ class AdaptiveDropout(nn.Module):
         self.beta = nn.Parameter(torch.full((units,), float(settings.beta0)))
         self.tau = settings.tau  # may be annealed during training
         self.frozen = False  # hard phase: train with the evaluation (thresholded) masks
-        self.uncut = False  # evaluation without the threshold cut: every unit times p (a diagnostic)
+        # evaluation without the threshold cut (a diagnostic): None (off), "mean" (every unit scaled as a
+        # kept one), "p" (every unit times sigmoid(beta): what evaluation used before E[m], for comparison)
+        self.uncut: str | None = None
 
     @property
     def hard_concrete(self) -> bool:
@@ -70,17 +78,27 @@ class AdaptiveDropout(nn.Module):
             return torch.sigmoid(self.beta - self.tau * math.log(-STRETCH[0] / STRETCH[1]))
         return torch.sigmoid(self.beta)  # P(m > 1/2)
 
+    @property
+    def mask_mean(self) -> torch.Tensor:  # (n,) the mean of a training mask, detached: E[m]
+        if self.hard_concrete:  # Louizos et al.'s test-time gate, not the stretched mask's mean
+            return self.retention.detach()
+        if self.settings.straight_through:  # forward uses m > 1/2: kept with probability p exactly
+            return torch.sigmoid(self.beta.detach())
+        return relaxed_mask_mean(self.beta.detach(), self.tau)
+
     def keep_mask(self) -> torch.Tensor:  # (n,) bool: the units that survive pruning
         return self.retention.detach() >= self.settings.threshold
 
     def eval_scale(self) -> torch.Tensor:  # (n,) what a kept unit is multiplied by in evaluation
-        p = self.retention.detach()
-        scale = p if self.settings.inference == "expected" else torch.ones_like(p)
-        return torch.where(self.keep_mask(), scale, torch.zeros_like(p))
+        scale = self.mask_mean if self.settings.inference == "expected" else torch.ones_like(self.beta.detach())
+        return torch.where(self.keep_mask(), scale, torch.zeros_like(scale))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uncut and not self.training:  # what evaluation gives before any unit is cut
-            return x * self.retention.detach().to(x.dtype) if self.settings.inference == "expected" else x
+            if self.settings.inference == "hard":
+                return x
+            scale = torch.sigmoid(self.beta.detach()) if self.uncut == "p" else self.mask_mean
+            return x * scale.to(x.dtype)
         if not self.training or self.frozen:
             return x * self.eval_scale().to(x.dtype)
         s = self.settings
@@ -93,9 +111,31 @@ class AdaptiveDropout(nn.Module):
             mask = relaxed_bernoulli(self.beta, noise, self.tau)
         if s.straight_through:
             mask = mask + ((mask > 0.5).to(mask.dtype) - mask).detach()
-        if s.rescale == "inverted":
-            mask = mask / self.retention.detach().clamp_min(0.05)
+        if s.rescale == "inverted":  # the mask's mean becomes 1 (hard concrete is refused with this)
+            mask = mask / self.mask_mean.clamp_min(0.05)
         return x * mask.to(x.dtype)
+
+
+def relaxed_mask_mean(beta: torch.Tensor, tau: float) -> torch.Tensor:
+    """E[sigmoid((beta + L) / tau)], L ~ Logistic(0, 1): the mean of a Gumbel-sigmoid mask, (n,) -> (n,),
+    interpolated in a table for this tau (on beta's device; float32)."""
+    low, table = _mask_mean_table(float(tau), str(beta.device))
+    position = ((beta.float() - low) / MEAN_TABLE_STEP).clamp(0.0, table.numel() - 1.001)
+    index = position.floor().long()
+    frac = position - index
+    return table[index] * (1.0 - frac) + table[index + 1] * frac
+
+
+@functools.lru_cache(maxsize=16)
+def _mask_mean_table(tau: float, device: str) -> tuple[float, torch.Tensor]:
+    """(lowest logit, (G,) means) over logits within +-(20 + 10 tau), beyond which the mean is 0 or 1 to
+    within 1e-4: the integral over u in (0, 1) of sigmoid((beta + logit(u)) / tau) by the midpoint rule,
+    in float64 (a few tens of milliseconds, once per temperature)."""
+    half_width = 20.0 + 10.0 * tau
+    betas = torch.arange(-half_width, half_width + MEAN_TABLE_STEP / 2, MEAN_TABLE_STEP, dtype=torch.float64)
+    noise = torch.logit((torch.arange(MEAN_QUADRATURE, dtype=torch.float64) + 0.5) / MEAN_QUADRATURE)  # (K,)
+    means = torch.cat([torch.sigmoid((chunk[:, None] + noise) / tau).mean(1) for chunk in betas.split(256)])
+    return -half_width, means.float().to(device)
 
 
 def relaxed_bernoulli(beta: torch.Tensor, noise: torch.Tensor, tau: float) -> torch.Tensor:

@@ -51,6 +51,11 @@ class AdlController:
     def in_hard_phase(self, t: float) -> bool:
         return self.cfg.hard_phase > 0 and t >= 1.0 - self.cfg.hard_phase
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Called after the epoch's seed is set: the noise pools start afresh from it (see LogisticNoise.reset)."""
+        for noise in {id(layer.noise): layer.noise for layer in self.layers}.values():
+            noise.reset()
+
     def begin_step(self, t: float) -> None:
         """Sets the temperature and mask mode of the step at training fraction t; called before its
         forward pass (also the first step after a resume, which then sees the annealed temperature)."""
@@ -106,8 +111,9 @@ class AdlController:
             metrics["adl/polarised/all"] = polarised_share(torch.cat(list(probs.values())))
         return metrics | (self.budget.metrics(t) if self.budget else {})
 
-    def set_uncut(self, uncut: bool) -> None:
-        """Evaluation without the threshold cut (every unit scaled as if kept), to price the cut."""
+    def set_uncut(self, uncut: str | None) -> None:
+        """Evaluation without the threshold cut, to price the cut: "mean" scales every unit as a kept one,
+        "p" by sigmoid(beta) (the scale used before E[m], for comparison); None ends it."""
         for layer in self.layers:
             layer.uncut = uncut
 

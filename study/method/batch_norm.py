@@ -17,10 +17,12 @@ from torch import nn
 def recalibrate_batch_norm(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                            autocast: torch.autocast | None = None) -> int:
     """Replaces every BatchNorm's running mean and variance with their average over `batches` of
-    (features (B, T, F), lengths (B,)), the rest of the model in evaluation mode; returns the batch count."""
+    (features (B, T, F), lengths (B,)), the rest of the model in evaluation mode; returns the batch count.
+    Every module is left in the train/eval mode it was found in."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return 0
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     momenta = [m.momentum for m in norms]
     for m in norms:
@@ -36,5 +38,6 @@ def recalibrate_batch_norm(model: nn.Module, batches: Iterable[tuple[torch.Tenso
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-            m.eval()
+        for m, training in modes:
+            m.train(training)
     return count

@@ -70,6 +70,7 @@ class BudgetController:
                  anti_windup: bool = True):
         self.model, self.cfg, self.target, self.warmup, self.measure = model, cfg, target, warmup, measure
         self.anti_windup = anti_windup
+        self.hard_concrete = any(getattr(l, "hard_concrete", False) for l in model.modules())
         self.dense_total = analytic_params(cfg, dense_widths(cfg), model.n_mels, model.head.out_features)["total"]
         self.lambdas = nn.Parameter(torch.zeros(2, device=model.head.weight.device))  # lambda1, lambda2
         self.gap = torch.full((), float("inf"), device=model.head.weight.device)  # the last step's s - t
@@ -109,6 +110,8 @@ class BudgetController:
 
     def metrics(self, t: float) -> dict[str, float]:
         with torch.no_grad():
-            return {"adl/expected_reduction": float(self.reduction()),
+            # expected under the training masks' keep probabilities: p (Gumbel-sigmoid), P(z > 0) (hard concrete)
+            expected = "adl/expected_l0_reduction" if self.hard_concrete else "adl/expected_reduction"
+            return {expected: float(self.reduction()),
                     "adl/cut_reduction": float(self.reduction(cut=True)), "adl/target_reduction": self.target_at(t),
                     "adl/lambda1": float(self.lambdas[0]), "adl/lambda2": float(self.lambdas[1])}

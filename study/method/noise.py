@@ -32,6 +32,12 @@ class LogisticNoise:
         self.pooled = mode == "pooled"
         self.pools: dict[torch.device, torch.Tensor] = {}
 
+    def reset(self) -> None:
+        """Empties the pools: the next draw refills them from the generator. Called at every epoch's start,
+        after the epoch's seed, so an epoch's noise depends on its seed alone and a run resumed from a
+        checkpoint draws exactly what the uninterrupted run drew."""
+        self.pools.clear()
+
     def draw(self, shape: torch.Size | tuple[int, ...], device: torch.device) -> torch.Tensor:
         """Logistic noise of `shape` on `device`, float32 (a view into the pool: read, never write)."""
         if not self.pooled:

@@ -11,7 +11,8 @@ import mlflow
 def exit_now(code: int) -> None:
     """Ends a process whose results are all written (MLflow runs ended, Optuna trials told) without the
     interpreter's teardown of torch and MLflow, which takes 1-2 s, paid once per launch by every sweep."""
-    mlflow.flush_async_logging()
+    if mlflow.is_tracking_uri_set():  # else flushing would create MLflow's default store (./mlflow.db)
+        mlflow.flush_async_logging()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
