@@ -15,7 +15,7 @@ from study.config import FeatureConfig
 from study.data import feature_cache
 from study.data.audio import load_audio
 from study.data.feature_cache import MappedFeatures, build_feature_cache
-from study.data.features import LogMel
+from study.data.logmel import LogMel
 from study.data.splits import load_splits
 
 REPO = Path(__file__).resolve().parents[1]

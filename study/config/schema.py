@@ -1,90 +1,93 @@
-"""The typed configuration of one trial: dataclasses with defaults and the ranges each key accepts.
+"""The typed configuration of one trial: dataclasses with defaults, the ranges each key accepts and
+what each key does.
 
-Ranges live in field metadata (`min`, `max`, `choices`) so the checks stay next to the field; the
-TOML reader (study/config/toml_io.py) enforces them.
+Every key is a `knob` (study/config/knobs.py): ranges in its metadata are enforced by the TOML reader
+(study/config/toml_io.py), and its one-line meaning is what docs/configuration.md shows
+(`python -m study.config.reference > docs/configuration.md` writes that page; a test keeps it current).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from study.config.knobs import knob, section
 from study.config.synthetic import SyntheticConfig
 from study.names import BASELINES, LOCATIONS, METHODS
 
 
-def knob(default: Any, *, min: float | None = None, max: float | None = None,
-         choices: tuple | None = None, factory: bool = False) -> Any:
-    meta = {"min": min, "max": max, "choices": choices}
-    if factory:
-        return field(default_factory=default, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 @dataclass
 class FsddConfig:
-    split_by: str = knob("index", choices=("index", "speaker"))
-    dev_indices: list[int] = knob(lambda: list(range(5, 10)), factory=True)
-    test_indices: list[int] = knob(lambda: list(range(0, 5)), factory=True)
-    dev_speakers: list[str] = knob(lambda: ["nicolas"], factory=True)
-    test_speakers: list[str] = knob(lambda: ["theo"], factory=True)
+    """`[data.fsdd]`: how the Free Spoken Digit Dataset is split (data.source = "fsdd")."""
+    split_by: str = knob("index", "index: by recording index (every speaker in every split); speaker: by speaker",
+                         choices=("index", "speaker"))
+    dev_indices: list[int] = knob(lambda: list(range(5, 10)), "recording indices of the dev split (split_by = \"index\")",
+                                  factory=True)
+    test_indices: list[int] = knob(lambda: list(range(0, 5)), "recording indices of the test split (split_by = \"index\")",
+                                   factory=True)
+    dev_speakers: list[str] = knob(lambda: ["nicolas"], "speakers of the dev split (split_by = \"speaker\")", factory=True)
+    test_speakers: list[str] = knob(lambda: ["theo"], "speakers of the test split (split_by = \"speaker\")", factory=True)
 
 
 @dataclass
 class DataConfig:
-    source: str = knob("synthetic", choices=("synthetic", "librispeech", "fsdd"))
-    root: str = ""  # data set folder for librispeech and fsdd
-    cache_dir: str = "runs/cache"  # corpus and feature caches; relative to the working directory
-    train_subsets: list[str] = knob(lambda: ["train-clean-100"], factory=True)  # librispeech
-    dev_subsets: list[str] = knob(lambda: ["dev-clean"], factory=True)
-    test_subsets: list[str] = knob(lambda: ["test-clean"], factory=True)
-    extra_test_subsets: list[str] = knob(list, factory=True)  # librispeech: each reported as <subset>/wer, /cer
-    max_train_seconds: float = knob(30.0, min=0.5)  # longer training utterances are skipped
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    fsdd: FsddConfig = field(default_factory=FsddConfig)
+    """`[data]`: where the speech comes from."""
+    source: str = knob("synthetic", "the corpus: the built-in synthetic one, LibriSpeech, or FSDD (docs/data.md)",
+                       choices=("synthetic", "librispeech", "fsdd"))
+    root: str = knob("", "data set folder for librispeech and fsdd")
+    cache_dir: str = knob("runs/cache", "corpus and feature caches; relative to the working directory")
+    train_subsets: list[str] = knob(lambda: ["train-clean-100"], "librispeech: training subsets", factory=True)
+    dev_subsets: list[str] = knob(lambda: ["dev-clean"], "librispeech: dev subsets", factory=True)
+    test_subsets: list[str] = knob(lambda: ["test-clean"], "librispeech: test subsets", factory=True)
+    extra_test_subsets: list[str] = knob(list, "librispeech: more test sets, each reported as <subset>/wer and /cer",
+                                         factory=True)
+    max_train_seconds: float = knob(30.0, "longer training utterances are skipped", min=0.5)
+    synthetic: SyntheticConfig = section(SyntheticConfig, "the built-in synthetic corpus")
+    fsdd: FsddConfig = section(FsddConfig, "the FSDD splits")
 
 
 @dataclass
 class FeatureConfig:
-    n_mels: int = knob(80, min=8)
-    win_ms: float = knob(25.0, min=5)
-    hop_ms: float = knob(10.0, min=1)
-    freq_masks: int = knob(1, min=0)  # SpecAugment, training only
-    freq_mask_width: int = knob(10, min=0)
-    time_masks: int = knob(1, min=0)
-    time_mask_width: int = knob(10, min=0)  # frames
-    # vocal tract length perturbation: each training utterance's mel axis stretched by a factor drawn
-    # from [1 - freq_warp, 1 + freq_warp] (0 = off; 0.1 is the usual range)
-    freq_warp: float = knob(0.0, min=0.0, max=0.5)
-    # speed perturbation (Ko et al. 2015): the training split gains one copy of every utterance per
-    # factor, its audio resampled so tempo and pitch both move ([0.9, 1.1] as Kaldi's recipes; [] = off)
-    speed_perturb: list[float] = knob(list, min=0.5, max=2.0, factory=True)
+    """`[features]`: log-mel features and training-time augmentation."""
+    n_mels: int = knob(80, "mel bins", min=8)
+    win_ms: float = knob(25.0, "analysis window (ms)", min=5)
+    hop_ms: float = knob(10.0, "frame hop (ms)", min=1)
+    freq_masks: int = knob(1, "SpecAugment frequency masks per utterance (training only)", min=0)
+    freq_mask_width: int = knob(10, "widest frequency mask (mel bins)", min=0)
+    time_masks: int = knob(1, "SpecAugment time masks per utterance (training only)", min=0)
+    time_mask_width: int = knob(10, "widest time mask (frames)", min=0)
+    freq_warp: float = knob(0.0, "vocal tract length perturbation: each training utterance's mel axis stretched by a "
+                                 "factor in [1 - freq_warp, 1 + freq_warp] (0 = off; 0.1 is the usual range)",
+                            min=0.0, max=0.5)
+    speed_perturb: list[float] = knob(list, "speed perturbation (Ko et al. 2015): one resampled copy of every training "
+                                            "utterance per factor, tempo and pitch both moved ([0.9, 1.1] as Kaldi; [] = off)",
+                                      min=0.5, max=2.0, factory=True)
 
 
 @dataclass
 class TextConfig:
-    """The CTC output units: characters, or BPE subwords trained on the training transcripts."""
-    units: str = knob("bpe", choices=("char", "bpe"))
-    bpe_vocab_size: int = knob(128, min=8)  # sentencepiece pieces (the blank comes on top)
+    """`[text]`: the CTC output units: characters, or BPE subwords trained on the training transcripts."""
+    units: str = knob("bpe", "output units: characters, or sentencepiece BPE pieces", choices=("char", "bpe"))
+    bpe_vocab_size: int = knob(128, "sentencepiece pieces (the blank comes on top)", min=8)
 
 
 @dataclass
 class ModelConfig:
-    d_model: int = knob(96, min=8)
-    num_heads: int = knob(4, min=1)
-    ffn_dim: int = knob(384, min=1)
-    conv_channels: int = knob(96, min=1)  # channels after the GLU in the conv module
-    conv_kernel: int = knob(15, min=1)
-    num_blocks: int = knob(4, min=1)
-    subsampling: int = knob(8, choices=(4, 8))  # front-end frame-rate reduction (8: FastConformer-style)
-    subsampling_channels: int = knob(256, min=1)  # README: the main recipe
-    # conv1d: mel bins as channels, 8x only, about a sixth of conv2d's multiply-adds (README: the main recipe)
-    front_end: str = knob("conv1d", choices=("conv2d", "conv1d"))
-    dropout: float = knob(0.1, min=0.0, max=0.9)
-    attention_dropout: float = knob(0.0, min=0.0, max=0.9)  # on attention weights; slow on the CPU
-    scale_input: bool = True  # multiply front-end output by sqrt(d_model) before adding positions
-    # per-utterance normalisation of the input features inside the model (so it travels with an export):
-    # none; utterance_mean: each bin minus its mean over the utterance (CMN); utterance: mean and variance
-    input_norm: str = knob("none", choices=("none", "utterance_mean", "utterance"))
+    """`[model]`: the Conformer-CTC's shape."""
+    d_model: int = knob(96, "model width; divisible by num_heads", min=8)
+    num_heads: int = knob(4, "attention heads", min=1)
+    ffn_dim: int = knob(384, "hidden units of each feed-forward module", min=1)
+    conv_channels: int = knob(96, "channels after the GLU in the conv module", min=1)
+    conv_kernel: int = knob(15, "depthwise convolution kernel; odd", min=1)
+    num_blocks: int = knob(4, "Conformer blocks", min=1)
+    subsampling: int = knob(8, "front-end frame-rate reduction (8: FastConformer-style)", choices=(4, 8))
+    subsampling_channels: int = knob(256, "front-end channels (docs/recipes.md: the main recipe)", min=1)
+    front_end: str = knob("conv1d", "conv1d: mel bins as channels, 8x only, about a sixth of conv2d's multiply-adds",
+                          choices=("conv2d", "conv1d"))
+    dropout: float = knob(0.1, "dropout after each module and inside the feed-forward module", min=0.0, max=0.9)
+    attention_dropout: float = knob(0.0, "dropout on attention weights; slow on the CPU", min=0.0, max=0.9)
+    scale_input: bool = knob(True, "multiply the front end's output by sqrt(d_model) before adding positions")
+    input_norm: str = knob("none", "per-utterance feature normalisation inside the model (travels with an export): "
+                                   "utterance_mean subtracts each bin's mean (CMN), utterance also divides by its std",
+                           choices=("none", "utterance_mean", "utterance"))
 
     def validate(self) -> None:
         if self.d_model % self.num_heads:
@@ -97,73 +100,75 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = knob(18, min=1)
-    batch_seconds: float = knob(48.0, min=1.0)  # audio seconds per batch (length-bucketed); README: the main recipe
-    lr: float = knob(4e-3, min=0.0)
-    weight_decay: float = knob(1e-2, min=0.0)
-    warmup_fraction: float = knob(0.3, min=0.0, max=1.0)  # of all steps, then cosine decay
-    grad_clip: float = knob(5.0, min=0.0)
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = knob(0, min=0)  # CPU threads; 0 = every core this process may use
-    compile: bool = False  # torch.compile each Conformer block (pays off on a GPU)
-    processes: int = knob(1, min=1)  # > 1: DistributedDataParallel over this many processes (study/distributed.py)
+    """`[train]`: the optimiser, schedule and where training runs."""
+    epochs: int = knob(18, "training epochs (adaptive dropout: the epochs with ADLs, before any fine-tuning)", min=1)
+    batch_seconds: float = knob(48.0, "audio seconds per length-bucketed batch (docs/recipes.md: the main recipe)",
+                                min=1.0)
+    lr: float = knob(4e-3, "AdamW peak learning rate of the weights", min=0.0)
+    weight_decay: float = knob(1e-2, "AdamW weight decay of the weights", min=0.0)
+    warmup_fraction: float = knob(0.3, "linear warm-up as a fraction of all steps, then cosine decay", min=0.0, max=1.0)
+    grad_clip: float = knob(5.0, "gradient norm clip (0 = off)", min=0.0)
+    seed: int = knob(0, "seeds initialisation, batch order, dropout, SpecAugment and mask noise")
+    device: str = knob("auto", "where a trial trains: auto (a GPU if there is one), cpu, cuda or cuda:N",
+                       allowed="auto, cpu, cuda, cuda:N")
+    threads: int = knob(0, "CPU threads; 0 = every core this process may use", min=0)
+    compile: bool = knob(False, "torch.compile each Conformer block (pays off on a GPU)")
+    processes: int = knob(1, "> 1: DistributedDataParallel over this many processes (docs/gpu.md)", min=1)
 
 
 @dataclass
 class AdlConfig:
-    """Adaptive dropout (METHOD.md section 1); used when method = "adaptive_dropout"."""
-    locations: list[str] = knob(lambda: ["ffn", "mhsa", "conv"], choices=LOCATIONS, factory=True)
-    alpha: float = knob(1e-2, min=0.0)  # penalty weight of the regulariser
-    tau: float = knob(1.0, min=1e-3)  # Gumbel-sigmoid temperature
-    tau_end: float = knob(0.0, min=0.0)  # > 0: anneal tau geometrically to this by the end
-    threshold: float = knob(0.5, min=0.0, max=1.0)
-    inference: str = knob("expected", choices=("expected", "hard"))
-    mask_granularity: str = knob("frame", choices=("frame", "utterance"))
-    # pooled: logistic noise drawn in bulk and reused at random offsets (a fifth of the generator's work,
-    # study/method/noise.py); fresh: drawn anew for every element
-    noise: str = knob("pooled", choices=("pooled", "fresh"))
-    straight_through: bool = False
-    # gumbel_sigmoid: the paper's relaxed Bernoulli; hard_concrete: Louizos et al. 2018 (stretched to
-    # (-0.1, 1.1) and clipped, so masks and evaluation gates reach exactly 0 and 1; they use tau = 2/3)
-    gate: str = knob("gumbel_sigmoid", choices=("gumbel_sigmoid", "hard_concrete"))
-    rescale: str = knob("none", choices=("none", "inverted"))
-    beta0: float = 3.0  # initial logit (p = 0.95)
-    c0: float = 3.0  # regulariser target c(t) falls from c0 to c1 between t0 and t1
-    c1: float = -4.0
-    t0: float = knob(0.1, min=0.0, max=1.0)
-    t1: float = knob(0.8, min=0.0, max=1.0)
-    # unit: alpha * mean over every unit (the pull on one unit shrinks with model size); layer: mean per
-    # layer, then over layers; sum: the paper's alpha * sum_d (beta_d - c(t))^2 (the same pull per unit
-    # at any size, so its alpha is about 1/N of unit's for N units; README: "What alpha means")
-    reg_normalization: str = knob("unit", choices=("unit", "layer", "sum"))
-    weight_ffn: float = knob(1.0, min=0.0)  # per-location multipliers of the regulariser
-    weight_mhsa: float = knob(1.0, min=0.0)
-    weight_conv: float = knob(1.0, min=0.0)
-    lr: float = knob(2e-2, min=0.0)  # learning rate of the logits (no weight decay)
-    # constant: the logits warm up with the weights, then keep their rate, so they can still move when
-    # c(t) bottoms out; shared: the weights' warm-up + cosine decay (before issue 12: the logits froze)
-    lr_schedule: str = knob("constant", choices=("constant", "shared"))
-    recalibrate_bn: bool = True  # re-estimate BatchNorm statistics with the evaluation masks before pruning
-    hard_phase: float = knob(0.0, min=0.0, max=1.0)  # final fraction trained with thresholded masks
-    finetune_epochs: int = knob(0, min=0)  # after pruning; 0 = the paper's "no fine-tuning"
-    # A budget (study/method/budget.py): > 0 replaces the alpha term by a Lagrangian controller that drives
-    # the expected parameter reduction to this fraction, ramped up over the first target_warmup of training.
-    target_reduction: float = knob(0.0, min=0.0, max=0.99)
-    target_warmup: float = knob(0.5, min=0.0, max=1.0)
-    # what the controller drives to the target: the threshold cut's exact reduction (straight-through), or
-    # the expected one (measured, main recipe, targets 30/50/70%: cut 49.9/70.1%, expected 30.1/51.5/71.6%)
-    target_measure: str = knob("cut", choices=("expected", "cut"))
-    lambda_lr: float = knob(5e-2, min=0.0)  # learning rate of the controller's two multipliers (gradient ascent)
-    # reset lambda1 when it pushes past the target (built up while the reduction lagged the ramp); off, a 70%
-    # target landed at 71.6% (main recipe, hard concrete, both seeds)
-    anti_windup: bool = True
-    # > 0: adds polarise * sum_units g (1 - g) (g: a unit's evaluation gate), ramped up linearly from 0 once
-    # the target should be reached (target_warmup with a budget, else t1) to this weight at the end, so that units
-    # left straddling the threshold (a 30% budget left 13% of them in [0.05, 0.95]) take a side
-    polarise: float = knob(0.0, min=0.0)
-    # with a budget, the polarisation term acts only while the cut is within this of the target
-    polarise_gap: float = knob(0.005, min=0.0, max=1.0)
+    """`[adl]`: adaptive dropout (METHOD.md section 1); used when method = "adaptive_dropout"."""
+    locations: list[str] = knob(lambda: ["ffn", "mhsa", "conv"], "where ADLs sit: FFN hidden units, attention "
+                                "queries and values, conv-module channels", choices=LOCATIONS, factory=True)
+    alpha: float = knob(1e-2, "penalty weight of the regulariser alpha (beta - c(t))^2", min=0.0)
+    tau: float = knob(1.0, "Gumbel-sigmoid temperature", min=1e-3)
+    tau_end: float = knob(0.0, "> 0: anneal tau geometrically to this by the end of training", min=0.0)
+    threshold: float = knob(0.5, "units whose retention p (or hard concrete gate) is below this are pruned",
+                            min=0.0, max=1.0)
+    inference: str = knob("expected", "evaluation scales a kept unit by its training mask's mean E[m] (expected) "
+                                      "or not at all (hard)", choices=("expected", "hard"))
+    mask_granularity: str = knob("frame", "a fresh mask per unit and frame, or one per unit and utterance",
+                                 choices=("frame", "utterance"))
+    noise: str = knob("pooled", "pooled: logistic noise drawn in bulk and reused at random offsets (an eighth of "
+                                "the generator's work); fresh: drawn anew for every element", choices=("pooled", "fresh"))
+    straight_through: bool = knob(False, "forward uses the mask's decision m > 1/2, the gradient the relaxed mask")
+    gate: str = knob("gumbel_sigmoid", "the paper's relaxed Bernoulli, or hard concrete gates (Louizos et al. 2018: "
+                                       "stretched and clipped, so masks reach exactly 0 and 1; use tau = 2/3)",
+                     choices=("gumbel_sigmoid", "hard_concrete"))
+    rescale: str = knob("none", "inverted: training divides the mask by its mean E[m] (needs inference = \"hard\")",
+                        choices=("none", "inverted"))
+    beta0: float = knob(3.0, "initial logit (p = 0.95)")
+    c0: float = knob(3.0, "the regulariser's target c(t) falls from c0 to c1 between t0 and t1")
+    c1: float = knob(-4.0, "the regulariser's final target logit")
+    t0: float = knob(0.1, "training fraction where c(t) starts to fall", min=0.0, max=1.0)
+    t1: float = knob(0.8, "training fraction where c(t) reaches c1", min=0.0, max=1.0)
+    reg_normalization: str = knob("unit", "sum: the paper's sum over units (the same pull per unit at any size); "
+                                          "unit: mean over every unit; layer: mean per layer, then over layers",
+                                  choices=("unit", "layer", "sum"))
+    weight_ffn: float = knob(1.0, "regulariser multiplier of the ffn location", min=0.0)
+    weight_mhsa: float = knob(1.0, "regulariser multiplier of the mhsa location", min=0.0)
+    weight_conv: float = knob(1.0, "regulariser multiplier of the conv location", min=0.0)
+    lr: float = knob(2e-2, "learning rate of the logits (no weight decay)", min=0.0)
+    lr_schedule: str = knob("constant", "constant: the logits warm up, then keep their rate (they can still move when "
+                                        "c(t) bottoms out); shared: the weights' warm-up and cosine decay",
+                            choices=("constant", "shared"))
+    recalibrate_bn: bool = knob(True, "re-estimate BatchNorm statistics with the evaluation masks before pruning, "
+                                      "on a seeded random sample of 2,000 training utterances")
+    hard_phase: float = knob(0.0, "final fraction of training with thresholded masks and frozen logits", min=0.0, max=1.0)
+    finetune_epochs: int = knob(0, "training after pruning; 0 = the paper's \"no fine-tuning\"", min=0)
+    target_reduction: float = knob(0.0, "> 0: the budget controller (a Lagrangian) replaces the alpha term and drives "
+                                        "the parameter reduction to this fraction", min=0.0, max=0.99)
+    target_warmup: float = knob(0.5, "the controller's target ramps up from 0 over this fraction of training",
+                                min=0.0, max=1.0)
+    target_measure: str = knob("cut", "what the controller drives: the threshold cut's exact reduction, or the "
+                                      "expected one under p (Gumbel-sigmoid gates only)", choices=("expected", "cut"))
+    lambda_lr: float = knob(5e-2, "learning rate of the controller's two multipliers (gradient ascent)", min=0.0)
+    anti_windup: bool = knob(True, "reset lambda1 when it pushes past the target (off: a 70% target landed at 71.6%)")
+    polarise: float = knob(0.0, "> 0: adds polarise * sum g (1 - g) over units' gates, ramped up once the size is "
+                                "reached, so no unit is left straddling the threshold", min=0.0)
+    polarise_gap: float = knob(0.005, "with a budget, polarisation acts only while the cut is within this of the "
+                                      "target", min=0.0, max=1.0)
 
     def validate(self) -> None:
         if self.target_reduction and not self.locations:
@@ -187,12 +192,14 @@ class AdlConfig:
 
 @dataclass
 class PruneConfig:
-    """The baselines' budget and recipe (METHOD.md section 5); ignored by dense and adaptive_dropout."""
-    target_params: int = knob(0, min=0)  # parameters to keep (nonzero ones for unstructured); 0 = unset
-    target_reduction: float = knob(0.0, min=0.0, max=0.99)  # 1 - kept/dense; 0 = unset
-    ranking: str = knob("global", choices=("global", "uniform"))  # structured: see study/method/baselines.py
-    shrink: str = knob("d_model", choices=("d_model", "inner"))  # small_dense: which widths shrink
-    finetune_epochs: int = knob(0, min=0)  # magnitude baselines: training after pruning
+    """`[prune]`: the baselines' budget and recipe (METHOD.md section 5); ignored by dense and adaptive_dropout."""
+    target_params: int = knob(0, "parameters to keep (nonzero ones for unstructured); 0 = unset", min=0)
+    target_reduction: float = knob(0.0, "1 - kept / dense parameters; 0 = unset", min=0.0, max=0.99)
+    ranking: str = knob("global", "structured: rank units across all layers, or prune every layer by the same share",
+                        choices=("global", "uniform"))
+    shrink: str = knob("d_model", "small_dense: shrink the model width, or only the inner widths",
+                       choices=("d_model", "inner"))
+    finetune_epochs: int = knob(0, "magnitude baselines: training epochs after pruning", min=0)
 
     def validate(self) -> None:
         if self.target_params and self.target_reduction:
@@ -201,21 +208,24 @@ class PruneConfig:
 
 @dataclass
 class TrackingConfig:
-    experiment: str = ""  # MLflow experiment; empty = the experiment file's stem
-    run_name: str = ""
+    """`[tracking]`: where a trial's MLflow run goes."""
+    experiment: str = knob("", "MLflow experiment; empty = the experiment file's stem")
+    run_name: str = knob("", "MLflow run name; empty = one made from the settings")
 
 
 @dataclass
 class Config:
-    method: str = knob("dense", choices=METHODS)
-    data: DataConfig = field(default_factory=DataConfig)
-    features: FeatureConfig = field(default_factory=FeatureConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    adl: AdlConfig = field(default_factory=AdlConfig)
-    prune: PruneConfig = field(default_factory=PruneConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """The top level of an experiment file."""
+    method: str = knob("dense", "what a trial trains: dense, adaptive dropout, or a baseline (docs/methods.md)",
+                       choices=METHODS)
+    data: DataConfig = section(DataConfig, "the corpus")
+    features: FeatureConfig = section(FeatureConfig, "features and augmentation")
+    text: TextConfig = section(TextConfig, "output units")
+    model: ModelConfig = section(ModelConfig, "the Conformer-CTC")
+    train: TrainConfig = section(TrainConfig, "training")
+    adl: AdlConfig = section(AdlConfig, "adaptive dropout")
+    prune: PruneConfig = section(PruneConfig, "the baselines")
+    tracking: TrackingConfig = section(TrackingConfig, "MLflow")
 
     def validate(self) -> None:
         if self.method in BASELINES and not (self.prune.target_params or self.prune.target_reduction):

@@ -6,8 +6,10 @@ corpus builder (study/data/synthetic.py `check_voices`) before it synthesises an
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Callable
+
+from study.config.knobs import knob
 
 SPLITS = ("train", "dev", "test")
 FIELD_PREFIX = "data.synthetic"
@@ -52,25 +54,31 @@ _DEFAULT_TEST_VARIANTS = ["m4", "m8", "klatt3", "f1", "Annie"]
 
 @dataclass
 class SyntheticConfig:
-    """`[data.synthetic]` in the TOML config. Plain types only."""
+    """`[data.synthetic]`: the built-in corpus, synthesised with eSpeak NG (ranges checked by `validate`)."""
 
-    seed: int = 0
-    train_utterances: int = 6000
-    dev_utterances: int = 200
-    test_utterances: int = 200
-    min_words: int = 3
-    max_words: int = 12
-    rate_min: int = 150  # words per minute
-    rate_max: int = 200
-    pitch_min: int = 20  # eSpeak pitch 0..100, 50 = the voice's own
-    pitch_max: int = 80
-    snr_db_min: float = 25.0
-    snr_db_max: float = 45.0
-    pad_max_s: float = 0.3  # silence added before and after the speech (each drawn in [0, pad_max_s])
-    accents: list[str] = field(default_factory=lambda: list(ENGLISH_ACCENTS))
-    train_variants: list[str] = field(default_factory=lambda: list(_DEFAULT_TRAIN_VARIANTS))
-    dev_variants: list[str] = field(default_factory=lambda: list(_DEFAULT_DEV_VARIANTS))
-    test_variants: list[str] = field(default_factory=lambda: list(_DEFAULT_TEST_VARIANTS))
+    seed: int = knob(0, "seeds the sentences, voices, rates, pitches, noise and padding", allowed=">= 0")
+    train_utterances: int = knob(6000, "utterances in the training split", allowed=">= 1")
+    dev_utterances: int = knob(200, "utterances in the dev split (voices of their own)", allowed=">= 1")
+    test_utterances: int = knob(200, "utterances in the test split (voices of their own)", allowed=">= 1")
+    min_words: int = knob(3, "fewest words in a sentence", allowed=f"{MIN_WORDS_LIMIT} to {MAX_WORDS_LIMIT}")
+    max_words: int = knob(12, "most words in a sentence", allowed=f">= min_words, <= {MAX_WORDS_LIMIT}")
+    rate_min: int = knob(150, "slowest speaking rate (words per minute)", allowed="80 to 450")
+    rate_max: int = knob(200, "fastest speaking rate (words per minute)", allowed=">= rate_min, <= 450")
+    pitch_min: int = knob(20, "lowest eSpeak pitch (0 to 100, 50 = the voice's own)", allowed="0 to 100")
+    pitch_max: int = knob(80, "highest eSpeak pitch", allowed=">= pitch_min, <= 100")
+    snr_db_min: float = knob(25.0, "lowest signal-to-noise ratio of the added noise (dB)")
+    snr_db_max: float = knob(45.0, "highest signal-to-noise ratio (dB)", allowed=">= snr_db_min")
+    pad_max_s: float = knob(0.3, "silence added before and after the speech, each drawn in [0, pad_max_s] seconds",
+                            allowed="0 to 5")
+    accents: list[str] = knob(lambda: list(ENGLISH_ACCENTS), "eSpeak English accents drawn from",
+                              allowed=", ".join(ENGLISH_ACCENTS), factory=True)
+    train_variants: list[str] = knob(lambda: list(_DEFAULT_TRAIN_VARIANTS), "eSpeak voice variants of the training "
+                                     "split", allowed="installed, reproducible variants; disjoint from the other splits'",
+                                     factory=True)
+    dev_variants: list[str] = knob(lambda: list(_DEFAULT_DEV_VARIANTS), "voice variants of the dev split (unseen in "
+                                   "training)", allowed="as train_variants", factory=True)
+    test_variants: list[str] = knob(lambda: list(_DEFAULT_TEST_VARIANTS), "voice variants of the test split (unseen "
+                                    "in training and dev)", allowed="as train_variants", factory=True)
 
     def validate(self) -> None:
         """Raise ValueError naming the field (e.g. "data.synthetic.max_words: ...")."""

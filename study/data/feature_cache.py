@@ -26,6 +26,10 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
+from study.config import FeatureConfig
+from study.data.audio import SAMPLE_RATE, load_audio
+from study.data.logmel import LogMel
+
 SHARD_UTTERANCES = 2000
 
 
@@ -84,9 +88,6 @@ class ChainedFeatures(Sequence):
 def _extract_shard(job: tuple[list[str], float, dict, str, int]) -> list[int]:
     """Decodes, speed-perturbs and featurises one shard's audio files into `path`; returns each
     utterance's frames."""
-    from study.config import FeatureConfig
-    from study.data.audio import SAMPLE_RATE, load_audio
-    from study.data.features import LogMel
     paths, speed, feature_cfg, path, threads = job
     torch.set_num_threads(threads)
     logmel = LogMel(FeatureConfig(**feature_cfg))

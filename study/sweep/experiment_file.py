@@ -39,19 +39,22 @@ from study.config import (
 
 @dataclass
 class ArmSpec:
-    name: str = ""
-    set: dict = field(default_factory=dict)  # dotted key -> value
-    grid: dict = field(default_factory=dict)  # dotted key -> list of values
-    match: str = knob("", choices=("",) + METHODS)
+    """`[[sweep.arms]]`: one family of variants."""
+    name: str = knob("", "the arm's name (in run names and tables)")
+    set: dict = knob(dict, "dotted key -> value: fixed overrides of the base configuration", factory=True)
+    grid: dict = knob(dict, "dotted key -> list of values: the arm's own axes, crossed with [sweep] grid", factory=True)
+    match: str = knob("", "a method: one point per finished run of it in this sweep, with prune.target_params set "
+                          "to that run's parameter count", choices=("",) + METHODS)
 
 
 @dataclass
 class SweepSpec:
-    mode: str = knob("grid", choices=("grid", "search"))
-    trials: int = knob(20, min=1)  # search mode: the trial budget of the whole sweep
-    workers: int = knob(1, min=1)  # trials at once on one machine, unless --workers says otherwise
-    grid: dict = field(default_factory=dict)
-    search: dict = field(default_factory=dict)  # dotted key -> {low, high, log, step} or {choices}
+    """`[sweep]`: which variants of the base configuration to run (docs/sweeps.md)."""
+    mode: str = knob("grid", "grid: every point; search: Optuna samples the search ranges", choices=("grid", "search"))
+    trials: int = knob(20, "search mode: the trial budget of the whole sweep", min=1)
+    workers: int = knob(1, "trials at once on one machine, unless --workers says otherwise", min=1)
+    grid: dict = knob(dict, "dotted key -> list of values: axes crossed with every arm", factory=True)
+    search: dict = knob(dict, "dotted key -> {low, high, log, step} or {choices}: search mode's ranges", factory=True)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,127 @@
+"""The documentation points at things that exist: README.md and docs/*.md.
+
+For every Markdown page: each relative link or image target resolves to a file or folder, and each
+fenced code block names only experiment files, `python -m` modules and `python` scripts that are in
+the repository. Pure Python, no network.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+GENERATED = re.compile(r"_(table|comparisons)\.md$")  # written by `python -m analysis`, not by hand
+
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1[ \t]*$", re.M | re.S)
+INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
+# [text](target) or ![alt](target), the target optionally in <...> and followed by a "title"
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*(<[^>]*>|[^\s()]+)(?:\s+\"[^\"]*\")?\s*\)")
+REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:\s*(\S+)", re.M)  # [label]: target
+EXTERNAL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # http:, https:, mailto:, ...
+
+EXPERIMENT = re.compile(r"(?<![\w-])experiments/([\w.-]+?)\.toml\b")
+MODULE = re.compile(r"\bpython(?:3(?:\.\d+)?)?\s+-m\s+([A-Za-z_][\w.]*)")
+SCRIPT = re.compile(r"\bpython(?:3(?:\.\d+)?)?\s+((?:[\w.-]+/)*[\w.-]+\.py)\b")
+
+
+def _page_id(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def _split(text: str) -> tuple[str, list[str]]:
+    """The page's prose (fenced blocks and inline code blanked out) and its fenced code blocks."""
+    blocks = [m.group(2) for m in FENCE.finditer(text)]
+    prose = FENCE.sub("\n", text)
+    prose = INLINE_CODE.sub(lambda m: "`" + " " * (len(m.group(0)) - 2) + "`", prose)
+    return prose, blocks
+
+
+def _targets(prose: str) -> list[str]:
+    found = [m.group(1) for m in LINK.finditer(prose)] + [m.group(1) for m in REFERENCE.finditer(prose)]
+    return [t[1:-1] if t.startswith("<") and t.endswith(">") else t for t in found]
+
+
+def _module_exists(module: str) -> bool:
+    path = ROOT.joinpath(*module.split("."))
+    return (path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+            or (path / "__main__.py").is_file())
+
+
+def test_pages_found():
+    assert (ROOT / "README.md") in PAGES
+    assert len(PAGES) > 1, "no pages under docs/"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_relative_links_resolve(page: Path):
+    prose, _ = _split(page.read_text(encoding="utf-8"))
+    broken = []
+    for target in _targets(prose):
+        if EXTERNAL.match(target) or target.startswith("#"):
+            continue
+        path = target.split("#", 1)[0].split("?", 1)[0]
+        if path and not (page.parent / path).exists():
+            broken.append(target)
+    assert not broken, f"{_page_id(page)}: broken link target(s): {', '.join(broken)}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_code_blocks_name_existing_files(page: Path):
+    _, blocks = _split(page.read_text(encoding="utf-8"))
+    top_level = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    missing = []
+    for block in blocks:
+        for name in EXPERIMENT.findall(block):
+            if not (ROOT / "experiments" / f"{name}.toml").is_file():
+                missing.append(f"experiments/{name}.toml")
+        for module in MODULE.findall(block):
+            module = module.rstrip(".")
+            if module.split(".")[0] in top_level and not _module_exists(module):
+                missing.append(f"python -m {module}")
+        for script in SCRIPT.findall(block):
+            if not (ROOT / script).is_file():
+                missing.append(f"python {script}")
+    assert not missing, f"{_page_id(page)}: code blocks name what is not in the repository: {', '.join(missing)}"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower-case, punctuation dropped (not - or _), spaces to -."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip().lower())  # a link keeps its text
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    prose = FENCE.sub("\n", page.read_text(encoding="utf-8"))  # headings keep their inline code
+    anchors: set[str] = set()
+    for heading in re.findall(r"^ {0,3}#{1,6}[ \t]+(.+?)[ \t#]*$", prose, re.M):
+        slug, n = _slug(heading), 0
+        while (slug if n == 0 else f"{slug}-{n}") in anchors:
+            n += 1
+        anchors.add(slug if n == 0 else f"{slug}-{n}")
+    return anchors
+
+
+@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def test_anchors_resolve(page: Path):
+    """#fragment in a link to a Markdown page names one of that page's headings."""
+    prose, _ = _split(page.read_text(encoding="utf-8"))
+    broken = []
+    for target in _targets(prose):
+        if EXTERNAL.match(target) or "#" not in target:
+            continue
+        path, fragment = target.split("#", 1)
+        linked = (page.parent / path) if path else page
+        if linked.suffix == ".md" and linked.is_file() and fragment not in _anchors(linked):
+            broken.append(target)
+    assert not broken, f"{_page_id(page)}: link(s) to a heading that does not exist: {', '.join(broken)}"
+
+
+def test_readme_links_every_page():
+    prose, _ = _split((ROOT / "README.md").read_text(encoding="utf-8"))
+    linked = {(ROOT / t.split("#", 1)[0]).resolve() for t in _targets(prose) if not EXTERNAL.match(t)}
+    unlinked = [_page_id(p) for p in PAGES
+                if p.parent.name == "docs" and not GENERATED.search(p.name) and p.resolve() not in linked]
+    assert not unlinked, f"README.md: pages not in its documentation list: {', '.join(unlinked)}"
