@@ -6,16 +6,18 @@ and reductions are drawn in percent; repeated seeds as their mean with a bar of 
 """
 from __future__ import annotations
 
+import itertools
+import re
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from analysis.plotting import SERIES_COLOURS, method_look, new_figure, si_scale
-from analysis.runs import locations_rank, seed_groups
+from analysis.plotting import CONTROLLER, SERIES_COLOURS, VARIANT_LOOKS, method_look, new_figure, si_scale
+from analysis.runs import VALUES, locations_rank, seed_groups
 from analysis.tables import UtteranceErrors, front, with_intervals
 from study.names import ADAPTIVE_DROPOUT, LOCATIONS, REPORT_ORDER
 
@@ -28,6 +30,9 @@ PARETO_AXES = {
     "flops": ("flops", "flops/encoder_10s", "encoder FLOPs"),
     "latency": ("latency_ms", "latency/ms_b1_10s", "latency"),
 }
+# Labelled WER ticks per decade, by how many times the axis's bottom its top is: fewer the wider it spans.
+LOG_TICKS = ((30, (1.0, 2.0, 5.0)), (3, (1.0, 1.5, 2.0, 3.0, 5.0, 7.0)),
+             (0, (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0)))
 HYPERPARAMETERS = {"tau": "temperature τ (adl.tau)", "alpha": "penalty weight α (adl.alpha)"}
 
 
@@ -35,13 +40,23 @@ class Skipped(Exception):
     """A figure whose data is absent; the message says what is missing."""
 
 
+@dataclass
+class Series:
+    """One setting, or one method's settings, drawn as one line: its trials pooled over seeds."""
+    label: str
+    colour: str
+    run_ids: list[str]
+    marker: str = "o"
+
+
 def _experiment(frame: pd.DataFrame) -> str:
     return ", ".join(sorted(frame["experiment"].unique()))
 
 
-def _methods(frame: pd.DataFrame) -> list[str]:
-    present = set(frame["method"])
-    return [m for m in REPORT_ORDER if m in present] + sorted(present - set(REPORT_ORDER))
+def _methods(kinds: pd.Series) -> list[str]:
+    """The methods present, in the report's order; the budget controller right after the regulariser."""
+    order, present = (*REPORT_ORDER, CONTROLLER), set(kinds)
+    return [m for m in order if m in present] + sorted(present - set(order))
 
 
 def _std(values: pd.Series) -> np.ndarray:
@@ -76,53 +91,146 @@ def _wer_bars(means: pd.DataFrame) -> np.ndarray:
     return 100 * np.vstack([np.where(has_ci, mean - low, std), np.where(has_ci, high - mean, std)])
 
 
+def _kinds(groups: pd.DataFrame) -> pd.Series:
+    """The method each setting is drawn as: adaptive dropout with a target is the budget controller."""
+    return groups["method"].mask(groups["adl_target_reduction"] > 0, CONTROLLER)
+
+
+def _asked(groups: pd.DataFrame) -> pd.Series:
+    """The parameter reduction each setting asked for: a baseline's target (or its budget against the
+    dense size), the controller's target; NaN for dense and the regulariser, which cannot aim at a size."""
+    from_budget = 1 - groups["budget_params"].astype(float) / groups["dense_params_mean"]
+    asked = groups["target_reduction"].fillna(from_budget).fillna(groups["adl_target_reduction"])
+    return asked.round(3)  # 0.3 asked by two methods is one target, whatever the float noise
+
+
+def pareto_series(groups: pd.DataFrame) -> list[Series]:
+    """The lines of a Pareto plot: one per method (the budget controller apart from the paper's
+    regulariser) and per variant of a method (settings that differ within it), each with its own look.
+    α and the target stay within a line: they are the knobs that trade size for error."""
+    kinds, spare = _kinds(groups), itertools.cycle(VARIANT_LOOKS)
+    series = []
+    for kind in _methods(kinds):
+        rows = groups[kinds == kind]
+        colour, marker, name = method_look(kind)
+        variants = pd.Series(_labels(rows, omit=("alpha", "target"), keep=()), index=rows.index)
+        for i, variant in enumerate(dict.fromkeys(variants)):
+            if i:
+                colour, marker = next(spare)
+            run_ids = [r for ids in rows.loc[variants == variant, "run_ids"] for r in ids]
+            # the variant on a line of its own keeps the legend narrow beside the plot
+            series.append(Series(f"{name}:\n  {variant}" if variant else name, colour, run_ids, marker))
+    return series
+
+
+def _log_wer_axis(ax) -> None:
+    # Log, not linear: collapsed models near 100% would squash the 5-20% band where the methods compete.
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    subs = next(subs for ratio, subs in LOG_TICKS if high / low > ratio)
+    ax.yaxis.set_major_locator(LogLocator(subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel("test WER (log scale)")
+
+
+def _target_lines(ax, groups: pd.DataFrame, factor: float) -> Line2D | None:
+    """Each asked-for reduction as a dotted line at that many parameters, named on a top axis: one
+    mark per budget however many methods aimed at it; a point's gap to its line is its miss."""
+    targets = sorted(set(_asked(groups).dropna()))
+    if not targets:
+        return None
+    xs = [groups["dense_params_mean"].median() * (1 - t) / factor for t in targets]
+    for x in xs:
+        ax.axvline(x, color="gray", linestyle=":", linewidth=1.2, zorder=0)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(xs, [f"{t:.0%}" for t in targets])
+    top.set_xlabel("target reduction", fontsize=10)
+    return Line2D([], [], color="gray", linestyle=":", label="target reduction (top axis)")
+
+
+def _target_labels(ax, groups: pd.DataFrame, series: list[Series], x: str, factor: float) -> Line2D | None:
+    """Each mean's asked-for reduction written beside it, in its line's colour: on a FLOPs or latency
+    axis a parameter target has no position of its own."""
+    for s in series:
+        means = _members(groups, s)
+        for xi, y, t in zip(means[x] / factor, 100 * means["test_wer_mean"], _asked(means)):
+            if not np.isnan(t):
+                ax.annotate(f"{t:.0%}", (xi, y), xytext=(4, 3), textcoords="offset points", fontsize=7.5,
+                            color=s.colour)
+    if _asked(groups).isna().all():
+        return None
+    return Line2D([], [], color="gray", marker=r"$30\%$", markersize=15, linestyle="", label="target reduction")
+
+
+def _members(groups: pd.DataFrame, s: Series) -> pd.DataFrame:
+    """The settings (rows of seed_groups) a series pools."""
+    return groups[groups["run_ids"].map(set(s.run_ids).issuperset)]
+
+
 def pareto(frame: pd.DataFrame, axis: str, errors: UtteranceErrors | None = None) -> Figure:
-    """Test WER against size (parameters, encoder FLOPs or latency): every trial a faint point, each
-    setting's mean over seeds a marker with error bars (the bootstrap interval when the runs logged
-    per-utterance errors), and each method's Pareto front through those means a step line; the dense
-    baseline a dashed horizontal line."""
+    """Test WER (log scale) against size (parameters, encoder FLOPs or latency): every trial a faint
+    point, each setting's mean over seeds a marker with error bars (the bootstrap interval when the
+    runs logged per-utterance errors), and each method's Pareto front through those means a step
+    line; the dense baseline a dashed horizontal line, the reductions asked for marked."""
     column, metric, what = PARETO_AXES[axis]
     data = frame[frame[column].notna()]
     if data.empty:
         raise Skipped(f"no finished trial logged {metric}")
-    groups = with_intervals(seed_groups(data), errors)
+    groups = with_intervals(seed_groups(data, values=(*VALUES, "dense_params")), errors)
     factor, prefix = (1.0, "") if axis == "latency" else si_scale(float(data[column].max()))
-    fig, (ax,) = new_figure(width=9.0)
-    for method in _methods(data):
-        colour, marker, name = method_look(method)
-        trials, means = data[data["method"] == method], groups[groups["method"] == method]
-        ax.scatter(trials[column].astype(float) / factor, 100 * trials["test_wer"], s=16, marker=marker,
-                   color=colour, alpha=0.3, linewidths=0)
-        ax.errorbar(means[f"{column}_mean"] / factor, 100 * means["test_wer_mean"],
-                    xerr=_std(means[f"{column}_std"]) / factor, yerr=_wer_bars(means),
-                    fmt=marker, color=colour, markersize=7, capsize=3, linewidth=1,
-                    label=f"{name} ({len(trials)} trial{'s' * (len(trials) != 1)})")
-        fx, fy = front(means[f"{column}_mean"], means["test_wer_mean"])
+    fig, (ax,) = new_figure(width=10.5, height=5.6)
+    series = pareto_series(groups)
+    for s in series:
+        trials, means = data[data["run_id"].isin(s.run_ids)], _members(groups, s)
+        ax.scatter(trials[column].astype(float) / factor, 100 * trials["test_wer"], s=16, marker=s.marker,
+                   color=s.colour, alpha=0.3, linewidths=0)
+        x, y = means[f"{column}_mean"] / factor, 100 * means["test_wer_mean"]
+        ax.errorbar(x, y, xerr=_std(means[f"{column}_std"]) / factor, yerr=_wer_bars(means), fmt=s.marker,
+                    color=s.colour, markersize=7, capsize=3, linewidth=1,
+                    label=f"{s.label} ({len(trials)} trial{'s' * (len(trials) != 1)})")
+        fx, fy = front(x, y)
         if len(fx) > 1:
-            ax.step(fx / factor, 100 * fy, where="post", color=colour, linewidth=1.5, alpha=0.8)
+            ax.step(fx, fy, where="post", color=s.colour, linewidth=1.5, alpha=0.8)
     _dense_line(ax, data)
+    _log_wer_axis(ax)
+    targets = (_target_lines(ax, groups, factor) if axis == "params"
+               else _target_labels(ax, groups, series, f"{column}_mean", factor))
     ax.set_xlabel(_pareto_axis_label(axis, prefix))
-    ax.set_ylabel("test WER (%)")
     ax.set_title(f"{_experiment(data)}: test WER against {what}\n(lower left is better)")
     handles, _ = ax.get_legend_handles_labels()
     handles += [Line2D([], [], color="gray", marker="o", linestyle="", alpha=0.4, label="one trial (seed)"),
                 Line2D([], [], color="gray", marker="o", linestyle="",
                        label="mean over seeds; bars: 95% bootstrap CI" if errors else "mean ± std over seeds"),
-                Line2D([], [], color="gray", linewidth=1.5, label="Pareto front of a method")]
+                Line2D([], [], color="gray", linewidth=1.5, label="Pareto front of a method"),
+                *([targets] if targets else [])]
     fig.legend(handles=handles, loc="outside right upper")
     return fig
 
 
-def _labels(settings: pd.DataFrame, omit: str = "") -> list[str]:
-    """Short names for adaptive-dropout settings: the location subset, then only the hyperparameters
-    that differ between the settings (less `omit`, the one on the x axis)."""
-    varied = [k for k in ("tau", "alpha") if k != omit and settings[k].nunique() > 1]
-    symbol = {"tau": "τ", "alpha": "α"}
-    labels = []
-    for _, row in settings.iterrows():
-        words = [str(row["locations"]), *(f"{symbol[k]}={row[k]:g}" for k in varied)]
-        labels.append(", ".join(words + ([str(row["setting"])] if row["setting"] else [])))
-    return labels
+def _words(row: pd.Series) -> dict[str, str]:
+    """A setting in words, keyed by what each says: where adaptive dropout sits, τ, α or the
+    controller's target, then the other settings ("k=v" items of `setting`)."""
+    words = {}
+    if row["method"] == ADL:
+        words |= {"locations": str(row["locations"]), "tau": f"τ={row['tau']:g}"}
+    if not pd.isna(row["alpha"]):
+        words["alpha"] = f"α={row['alpha']:g}"
+    if not pd.isna(row["adl_target_reduction"]):
+        words["target"] = f"target {row['adl_target_reduction']:.0%}"
+    for item in re.split(r", (?=[\w.]+=)", str(row["setting"])) if row["setting"] else []:  # a value may hold ", "
+        if not item.startswith("adl.target_reduction="):  # said as "target 30%", or by α
+            words[item.split("=", 1)[0]] = item
+    return words
+
+
+def _labels(settings: pd.DataFrame, omit: tuple[str, ...] = (), keep: tuple[str, ...] = ("locations",)) -> list[str]:
+    """Short names for settings: their words (`_words`) that differ between them, and `keep` always,
+    less `omit` (what the x axis or the line already says)."""
+    words = [_words(row) for _, row in settings.iterrows()]
+    keys = dict.fromkeys(["locations", "tau", "alpha", "target", *(k for w in words for k in w)])
+    shown = [k for k in keys if k not in omit and (k in keep or len({w.get(k) for w in words}) > 1)]
+    return [", ".join(w[k] for k in shown if k in w) for w in words]
 
 
 def _fixed_setting(adl: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -180,14 +288,16 @@ def hyperparameter_effect(frame: pd.DataFrame, name: str) -> Figure:
     adl = frame[frame["method"] == ADL]
     if adl.empty:
         raise Skipped("no finished adaptive_dropout trials")
-    if adl[name].nunique() < 2:
-        raise Skipped(f"adl.{name} is {adl[name].iloc[0]:g} in every adaptive_dropout trial")
+    values = np.unique(adl[name].dropna().to_numpy(dtype=float))  # the budget controller has no α
+    if len(values) < 2:
+        raise Skipped(f"adl.{name} is {values[0]:g} in every adaptive_dropout trial" if len(values)
+                      else f"no adaptive_dropout trial has an adl.{name} (budget controller trials only)")
     groups = seed_groups(adl)
     others = [k for k in ("locations", "tau", "alpha", "setting") if k != name]
     lines = [g.sort_values(name) for _, g in groups.groupby(others, dropna=False, sort=False) if g[name].nunique() > 1]
     if not lines:
         raise Skipped(f"adl.{name} was never varied with the other settings held fixed")
-    labels = _labels(pd.DataFrame([g.iloc[0] for g in lines]), omit=name)
+    labels = _labels(pd.DataFrame([g.iloc[0] for g in lines]), omit=(name,))
     fig, (wer_ax, red_ax) = new_figure(ncols=2, width=11.0, height=4.6)
     for i, (g, label) in enumerate(zip(lines, labels)):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
@@ -198,7 +308,6 @@ def hyperparameter_effect(frame: pd.DataFrame, name: str) -> Figure:
     fig.legend(handles, names, loc="outside lower center", ncols=min(3, len(names)), title="adaptive dropout at")
     if (dense := _dense_line(wer_ax, frame)) is not None:
         wer_ax.legend(handles=[dense], loc="best")
-    values = np.unique(adl[name].to_numpy(dtype=float))
     for ax, ylabel in ((wer_ax, "test WER (%)"), (red_ax, "parameter reduction vs dense (%)")):
         if values.min() > 0 and values.max() / values.min() >= 10:
             ax.set_xscale("log")
@@ -211,14 +320,6 @@ def hyperparameter_effect(frame: pd.DataFrame, name: str) -> Figure:
     red_ax.set_title("size (higher is a smaller model)")
     fig.suptitle(f"{_experiment(frame)}: effect of the {HYPERPARAMETERS[name].split(' (')[0]} (mean ± std over seeds)")
     return fig
-
-
-@dataclass
-class Series:
-    """One adaptive-dropout setting drawn as one line: its trials pooled over seeds."""
-    label: str
-    colour: str
-    run_ids: list[str]
 
 
 def adl_series(frame: pd.DataFrame) -> tuple[list[Series], str]:
@@ -269,7 +370,7 @@ def retention_histograms(frame: pd.DataFrame, retention: dict[str, dict[str, np.
         for t in thresholds:
             ax.axvline(t, color="black", linestyle="--", linewidth=1, label=f"pruning threshold {t:g}")
         ax.set_xlim(0, 1)
-        ax.set_xlabel("retention p, or a hard concrete gate's evaluation value (final)")
+        ax.set_xlabel("final retention p\n(or a hard concrete gate's evaluation value)")  # two lines: fits a panel
         ax.set_ylabel("units (% of the location's units)")
         ax.set_title(loc)
     _series_legend(fig, axes, series)

@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
+CONTROLLER = "adaptive_dropout/controller"  # adaptive dropout with adl.target_reduction: drawn as its own method
 STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
          "ytick.labelsize": 10, "legend.fontsize": 9.5, "figure.titlesize": 13, "axes.grid": True,
          "grid.alpha": 0.3, "savefig.dpi": 150, "pdf.fonttype": 3}
@@ -21,8 +22,11 @@ METHOD_LOOK = {  # colour, marker, label
     "small_dense": ("tab:green", "D", "small dense"),
     "magnitude_structured": ("tab:orange", "^", "magnitude, structured"),
     "magnitude_unstructured": ("tab:red", "v", "magnitude, unstructured"),
-    "adaptive_dropout": ("tab:blue", "o", "adaptive dropout"),
+    "adaptive_dropout": ("tab:blue", "o", "adaptive dropout, paper's regulariser (α)"),
+    CONTROLLER: ("tab:purple", "P", "adaptive dropout, budget controller"),
 }
+# For a second, third... variant of one method (other settings): colours no method uses.
+VARIANT_LOOKS = (("tab:brown", "X"), ("tab:pink", "*"), ("tab:olive", "p"), ("tab:cyan", "h"), ("tab:gray", "<"))
 SERIES_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink",
                   "tab:olive", "tab:cyan", "tab:gray")
 FORMATS = ("png", "pdf")

@@ -229,8 +229,8 @@ def _settings(runs: pd.DataFrame, method: pd.Series) -> pd.Series:
 
 
 COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "start_time", "method", "locations", "seed",
-           "tau", "alpha", "threshold", "budget_params", "target_reduction", "setting", "epochs",
-           *METRICS.values())
+           "tau", "alpha", "threshold", "budget_params", "target_reduction", "adl_target_reduction", "setting",
+           "epochs", *METRICS.values())
 TEXT_COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "method", "locations", "setting")
 
 
@@ -242,6 +242,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     budget = _numeric(_column(runs, "tags.budget.target_params"))
     budget = budget.fillna(_numeric(_column(runs, "params.prune.target_params")).where(lambda v: v > 0))
     reduction_target = _numeric(_column(runs, "params.prune.target_reduction")).where(lambda v: v > 0)
+    controller_target = _numeric(_column(runs, "params.adl.target_reduction")).where(lambda v: is_adl & (v > 0))
     frame = pd.DataFrame({
         "experiment": runs["experiment"],
         "run_id": runs["run_id"],
@@ -253,11 +254,11 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         "seed": _numeric(_column(runs, "tags.seed").fillna(_column(runs, "params.train.seed"))).astype("Int64"),
         "tau": _numeric(_column(runs, "params.adl.tau")).where(is_adl),
         # the budget controller replaces the alpha term: its trials have no alpha to show
-        "alpha": _numeric(_column(runs, "params.adl.alpha")).where(
-            is_adl & ~(_numeric(_column(runs, "params.adl.target_reduction")).fillna(0) > 0)),
+        "alpha": _numeric(_column(runs, "params.adl.alpha")).where(is_adl & controller_target.isna()),
         "threshold": _numeric(_column(runs, "params.adl.threshold")).where(is_adl),
         "budget_params": budget.where(is_baseline).round().astype("Int64"),
         "target_reduction": reduction_target.where(is_baseline),
+        "adl_target_reduction": controller_target,  # the budget controller's target; NaN for the regulariser
         "setting": _settings(runs, method),
         "epochs": _numeric(_column(runs, "params.train.epochs")).astype("Int64"),
     }, index=runs.index)
@@ -289,7 +290,8 @@ def sort_rows(frame: pd.DataFrame, then: Sequence[str] = ("seed", "run_name", "r
 
 
 # Everything that identifies a setting: the trials of one setting differ only in their seed.
-SETTING_KEYS = ("experiment", "method", "locations", "budget_params", "target_reduction", "tau", "alpha", "setting")
+SETTING_KEYS = ("experiment", "method", "locations", "budget_params", "target_reduction", "adl_target_reduction",
+                "tau", "alpha", "setting")
 VALUES = ("params", "reduction", "dev_wer", "test_wer", "flops", "latency_ms", "epochs_total", "polarised", "dev_wer_uncut")
 
 

@@ -1,6 +1,7 @@
 """The analysis package on a small hand-made MLflow store: loading, Pareto fronts, figures, tables, CLI."""
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import subprocess
@@ -20,8 +21,9 @@ from analysis import (
     regenerate,
 )
 from analysis.__main__ import main
-from analysis.plotting import new_figure, save
-from analysis.runs import COLUMNS, experiments_with_trials, seed_groups
+from analysis.artifacts import load_retention
+from analysis.plotting import new_figure, save, style
+from analysis.runs import COLUMNS, experiments_with_trials, seed_groups, tidy
 from analysis.tables import front, pareto_mask
 from tests.analysis_store import (
     BROKEN,
@@ -38,6 +40,43 @@ REPO = Path(__file__).resolve().parents[1]
 FIGURES = ("pareto_params", "pareto_flops", "pareto_latency", "location_ablation", "effect_tau", "effect_alpha",
            "retention_histograms", "kept_fraction")
 TABLES = ("ablation_table", "pareto_runs", "comparisons")
+
+
+# experiments/pareto.toml's sweep with README.md's results ("The Pareto sweep"): per arm, its parameters beyond
+# DEFAULTS and, per grid value, (value, test WER, reduction reached); the magnitude arm also without fine-tuning.
+DENSE_SIZE = 1_100_000
+DEFAULTS = {"adl.alpha": "0.01", "adl.tau": "1.0", "adl.gate": "gumbel_sigmoid", "adl.polarise": "0.0",
+            "adl.target_reduction": "0.0", "adl.locations": "['ffn', 'mhsa', 'conv']", "prune.target_reduction": "0.0",
+            "prune.finetune_epochs": "0"}
+TARGET = "prune.target_reduction"
+ARMS = [
+    ("dense", {}, None, [(None, 0.0592, 0.0)]),
+    ("adaptive_dropout", {}, "adl.alpha", [("0.005", 0.0838, 0.396), ("0.02", 0.3847, 0.652), ("0.08", 0.5294, 0.713)]),
+    ("adaptive_dropout", {"adl.gate": "hard_concrete", "adl.tau": "0.6667", "adl.polarise": "0.5"},
+     "adl.target_reduction", [("0.3", 0.0715, 0.3), ("0.5", 0.0815, 0.5), ("0.7", 0.1369, 0.7)]),
+    ("small_dense", {}, TARGET, [("0.3", 0.0797, 0.3), ("0.5", 0.0951, 0.5), ("0.7", 0.1821, 0.7)]),
+    ("magnitude_unstructured", {}, TARGET, [("0.3", 0.0637, 0.3), ("0.5", 0.0903, 0.5), ("0.7", 0.6431, 0.7)]),
+    ("magnitude_structured", {"prune.finetune_epochs": "2"}, TARGET,
+     [("0.3", 0.0893, 0.3), ("0.5", 0.1304, 0.5), ("0.7", 0.3830, 0.7)]),
+    ("magnitude_structured", {"prune.finetune_epochs": "0"}, TARGET,
+     [("0.3", 0.39, 0.3), ("0.5", 0.88, 0.5), ("0.7", 0.99, 0.7)]),
+]
+
+
+def pareto_sweep_frame() -> pd.DataFrame:
+    """ARMS, two seeds, as load_trials reads them: search_runs' columns through runs.tidy."""
+    rows = []
+    for method, fixed, knob, points in ARMS:
+        shrinks = method != "magnitude_unstructured"  # zeros in dense matrices: no fewer FLOPs, no speed-up
+        for (value, wer, reduction), seed in itertools.product(points, (0, 1)):
+            params = DEFAULTS | fixed | ({knob: value} if knob else {})
+            rows.append({"experiment": "pareto", "run_id": f"run{len(rows)}", "start_time": 0, "tags.method": method,
+                         "tags.seed": str(seed), **{f"params.{k}": v for k, v in params.items()},
+                         "metrics.test/wer": wer * (1 + 0.04 * seed), "metrics.params/dense_total": DENSE_SIZE,
+                         "metrics.params/total": DENSE_SIZE * (1 - reduction), "metrics.params/reduction": reduction,
+                         "metrics.flops/encoder_10s": 2e9 * (1 - 0.9 * reduction * shrinks),
+                         "metrics.latency/ms_b1_10s": 20 * (1 - 0.5 * reduction * shrinks)})
+    return tidy(pd.DataFrame(rows))
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +261,86 @@ def test_bootstrap_on_hand_made_errors():
 def test_figures_are_logged_to_the_parent_run(store: Store, written: list[Path]):
     logged = {a.path for a in MlflowClient(store.tracking_uri).list_artifacts(store.parent_run_id, "figures")}
     assert logged == {f"figures/{p.name}" for p in written}
+
+
+# --- what the figures show ---
+
+@pytest.fixture(scope="module")
+def sweep() -> pd.DataFrame:
+    return pareto_sweep_frame()
+
+
+def _looks(ax) -> dict[str, tuple[str, str]]:
+    """Legend label -> (colour, marker) of each errorbar series drawn on ax."""
+    return {c.get_label(): (c.lines[0].get_color(), c.lines[0].get_marker()) for c in ax.containers}
+
+
+def test_tidy_reads_the_controller_target(sweep: pd.DataFrame):
+    adl = sweep[sweep["method"] == "adaptive_dropout"]
+    controller = adl[adl["adl_target_reduction"].notna()]
+    assert sorted(set(controller["adl_target_reduction"])) == [0.3, 0.5, 0.7]
+    assert controller["alpha"].isna().all()  # the controller has no α
+    assert adl.loc[adl["adl_target_reduction"].isna(), "alpha"].notna().all()
+    assert sweep.loc[sweep["method"] != "adaptive_dropout", "adl_target_reduction"].isna().all()
+
+
+def test_pareto_tells_controller_regulariser_and_variants_apart(sweep: pd.DataFrame, store: Store):
+    looks = _looks(figures.pareto(sweep, "params").axes[0])
+    controller, regulariser = (looks.pop(f"adaptive dropout, {kind} (6 trials)")
+                               for kind in ("budget controller", "paper's regulariser (α)"))
+    assert controller[0] != regulariser[0] and controller[1] != regulariser[1]
+    # structured magnitude pruning with and without fine-tuning: two lines, two looks
+    tuned, untuned = (looks.pop(f"magnitude, structured:\n  prune.finetune_epochs={e} (6 trials)") for e in (2, 0))
+    assert tuned != untuned
+    assert sorted(looks) == ["dense (2 trials)", "magnitude, unstructured (6 trials)", "small dense (6 trials)"]
+    # the paper's regulariser at other locations or temperatures: one line each, named by what differs
+    frame = load_trials(store.tracking_uri, [EXPERIMENT]).frame
+    adl = {k: v for k, v in _looks(figures.pareto(frame, "params").axes[0]).items() if k.startswith("adaptive")}
+    assert sorted(k.split(":\n  ")[1] for k in adl) == [
+        "ffn+mhsa+conv, τ=0.3 (3 trials)", "ffn+mhsa+conv, τ=1 (1 trial)", "ffn, τ=0.3 (2 trials)",
+        "mhsa+conv, τ=0.3 (1 trial)"]
+    assert len(set(adl.values())) == 4
+
+
+def test_pareto_wer_axis_is_log_with_percent_ticks(sweep: pd.DataFrame):
+    ax = figures.pareto(sweep, "latency").axes[0]
+    assert ax.get_yscale() == "log"
+    low, high = ax.get_ylim()
+    assert low < 100 * sweep["test_wer"].min() and 100 * sweep["test_wer"].max() < high  # 5.9% and 103% both shown
+    labels = [ax.yaxis.get_major_formatter()(v, i) for i, v in enumerate(ax.get_yticks()) if low <= v <= high]
+    assert {"7%", "10%", "15%", "20%", "50%", "100%"} <= set(labels)
+
+
+def test_pareto_marks_the_reduction_each_point_asked_for(sweep: pd.DataFrame, store: Store):
+    ax = figures.pareto(sweep, "params").axes[0]
+    (top,) = ax.child_axes  # the targets, named on a top axis over dotted lines at dense x (1 - target)
+    assert [t.get_text() for t in top.get_xticklabels()] == ["30%", "50%", "70%"]
+    expected = [DENSE_SIZE * (1 - t) / 1e6 for t in (0.3, 0.5, 0.7)]
+    assert top.get_xticks() == pytest.approx(expected)
+    assert [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"] == pytest.approx(expected)
+    # on FLOPs a target has no x of its own: each point says it; five lines aimed at each target
+    texts = [t.get_text() for t in figures.pareto(sweep, "flops").axes[0].texts]
+    assert sorted(texts) == ["30%"] * 5 + ["50%"] * 5 + ["70%"] * 5
+    # baselines given a parameter budget (520k of 1M) asked for 48%
+    frame = load_trials(store.tracking_uri, [EXPERIMENT]).frame
+    assert sorted(t.get_text() for t in figures.pareto(frame, "flops").axes[0].texts) == ["48%"] * 3
+
+
+def test_effect_of_alpha_ignores_the_controller(sweep: pd.DataFrame):
+    ax = figures.hyperparameter_effect(sweep, "alpha").axes[0]
+    assert ax.get_xscale() == "log"  # 0.005 to 0.08; the controller's missing α must not make it linear
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.005", "0.02", "0.08"]
+
+
+def test_retention_panels_x_labels_end_before_the_next_panel(store: Store):
+    frame = load_trials(store.tracking_uri, [EXPERIMENT]).frame
+    adl = frame.loc[frame["method"] == "adaptive_dropout", "run_id"]
+    with style():  # the fonts the figures are saved with
+        fig = figures.retention_histograms(frame, load_retention(MlflowClient(store.tracking_uri), adl))
+        fig.draw_without_rendering()
+        ends = [ax.xaxis.label.get_window_extent().x1 for ax in fig.axes]
+        starts = [ax.yaxis.get_tightbbox().x0 for ax in fig.axes]  # the y axis label and tick labels
+    assert len(ends) == 3 and all(end < start for end, start in zip(ends, starts[1:]))
 
 
 def test_figures_without_their_data_are_skipped(store: Store):
