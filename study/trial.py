@@ -113,12 +113,12 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
             else:
                 outcome = _prune_dense_run(ctx, dense_run[1])
             metrics = _evaluate_and_log(ctx, outcome)
+            result = TrialResult(run.info.run_id, metrics)
+            record_done(folder, result)  # before the run ends: a kill in between leaves it to be closed, not rerun
         except BaseException as exc:
             mlflow.set_tag("failure_reason", f"{type(exc).__name__}: {exc}"[:5000])
             mlflow.end_run(status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
             raise
-    result = TrialResult(run.info.run_id, metrics)
-    record_done(folder, result)
     return result
 
 

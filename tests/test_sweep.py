@@ -369,3 +369,25 @@ def test_a_worker_takes_no_trial_before_its_launch_and_leaves_when_its_driver_is
     orphan.driver_pid = -1  # as if the driver had exited and this process had been adopted
     with pytest.raises(SystemExit, match="exited before its launch began"):
         orphan.wait_for_launch("tiny_sweep")
+
+
+def test_a_torn_last_journal_record_is_cut_off_with_a_message_and_the_study_goes_on(tmp_path, capsys):
+    """A full disk cut the last write short: without the repair the next append runs into the torn line
+    and every later read of the journal fails (JSONDecodeError), --status included."""
+    import optuna
+
+    from study.sweep.optuna_storage import open_storage
+    study = optuna.create_study(study_name="s", storage=open_storage(None, "exp", tmp_path))
+    study.add_trial(optuna.trial.create_trial(value=1.0))
+    journal = tmp_path / "optuna" / "exp.journal"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 4, "worker_id": "torn", "study_id": 0, "datetime_st')
+
+    storage = open_storage(None, "exp", tmp_path)
+    assert "cut short" in capsys.readouterr().out
+    assert journal.read_bytes() == whole and (tmp_path / "optuna" / "exp.journal.torn").read_bytes().startswith(b'{"op')
+    again = optuna.load_study(study_name="s", storage=storage)
+    again.add_trial(optuna.trial.create_trial(value=2.0))
+    reread = optuna.load_study(study_name="s", storage=open_storage(None, "exp", tmp_path))
+    assert [t.value for t in reread.trials] == [1.0, 2.0]
+    assert capsys.readouterr().out == ""  # an intact journal is left alone

@@ -96,6 +96,39 @@ def test_killed_adaptive_dropout_trial_resumes_to_the_same_final_weights(tiny_co
     assert resumed.metrics["dev/wer"] == reference.metrics["dev/wer"]
 
 
+def test_a_kill_between_done_and_the_runs_end_closes_the_run_without_training_again(
+        tiny_config, tracking_uri, tmp_path, monkeypatch):
+    import study.trial
+    from study.tracking import trial_record
+    tiny_config.train.epochs = 1
+    original = trial_record.record_done
+
+    def killed_after_done(folder, result):
+        original(folder, result)
+        raise KeyboardInterrupt  # the kill lands after DONE, before the run is ended
+    monkeypatch.setattr(study.trial, "record_done", killed_after_done)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(tiny_config, tracking_uri, runs_dir=tmp_path)
+    client, runs = finished_run(tracking_uri)
+    assert runs[0].info.status == "KILLED"
+    done = json.loads(next(tmp_path.glob("trials/*/*/DONE")).read_text())
+    assert not list(tmp_path.glob("trials/*/*/DONE.tmp"))  # written whole, by a rename
+
+    monkeypatch.setattr(study.trial, "record_done", original)
+    monkeypatch.setattr(Trainer, "train_epoch", lambda *a: pytest.fail("trained a finished trial again"))
+    again = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path)
+    client, runs = finished_run(tracking_uri)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert again.run_id == done["run_id"] and again.metrics == done["metrics"]
+
+
+def test_trial_key_changes_with_the_training_code(tiny_config, monkeypatch):
+    from study.tracking import trial_record
+    before = trial_record.trial_key(tiny_config)
+    monkeypatch.setattr(trial_record, "LOADED_SOURCE_HASH", "0" * 16)
+    assert trial_record.trial_key(tiny_config) != before
+
+
 def test_non_finite_loss_fails_the_run_with_its_reason(tiny_config, tracking_uri, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.nn.CTCLoss, "forward", lambda self, *a: torch.tensor(float("nan"), requires_grad=True))
     with pytest.raises(TrainingError, match="non-finite CTC loss"):

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 # Optuna flags heartbeats as experimental; they are what makes multi-machine sweeps recoverable.
@@ -33,8 +33,41 @@ def open_storage(url: str | None, experiment: str, runs_dir: Path) -> BaseStorag
     if not url:
         path = Path(runs_dir) / "optuna" / f"{experiment}.journal"
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        lock = JournalFileSymlinkLock(str(path))
+        repair_torn_journal(path, lock)
+        return JournalStorage(JournalFileBackend(str(path), lock))
     return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=STALE_SECONDS)
+
+
+def repair_torn_journal(path: Path, lock: JournalFileSymlinkLock) -> bool:
+    """A write cut short (a full disk, a kill mid-write) leaves a last line without its end; the next
+    append would run into it and every later read of the journal would fail. Under the journal's own
+    lock, the torn tail is moved to `<journal>.torn` and cut off, with a message; True if it was."""
+    if not _torn(path):
+        return False
+    lock.acquire()
+    try:
+        if not _torn(path):  # another process repaired it first
+            return False
+        data = path.read_bytes()
+        good = data.rfind(b"\n") + 1  # the end of the last whole record
+        with open(path.with_name(path.name + ".torn"), "ab") as torn:
+            torn.write(data[good:])
+        os.truncate(path, good)
+    finally:
+        lock.release()
+    print(f"{path}: its last record was cut short ({len(data) - good} bytes, kept in {path.name}.torn); "
+          "removed it, the records before it are intact", flush=True)
+    return True
+
+
+def _torn(path: Path) -> bool:
+    """The file is not empty and does not end with a newline."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as journal:
+        journal.seek(-1, os.SEEK_END)
+        return journal.read(1) != b"\n"
 
 
 def study_names(experiment: str) -> tuple[str, str]:

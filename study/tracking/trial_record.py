@@ -10,8 +10,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
+
 from study.config import Config, identity
-from study.tracking.mlflow_runs import run_status
+from study.tracking.mlflow_runs import LOADED_SOURCE_HASH, run_status
 
 
 @dataclass
@@ -21,9 +23,11 @@ class TrialResult:
 
 
 def trial_key(cfg: Config) -> str:
-    """Same resolved configuration -> same key -> same checkpoint folder (resume after a crash),
-    whatever the device or thread count it resumes on."""
-    return hashlib.sha256(json.dumps(identity(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    """Same resolved configuration and same training code -> same key -> same checkpoint folder (resume
+    after a crash), whatever the device or thread count it resumes on. Edited training code gives a new
+    key: a DONE folder of the old code is not reused (as recipe_key does for dense sources)."""
+    tree = {"config": identity(cfg), "source": LOADED_SOURCE_HASH}
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def trial_dir(cfg: Config, runs_dir: Path) -> Path:
@@ -47,19 +51,30 @@ def trial_lock(folder: Path) -> Iterator[None]:
 
 
 def finished_result(folder: Path, tracking_uri: str) -> TrialResult | None:
-    """The result of a trial whose folder says DONE and whose run is FINISHED in this store."""
+    """The result of a trial whose folder says DONE and whose run is in this store. DONE is written once
+    every metric and artifact is logged, before the run is ended: a run a kill left open in between is
+    closed FINISHED here, not trained again."""
     done = folder / "DONE"
     if not done.is_file():
         return None
     record = json.loads(done.read_text())
-    if run_status(record["run_id"], tracking_uri) != "FINISHED":
+    status = run_status(record["run_id"], tracking_uri)
+    if status is None:
         return None
-    print(f"trial {folder.name} already finished (MLflow run {record['run_id']})")
+    if status != "FINISHED":
+        mlflow.MlflowClient(tracking_uri).set_terminated(record["run_id"], "FINISHED")
+        print(f"trial {folder.name}: closed its finished MLflow run {record['run_id']} (left {status})")
+    else:
+        print(f"trial {folder.name} already finished (MLflow run {record['run_id']})")
     return TrialResult(record["run_id"], record["metrics"])
 
 
 def record_done(folder: Path, result: TrialResult) -> None:
-    (folder / "DONE").write_text(json.dumps({"run_id": result.run_id, "metrics": result.metrics}))
+    """DONE written whole or not at all (a temporary file renamed into place): a full disk or a kill
+    leaves no empty or torn DONE behind."""
+    tmp = folder / "DONE.tmp"
+    tmp.write_text(json.dumps({"run_id": result.run_id, "metrics": result.metrics}))
+    tmp.replace(folder / "DONE")
 
 
 def unfinished_run(folder: Path, tracking_uri: str) -> str | None:
