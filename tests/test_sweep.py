@@ -391,3 +391,22 @@ def test_a_torn_last_journal_record_is_cut_off_with_a_message_and_the_study_goes
     reread = optuna.load_study(study_name="s", storage=open_storage(None, "exp", tmp_path))
     assert [t.value for t in reread.trials] == [1.0, 2.0]
     assert capsys.readouterr().out == ""  # an intact journal is left alone
+
+
+@pytest.mark.parametrize("first", ["lower", "higher"])
+def test_two_trials_drawing_one_point_never_both_run_it(first):
+    """The interleaving that let both run: the higher-numbered trial checks before the lower one has
+    recorded its point, then the lower one records and checks."""
+    import optuna
+
+    from study.sweep.worker import _taken_by_another
+    study = optuna.create_study()
+    lower, higher = study.ask(), study.ask()
+    order = [lower, higher] if first == "lower" else [higher, lower]
+    proceeds = []
+    for trial in order:  # each records its point, then checks, before the other records
+        trial.set_user_attr("point", "p")
+        proceeds.append(not _taken_by_another(study, trial, "p"))
+    assert proceeds == [True, False]
+    both_recorded = [not _taken_by_another(study, t, "p") for t in (lower, higher)]
+    assert sum(both_recorded) == 0  # both recorded before either checked: both yield, the point stays pending

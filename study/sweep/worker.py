@@ -88,9 +88,11 @@ def pending(study: optuna.Study, keys: list[str], since: datetime) -> list[str]:
 
 
 def _taken_by_another(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
-    """True when another trial already finished this point, or runs it and started first."""
-    return any(point_of(t) == key and t.number != trial.number and
-               (t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number))
+    """True when another trial finished this point or is running it. Called after this trial recorded
+    its point, so of two trials that drew one point at once, whichever checks second sees the first
+    and yields, in any interleaving (both may yield: the point stays pending and is drawn again).
+    Yielding only to a lower-numbered trial let both run when the higher one checked first."""
+    return any(point_of(t) == key and t.number != trial.number and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
                for t in study.get_trials(deepcopy=False))
 
 
