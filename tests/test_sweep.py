@@ -410,3 +410,28 @@ def test_two_trials_drawing_one_point_never_both_run_it(first):
     assert proceeds == [True, False]
     both_recorded = [not _taken_by_another(study, t, "p") for t in (lower, higher)]
     assert sum(both_recorded) == 0  # both recorded before either checked: both yield, the point stays pending
+
+
+def test_a_storage_unreachable_past_its_retries_stops_the_workers_and_closes_the_parent(
+        tmp_path, corpus_cache, monkeypatch, capsys):
+    """The driver's poll raises once the storage's retries are spent: the launch ends with a clear
+    message, its workers stopped and its parent run FAILED (it used to exit leaving both running)."""
+    import sweep
+    from sqlalchemy.exc import OperationalError
+
+    from study.sweep import driver
+    started = []
+    real_start = driver._start_worker
+    monkeypatch.setattr(driver, "_start_worker", lambda *a: started.append(real_start(*a)) or started[-1])
+    def outage(*args):
+        raise OperationalError("select", {}, ConnectionRefusedError("connection refused"))
+    monkeypatch.setattr(driver, "_monitor", outage)
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE, epochs=5)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    assert sweep.main([str(exp), "--tracking-uri", uri, "--no-analysis"]) == 2
+    assert "stayed unreachable" in capsys.readouterr().err
+    assert started and all(proc.poll() is not None for proc in started)  # no worker outlives its driver
+    children, parents = child_runs(uri)
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert "stayed unreachable" in parents[0].data.tags["failure_reason"]

@@ -31,6 +31,7 @@ from study.sweep.optuna_storage import (
     open_storage,
     study_names,
 )
+from study.sweep.storage_retry import TRANSIENT
 from study.sweep.worker import LAUNCH_ATTR, WorkerSettings, point_of, settings_json
 from study.tracking.mlflow_runs import run_status
 from study.tracking.store import ensure_experiment
@@ -182,28 +183,39 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         restarts += 1
         return _start_worker(experiment, overrides, args, i, seats[i], token)
 
-    interrupted = False
+    interrupted, storage_error = False, None
     try:
         _monitor(experiment.name, total, studies, workers, replace)
     except KeyboardInterrupt:
         interrupted = True
+    except TRANSIENT as exc:  # the storage stayed unreachable past its retries
+        storage_error = f"the Optuna storage stayed unreachable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    if interrupted or storage_error:  # no worker outlives its driver
         for proc in workers:
             proc.terminate()
         for proc in workers:
             proc.wait()
-    lost = sum(1 for proc in workers if proc.returncode)
-    failed = sum(_failed_in_launch(s) for s in studies)
-    if not args.join:
+    lost = sum(1 for proc in workers if proc.returncode) if not storage_error else 0
+    try:
+        failed = sum(_failed_in_launch(s) for s in studies)
         done = sum(len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) for s in studies)
-        client.log_metric(parent, "sweep/finished_trials", done)
-        client.log_metric(parent, "sweep/failed_trials", failed)
+    except TRANSIENT:
+        failed = done = None
+        storage_error = storage_error or "the Optuna storage became unreachable at the end of the launch"
+    if not args.join:
+        if done is not None:
+            client.log_metric(parent, "sweep/finished_trials", done)
+            client.log_metric(parent, "sweep/failed_trials", failed)
         client.log_metric(parent, "sweep/worker_restarts", restarts)
-        if lost and not interrupted:
-            client.set_tag(parent, "failure_reason", f"{lost} worker(s) exited with an error after "
-                                                     f"{restarts} replacement(s); rerun the command to continue")
-        client.set_terminated(parent, status="KILLED" if interrupted else "FAILED" if lost else "FINISHED")
+        reason = storage_error or (f"{lost} worker(s) exited with an error after {restarts} replacement(s)" if lost else "")
+        if reason and not interrupted:
+            client.set_tag(parent, "failure_reason", f"{reason}; rerun the command to continue")
+        client.set_terminated(parent, status="KILLED" if interrupted else "FAILED" if reason else "FINISHED")
     if interrupted:
         raise KeyboardInterrupt
+    if storage_error:
+        raise SweepError(f"{storage_error}: the workers were stopped and the parent run closed; rerun the "
+                         "command to continue (finished trials are kept)")
     if lost:
         raise SweepError(f"a worker exited with an error ({restarts} replaced); see {args.runs_dir / 'logs' / experiment.name}")
     return LaunchResult(failed, parent)

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
+
+from study.sweep.storage_retry import ResilientRDBStorage
 
 # Optuna flags heartbeats as experimental; they are what makes multi-machine sweeps recoverable.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -36,7 +39,7 @@ def open_storage(url: str | None, experiment: str, runs_dir: Path) -> BaseStorag
         lock = JournalFileSymlinkLock(str(path))
         repair_torn_journal(path, lock)
         return JournalStorage(JournalFileBackend(str(path), lock))
-    return RDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=STALE_SECONDS)
+    return ResilientRDBStorage(url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=STALE_SECONDS)
 
 
 def repair_torn_journal(path: Path, lock: JournalFileSymlinkLock) -> bool:
@@ -99,7 +102,10 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_SECONDS):
-            self.path.touch()
+            try:
+                self.path.touch()
+            except OSError as exc:  # a file-system hiccup must not stop the beating for good
+                print(f"heartbeat {self.path} not touched ({exc}); beating on", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "Heartbeat":
         self._thread.start()
