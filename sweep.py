@@ -64,6 +64,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--join", action="store_true", help="add workers to a sweep another machine started")
     p.add_argument("--max-restarts", type=int, default=3, help="lost workers replaced in one launch; "
                    "the lost trial resumes from its last checkpoint (default: 3)")
+    p.add_argument("--hang-minutes", type=float, default=30.0, help="a worker that makes no progress (no training "
+                   "step, no decoded batch) for this long is killed and replaced; 0 = never (default: 30)")
     p.add_argument("--status", action="store_true", help="print the sweep's trials and exit")
     p.add_argument("--check", action="store_true", help="check that the installed torch/torchaudio pair (and "
                    "torch's CUDA wheels) are the pinned ones, then exit (a mismatch exits 2 at any command)")
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         workers = args.workers or experiment.spec.workers
         if workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {workers}")
+        if args.hang_minutes < 0:
+            raise ConfigError(f"--hang-minutes must be 0 (never) or more, got {args.hang_minutes}")
         if args.status:
             table = status_table(experiment, args.storage, Path("runs"))
             print(table.to_string(index=False) if len(table) else f"no trials of {experiment.name} yet")
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             _prepare_data(experiment)  # made once, not by every worker at the same time
         sweep_args = SweepArgs(workers, args.storage, resolve_tracking_uri(args.tracking_uri),
                                tuple(d for d in args.devices.split(",") if d), Path("runs"), args.join,
-                               args.max_restarts)
+                               args.max_restarts, args.hang_minutes * 60)
         result = launch(experiment, overrides, sweep_args)
     except (ConfigError, DataError, SweepError) as exc:
         print(f"error: {exc}", file=sys.stderr)

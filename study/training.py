@@ -23,6 +23,7 @@ from study.data.features import SpecAugment
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer
 from study.distributed import rank_and_world
+from study import progress
 from study.model import output_lengths
 
 LOSS_CHECK_EVERY = 25  # steps between host syncs on a GPU (the finiteness check and the progress bar)
@@ -264,6 +265,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{(ctc_sum + reg_sum) / total_utts:.3f}",
                                 utt_s=f"{total_utts / (time.perf_counter() - start):.1f}")
             mark("bookkeeping")
+            progress.beat()
         bar.close()
         if self.world > 1:  # the whole global batch's figures, not this rank's share
             totals = torch.tensor([ctc_sum, reg_sum, total_utts], dtype=torch.float64, device=self.device)

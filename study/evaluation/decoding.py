@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from study import progress
 from study.data.batching import make_batches, normalise, pad_batch, prefetch
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer
@@ -31,4 +32,5 @@ def transcribe(model: torch.nn.Module, data: SplitData, tokenizer: Tokenizer, me
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
             log_probs, lengths = model(normalise(batch.features, batch.feature_lengths, mean, std), batch.feature_lengths)
         hyps.update(zip(batch.indices, greedy_decode(log_probs.float(), lengths, tokenizer)))
+        progress.beat()
     return [hyps[i] for i in range(len(data.utterances))]

@@ -24,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from study import progress
 from study.sweep.experiment_file import Experiment
 from study.sweep.optuna_storage import (
     create_studies,
@@ -48,6 +49,7 @@ class SweepArgs:
     runs_dir: Path = Path("runs")
     join: bool = False
     max_restarts: int = 3  # lost workers replaced per launch (out of memory, a preempted node, a kill)
+    hang_seconds: float = 1800.0  # a worker with no progress for this long is killed and replaced (0 = never)
 
 
 class SweepError(RuntimeError):
@@ -185,7 +187,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
 
     interrupted, storage_error = False, None
     try:
-        _monitor(experiment.name, total, studies, workers, replace)
+        _monitor(experiment.name, total, studies, workers, replace, args.hang_seconds)
     except KeyboardInterrupt:
         interrupted = True
     except TRANSIENT as exc:  # the storage stayed unreachable past its retries
@@ -238,9 +240,13 @@ def _start_worker(experiment: Experiment, overrides: dict, args: SweepArgs, seat
     log_dir.mkdir(parents=True, exist_ok=True)
     settings = WorkerSettings(str(experiment.path), overrides, args.storage, args.tracking_uri,
                               str(args.runs_dir), placement, launch_token)
+    progress_file = log_dir / f"worker-{os.getpid()}-{seat}.progress"
+    progress_file.touch()  # the watchdog's clock starts now
     with open(log_dir / f"worker-{os.getpid()}-{seat}.log", "a") as log:
-        return subprocess.Popen([sys.executable, "-m", "study.sweep.worker", settings_json(settings)],
-                                stdout=log, stderr=subprocess.STDOUT, env=_worker_env())
+        proc = subprocess.Popen([sys.executable, "-m", "study.sweep.worker", settings_json(settings)],
+                                stdout=log, stderr=subprocess.STDOUT, env={**_worker_env(), progress.ENV: str(progress_file)})
+    proc.progress_file = progress_file
+    return proc
 
 
 def _worker_env() -> dict[str, str]:
@@ -260,9 +266,11 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
 
 
 def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[subprocess.Popen],
-             replace: Callable[[int, subprocess.Popen], subprocess.Popen | None]) -> None:
+             replace: Callable[[int, subprocess.Popen], subprocess.Popen | None], hang_seconds: float = 0) -> None:
     """One line per trial that ends, and a bar of trials done out of the expected total; a worker that
-    exits with an error is handed to `replace` once, and its seat taken by what that returns."""
+    exits with an error is handed to `replace` once, and its seat taken by what that returns. A worker
+    whose progress file has not moved for `hang_seconds` (stopped, deadlocked) is killed first, so it is
+    replaced like a lost one."""
     handled: set[int] = set()
     seen = {(s.study_name, t.number) for s in studies for t in s.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
@@ -270,6 +278,10 @@ def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[s
     bar = tqdm(total=max(total, already), initial=already, unit="trial", desc=name, dynamic_ncols=True)
     while True:
         for i, proc in enumerate(workers):
+            if hang_seconds and proc.poll() is None and progress.idle_seconds(proc.progress_file) > hang_seconds:
+                bar.write(f"worker {i} made no progress for {hang_seconds:.0f} s (hung or stopped): killed")
+                proc.kill()
+                proc.wait()
             if proc.poll() and proc.pid not in handled:
                 handled.add(proc.pid)
                 fresh = replace(i, proc)

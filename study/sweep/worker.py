@@ -21,6 +21,7 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
+from study import progress
 from study.sweep.experiment_file import Experiment, Point, load_experiment
 from study.sweep.optuna_storage import (
     Heartbeat,
@@ -193,6 +194,7 @@ class Worker:
         """Matched points need every result of the first phase, so wait for the other workers."""
         while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             fail_stale_trials(study, self.runs_dir)
+            progress.beat()  # waiting for the others is not a hang
             time.sleep(PHASE_POLL_SECONDS)
 
     def finished_sizes(self, study: optuna.Study) -> list[tuple[str, int]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,8 +13,12 @@ from pathlib import Path
 
 import mlflow
 
+from study import progress
 from study.config import Config, identity
 from study.tracking.mlflow_runs import LOADED_SOURCE_HASH, run_status
+
+
+LOCK_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -42,11 +47,17 @@ def trial_lock(folder: Path) -> Iterator[None]:
     it when its holder dies, so a killed trial never blocks its resumption."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / f"{folder.name}.lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"trial {folder.name} is running in another process: waiting for it", flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+        waiting = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waiting:
+                    print(f"trial {folder.name} is running in another process: waiting for it", flush=True)
+                    waiting = True
+                progress.beat()  # waiting on another trial is not a hang
+                time.sleep(LOCK_POLL_SECONDS)
         yield
 
 

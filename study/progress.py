@@ -1,0 +1,37 @@
+"""Proof of life for the sweep driver's watchdog: a worker touches its progress file as it works.
+
+A sweep worker gets the file's path in $STUDY_PROGRESS_FILE; training steps, decoding batches and
+waits on another trial call `beat()`, which touches it at most every BEAT_SECONDS. A worker whose
+file has not moved for the driver's `--hang-minutes` made no progress (stopped, deadlocked, stuck
+on a dead file system): the driver kills and replaces it. Outside a sweep `beat()` does nothing.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+ENV = "STUDY_PROGRESS_FILE"
+BEAT_SECONDS = 5.0
+_last_beat = 0.0
+
+
+def beat() -> None:
+    global _last_beat
+    path = os.environ.get(ENV)
+    now = time.monotonic()
+    if not path or now - _last_beat < BEAT_SECONDS:
+        return
+    _last_beat = now
+    try:
+        Path(path).touch()
+    except OSError:  # a missed beat is harmless; the next one may land
+        pass
+
+
+def idle_seconds(path: Path) -> float:
+    """Seconds since the progress file last moved (0 when it is missing: not started yet)."""
+    try:
+        return max(0.0, time.time() - path.stat().st_mtime)
+    except OSError:
+        return 0.0
