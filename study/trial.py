@@ -15,7 +15,7 @@ from typing import Callable
 import mlflow
 import torch
 
-from study import distributed
+from study import distributed, progress
 from study.config import Config, ModelConfig, dumps_toml, to_dict
 from study.data.features import mean_std
 from study.data.prepared import prepare_data
@@ -94,6 +94,7 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
         torch.distributed.barrier()
     tokenizer = build_tokenizer(cfg.text, data["train"].transcripts, cfg.data.cache_dir)
     mean, std = mean_std(data["train"].features)
+    progress.beat()  # the data is read: a long corpus's first pass is not a hang
     folder.mkdir(parents=True, exist_ok=True)
     ctx = TrialContext(cfg, data, tokenizer, mean, std, device, folder)
     if rank:

@@ -152,7 +152,8 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path) -> None:
+def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path, sig: int = signal.SIGKILL) -> None:
+    """Waits for a trial's first checkpoint, then sends `sig` to the sweep's one worker."""
     deadline = time.time() + 180
     while not list((tmp_path / "runs/trials").glob("*/*/checkpoint.pt")):  # a trial is mid-way
         assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint"
@@ -160,19 +161,25 @@ def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path) -> None:
     workers = [pid for pid in _children(proc.pid)
                if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(workers) == 1
-    os.kill(workers[0], signal.SIGKILL)  # out of memory, a preempted node: the worker alone vanishes
+    os.kill(workers[0], sig)  # SIGKILL: out of memory, a preempted node: the worker alone vanishes
 
 
-def test_a_lost_worker_is_replaced_and_its_trial_resumes_in_the_same_launch(tmp_path, corpus_cache):
+@pytest.mark.parametrize("sig, options, notice", [
+    (signal.SIGKILL, [], "worker 0 lost (exit code -9)"),  # out of memory, a preempted node
+    # stopped: heartbeats and progress stop but the process stays; the watchdog kills it
+    (signal.SIGSTOP, ["--hang-minutes", "1"], "worker 0 made no progress for 60 s"),
+])
+def test_a_lost_or_hung_worker_is_replaced_and_its_trial_resumes_in_the_same_launch(tmp_path, corpus_cache, sig,
+                                                                                      options, notice):
     exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]\nname = \"impossible\"")[0]
                            .replace('grid = { "train.seed" = [0, 1] }', ""), epochs=5)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    _kill_the_worker_mid_trial(proc, tmp_path)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
+                             *options], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _kill_the_worker_mid_trial(proc, tmp_path, sig)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-2000:]
-    assert "worker 0 lost (exit code -9)" in output and "a fresh worker resumes it" in output
+    assert notice in output and "worker 0 lost (exit code -9)" in output and "a fresh worker resumes it" in output
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
     done = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
@@ -436,28 +443,3 @@ def test_a_storage_unreachable_past_its_retries_stops_the_workers_and_closes_the
     assert [p.info.status for p in parents] == ["FAILED"]
     assert "stayed unreachable" in parents[0].data.tags["failure_reason"]
 
-
-def test_a_stopped_worker_is_killed_by_the_watchdog_and_its_trial_resumes(tmp_path, corpus_cache):
-    """SIGSTOP: heartbeats and progress stop, the process stays. The driver notices no progress for
-    --hang-minutes, kills the worker and a fresh one resumes the trial: the sweep does not stall."""
-    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]\nname = \"impossible\"")[0]
-                           .replace('grid = { "train.seed" = [0, 1] }', ""), epochs=5)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
-                             "--hang-minutes", "0.5"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 180
-    while not list((tmp_path / "runs/trials").glob("*/*/checkpoint.pt")):  # a trial is mid-way
-        assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint"
-        time.sleep(0.2)
-    workers = [pid for pid in _children(proc.pid) if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    os.kill(workers[0], signal.SIGSTOP)
-    output, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, output[-2000:]
-    assert "made no progress for 30 s" in output and "a fresh worker resumes it" in output
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
-    done = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
-    assert len(done) == len({point_of(t) for t in done}) == 2
-    children, parents = child_runs(uri)
-    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]  # resumed, not duplicated
-    assert [p.info.status for p in parents] == ["FINISHED"]

@@ -216,6 +216,7 @@ class Worker:
             time.sleep(LAUNCH_POLL_SECONDS)
 
     def run(self) -> None:
+        progress.beat()  # imported and started: the watchdog's clock restarts here
         first, matched = study_names(self.experiment.name)
         self.wait_for_launch(first)
         if self.experiment.spec.mode == "search":
