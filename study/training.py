@@ -17,13 +17,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from study import progress
 from study.config import Config
 from study.data.batching import Batch, make_batches, normalise, pad_batch, prefetch
 from study.data.features import SpecAugment
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer
 from study.distributed import rank_and_world
-from study import progress
 from study.model import output_lengths
 
 LOSS_CHECK_EVERY = 25  # steps between host syncs on a GPU (the finiteness check and the progress bar)

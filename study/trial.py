@@ -222,7 +222,7 @@ def _log_cost_of_the_cut(ctx: TrialContext, model: ConformerCTC, adl: AdlControl
     masks, inference = "expected"), also the same with every unit scaled by p, as before E[m] was used."""
     metrics = {}
     modes = {"mean": "adl/dev_{}_uncut"}
-    if any(not (l.hard_concrete or l.settings.straight_through or l.settings.inference == "hard") for l in adl.layers):
+    if any(l.relaxed_forward and l.settings.inference == "expected" for l in adl.layers):
         modes["p"] = "adl/dev_{}_uncut_scaled_by_p"
     try:
         for mode, name in modes.items():

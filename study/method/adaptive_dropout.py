@@ -79,10 +79,14 @@ class AdaptiveDropout(nn.Module):
         return torch.sigmoid(self.beta)  # P(m > 1/2)
 
     @property
+    def relaxed_forward(self) -> bool:  # forward multiplies by a relaxed Gumbel-sigmoid mask, whose mean is not p
+        return not (self.hard_concrete or self.settings.straight_through)
+
+    @property
     def mask_mean(self) -> torch.Tensor:  # (n,) the mean of a training mask, detached: E[m]
         if self.hard_concrete:  # Louizos et al.'s test-time gate, not the stretched mask's mean
             return self.retention.detach()
-        if self.settings.straight_through:  # forward uses m > 1/2: kept with probability p exactly
+        if not self.relaxed_forward:  # straight-through: forward uses m > 1/2, kept with probability p exactly
             return torch.sigmoid(self.beta.detach())
         return relaxed_mask_mean(self.beta.detach(), self.tau)
 

@@ -32,7 +32,7 @@ from study.sweep.optuna_storage import (
     open_storage,
     study_names,
 )
-from study.sweep.storage_retry import TRANSIENT
+from study.sweep.storage_retry import TRANSIENT, describe
 from study.sweep.worker import LAUNCH_ATTR, WorkerSettings, point_of, settings_json
 from study.tracking.mlflow_runs import run_status
 from study.tracking.store import ensure_experiment
@@ -191,7 +191,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
     except KeyboardInterrupt:
         interrupted = True
     except TRANSIENT as exc:  # the storage stayed unreachable past its retries
-        storage_error = f"the Optuna storage stayed unreachable ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        storage_error = f"the Optuna storage stayed unreachable ({describe(exc)})"
     if interrupted or storage_error:  # no worker outlives its driver
         for proc in workers:
             proc.terminate()

@@ -29,6 +29,13 @@ PUBLIC_METHODS = tuple(name for name, value in vars(BaseStorage).items()
                        if callable(value) and not name.startswith("_")) + ("record_heartbeat",)
 
 
+def describe(exc: BaseException) -> str:
+    """`Type: first line of the message` (200 characters at most): a database error's message runs to
+    many lines of SQL and background links."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
 def _retrying(method: Callable, name: str, delays: tuple[float, ...]) -> Callable:
     @functools.wraps(method)
     def call(self, *args: Any, **kwargs: Any) -> Any:
@@ -42,8 +49,7 @@ def _retrying(method: Callable, name: str, delays: tuple[float, ...]) -> Callabl
             except TRANSIENT as exc:
                 if delay is None:
                     raise
-                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                print(f"storage: {name} failed ({type(exc).__name__}: {reason[:200]}); "
+                print(f"storage: {name} failed ({describe(exc)}); "
                       f"retry {attempt + 1}/{len(delays)} in {delay} s", file=sys.stderr, flush=True)
                 time.sleep(delay)
     return call
