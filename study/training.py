@@ -1,23 +1,27 @@
 """Training a CTC model: AdamW, warm-up + cosine decay, clipping, per-epoch checkpoints.
 
 A checkpoint is written atomically after every epoch; `fit` resumes from it when present, with
-the same batches and dropout draws as an uninterrupted run (both are seeded by epoch).
+the same batches and dropout draws as an uninterrupted run (both are seeded by epoch). SIGTERM
+(study/stop_request.py) writes one at the next step boundary instead, holding the random generators'
+states, the epoch's running sums and any state carried within the epoch (the ADL noise pool), so the
+resumed run skips the steps already taken and goes on with exactly the draws it would have made.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from study import progress
+from study import progress, stop_request
 from study.config import Config
 from study.data.batching import Batch, make_batches, normalise, pad_batch, prefetch
 from study.data.features import SpecAugment
@@ -118,14 +122,16 @@ class Trainer:
                  param_groups: list[dict] | None = None, regulariser: Callable[[float], torch.Tensor] | None = None,
                  on_step: Callable[[float], None] | None = None,
                  on_epoch_start: Callable[[int], None] | None = None, checkpointed: dict[str, torch.Tensor] | None = None,
-                 distributed: bool = True):
+                 epoch_state: EpochState | None = None, distributed: bool = True):
         """`regulariser(t)` (t = fraction of training done) is added to the CTC loss at every step;
         `on_step(t)` runs before each step's forward pass; `on_epoch_start(epoch)` right after the epoch's
         seed is set (state carried across epochs, such as a noise pool, restarts from that seed there);
         `param_groups` replace the single AdamW group (e.g. for the ADL logits); `checkpointed` tensors
         outside the model (e.g. the budget controller's multipliers) are saved and restored with it;
-        `distributed` False trains in this process alone even under torchrun (rank 0's fine-tuning)."""
-        self.checkpointed = checkpointed or {}
+        `epoch_state` is state carried within an epoch that a checkpoint taken mid-epoch must hold (e.g.
+        the noise pool, which `on_epoch_start` resets); `distributed` False trains in this process alone even under torchrun (rank 0's fine-tuning)."""
+        self.checkpointed, self.epoch_state = checkpointed or {}, epoch_state
+        self.partial: dict | None = None  # a mid-epoch checkpoint's position, consumed by train_epoch
         self.cfg, self.model, self.device = cfg, model.to(device), device
         self.epochs = epochs if epochs is not None else cfg.train.epochs
         self.regulariser, self.on_step, self.on_epoch_start = regulariser, on_step, on_epoch_start
@@ -188,18 +194,38 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = state["history"]
+        self.partial = state.get("partial")
         with torch.no_grad():
             for name, tensor in self.checkpointed.items():
                 tensor.copy_(state["extra"][name])
         return True
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, partial: dict | None = None) -> None:
+        """`partial`: where in an unfinished epoch training stopped (see `_stop_mid_epoch`)."""
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "history": self.history,
+                    "scheduler": self.scheduler.state_dict(), "history": self.history, "partial": partial,
                     "extra": {name: tensor.detach().clone() for name, tensor in self.checkpointed.items()}}, tmp)
         tmp.replace(self.checkpoint_path)  # atomic on POSIX: never a torn checkpoint
+
+    def _stop_mid_epoch(self, epoch: int, steps_done: int, sums: torch.Tensor, utterances: int, seconds: float) -> None:
+        """SIGTERM arrived: checkpoint after `steps_done` steps of `epoch`, then stop."""
+        self.save_checkpoint({"epoch": epoch, "step": steps_done, "sums": sums.cpu(), "utterances": utterances,
+                              "seconds": seconds, "rng": _generator_states(self.device),
+                              "epoch_state": self.epoch_state.state_dict() if self.epoch_state else None})
+        raise stop_request.Stopped(f"stopped by SIGTERM at epoch {epoch + 1}, step {steps_done}; checkpointed")
+
+    def _resume_mid_epoch(self, epoch: int) -> tuple[int, torch.Tensor | None, int, float]:
+        """(steps already taken, running sums, utterances, seconds) of this epoch from a mid-epoch checkpoint,
+        with the generators and the epoch's state put back where they were; (0, None, 0, 0) otherwise."""
+        partial, self.partial = self.partial, None
+        if not partial or partial["epoch"] != epoch:
+            return 0, None, 0, 0.0
+        _restore_generators(partial["rng"], self.device)
+        if self.epoch_state:
+            self.epoch_state.load_state_dict(partial["epoch_state"])
+        return partial["step"], partial["sums"].to(self.device), partial["utterances"], partial["seconds"]
 
     def device_batches(self, batches: list[list[int]], augment: bool = True) -> Iterator[tuple[Batch, torch.Tensor]]:
         """The input pipeline: batches padded (and pinned, for a GPU) ahead in a background thread, copied
@@ -227,14 +253,16 @@ class Trainer:
         if self.on_epoch_start:
             self.on_epoch_start(epoch)
         batches = self._epoch_batches(epoch)
+        first, resumed_sums, total_utts, seconds_before = self._resume_mid_epoch(epoch)
         # The host waits for the device only every `check_every` steps (on the CPU that wait is free).
         check_every = LOSS_CHECK_EVERY if self.device.type == "cuda" else 1
-        sums = torch.zeros(2, device=self.device)  # CTC and regulariser, summed over utterances
-        total_utts, start = 0, time.perf_counter()
-        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False, disable=None)
+        sums = torch.zeros(2, device=self.device) if resumed_sums is None else resumed_sums  # CTC, regulariser: summed over utterances
+        start = time.perf_counter() - seconds_before
+        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                   leave=False, disable=None)
         mark = self.clock.mark if self.clock else lambda phase: None
         mark("epoch start")
-        for step, (batch, feats) in enumerate(self.device_batches(batches)):
+        for step, (batch, feats) in enumerate(self.device_batches(batches[first:]), start=first):
             mark("data")
             t = (epoch * self.steps_per_epoch + step) / self.total_steps  # fraction of training done
             if self.on_step:
@@ -266,6 +294,9 @@ class Trainer:
                                 utt_s=f"{total_utts / (time.perf_counter() - start):.1f}")
             mark("bookkeeping")
             progress.beat()
+            if stop_request.requested() and self.world == 1 and step + 1 < len(batches):
+                bar.close()
+                self._stop_mid_epoch(epoch, step + 1, sums, total_utts, time.perf_counter() - start)
         bar.close()
         if self.world > 1:  # the whole global batch's figures, not this rank's share
             totals = torch.tensor([ctc_sum, reg_sum, total_utts], dtype=torch.float64, device=self.device)
@@ -278,7 +309,14 @@ class Trainer:
     def fit(self, evaluate_dev: Callable[[], dict[str, float]],
             on_epoch_end: Callable[[int, dict[str, float]], None]) -> History:
         """Trains the remaining epochs; after each, evaluates, reports metrics, then checkpoints (under
-        DDP rank 0 alone evaluates, reports and checkpoints; the others wait in the next step)."""
+        DDP rank 0 alone evaluates, reports and checkpoints; the others wait in the next step). In one
+        process, SIGTERM stops it at the next step boundary with a checkpoint (under DDP the ranks' generators
+        differ: a stop there interrupts at once and the run resumes from its last epoch)."""
+        with stop_request.polite() if self.world == 1 else contextlib.nullcontext():
+            return self._fit(evaluate_dev, on_epoch_end)
+
+    def _fit(self, evaluate_dev: Callable[[], dict[str, float]],
+             on_epoch_end: Callable[[int, dict[str, float]], None]) -> History:
         for epoch in range(self.history.epoch, self.epochs):
             metrics = self.train_epoch(epoch)
             metrics["train/lr"] = self.scheduler.get_last_lr()[0]
@@ -290,4 +328,28 @@ class Trainer:
             self.history.records.append(metrics)
             on_epoch_end(epoch + 1, metrics)  # reported first: a kill in between repeats an epoch, loses none
             self.save_checkpoint()
+            if stop_request.requested():  # asked in the epoch's last step or its evaluation
+                raise stop_request.Stopped(f"stopped by SIGTERM after epoch {epoch + 1}; checkpointed")
         return self.history
+
+
+class EpochState(Protocol):
+    """State carried within an epoch (reset at its start), saved by a mid-epoch checkpoint."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def _generator_states(device: torch.device) -> dict:
+    """Every generator a training step draws from: torch's CPU one (dropout, SpecAugment and noise offsets
+    on the CPU), the device's, and Python's."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _restore_generators(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    if states["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(states["cuda"], device)

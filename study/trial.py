@@ -178,7 +178,7 @@ def _trainable(ctx: TrialContext) -> Trainable:
     adl = AdlController(layers, cfg.adl, budget)
     trainer = ctx.trainer(model, "checkpoint.pt", param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay),
                           regulariser=adl.loss, on_step=adl.begin_step,
-                          on_epoch_start=adl.begin_epoch, checkpointed=adl.checkpointed())
+                          on_epoch_start=adl.begin_epoch, checkpointed=adl.checkpointed(), epoch_state=adl)
     return Trainable(model, trainer, adl, cfg.model, dense_widths(cfg.model))
 
 

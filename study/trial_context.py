@@ -54,6 +54,8 @@ class TrialContext:
         """Trains (resuming from the trainer's checkpoint) with per-epoch dev figures; returns seconds."""
         trainer.load_checkpoint()
         mlflow.set_tag(f"{prefix}resumed_from_epoch", str(trainer.history.epoch))
+        if trainer.partial:  # a SIGTERM's checkpoint, taken mid-epoch
+            mlflow.set_tag(f"{prefix}resumed_from_step", f"{trainer.partial['step']} of epoch {trainer.partial['epoch'] + 1}")
         model = trainer.model
 
         def evaluate() -> dict[str, float]:

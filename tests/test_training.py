@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 
+from study import stop_request
 from study.training import Trainer, TrainingError
 from study.trial import run_trial
 
@@ -65,26 +68,56 @@ def test_interrupted_run_resumes_from_its_last_epoch_and_matches_an_uninterrupte
     assert resumed["dev/wer"] == pytest.approx(reference["dev/wer"])
 
 
-def test_killed_adaptive_dropout_trial_resumes_to_the_same_final_weights(tiny_config, tmp_path, monkeypatch):
+STOPS = {
+    # a kill (or Ctrl-C) as epoch 2 begins: resumed from the end of epoch 1
+    "kill-after-an-epoch": ({"alpha": 0.5}, "resumed_from_epoch", "1"),
+    # SIGTERM in epoch 2's second step: checkpointed at its end, resumed from there
+    "sigterm-mid-epoch": ({"target_reduction": 0.5, "gate": "hard_concrete", "tau": 0.6667, "polarise": 0.5},
+                          "resumed_from_step", "2 of epoch 2"),
+}
+
+
+@pytest.mark.parametrize("stop", STOPS)
+def test_stopped_adaptive_dropout_trial_resumes_to_the_same_final_weights(stop, tiny_config, tmp_path, monkeypatch):
     """Mask noise, dropout and SpecAugment after a resume are the draws the uninterrupted run made (the noise
-    pool restarts from every epoch's seed), so the final pruned model is bit-identical."""
+    pool restarts from every epoch's seed; a mid-epoch checkpoint holds the pool and the generators), so the
+    final pruned model is bit-identical."""
+    settings, tag, value = STOPS[stop]
     tiny_config.method = "adaptive_dropout"
-    tiny_config.adl.alpha = 0.5
+    for key, setting in settings.items():
+        setattr(tiny_config.adl, key, setting)
     reference = run_trial(tiny_config, f"sqlite:///{tmp_path / 'ref.db'}", runs_dir=tmp_path / "ref")
 
     original = Trainer.train_epoch
-    def killed_after_first_epoch(self, epoch):
-        if epoch == 1:
+    def stopped_in_second_epoch(self, epoch):
+        if epoch == 1 and stop == "kill-after-an-epoch":
             raise KeyboardInterrupt
+        if epoch == 1:
+            assert self.steps_per_epoch >= 3  # so that step 2 is mid-epoch
+            on_step, calls = self.on_step, []
+            def sigterm_in_second_step(t):
+                calls.append(t)
+                if len(calls) == 2:
+                    os.kill(os.getpid(), signal.SIGTERM)  # handled between two bytecodes: during this step
+                on_step(t)
+            self.on_step = sigterm_in_second_step
         return original(self, epoch)
-    monkeypatch.setattr(Trainer, "train_epoch", killed_after_first_epoch)
+    monkeypatch.setattr(Trainer, "train_epoch", stopped_in_second_epoch)
     uri = f"sqlite:///{tmp_path / 'run.db'}"
-    with pytest.raises(KeyboardInterrupt):
-        run_trial(tiny_config, uri, runs_dir=tmp_path / "run")
+    previous = signal.getsignal(signal.SIGTERM)
+    stop_request.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_trial(tiny_config, uri, runs_dir=tmp_path / "run")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop_request.clear()
+    client, runs = finished_run(uri)
+    assert runs[0].info.status == "KILLED"
     monkeypatch.setattr(Trainer, "train_epoch", original)
     resumed = run_trial(tiny_config, uri, runs_dir=tmp_path / "run")
     client, runs = finished_run(uri)
-    assert runs[0].data.tags["resumed_from_epoch"] == "1"
+    assert len(runs) == 1 and runs[0].data.tags[tag] == value  # the same run, resumed where it stopped
 
     def final_weights(uri: str, run_id: str, folder: Path) -> dict[str, torch.Tensor]:
         path = mlflow.MlflowClient(uri).download_artifacts(run_id, "model.pt", str(folder))
@@ -94,6 +127,10 @@ def test_killed_adaptive_dropout_trial_resumes_to_the_same_final_weights(tiny_co
     assert ref_weights.keys() == new_weights.keys()
     assert all(torch.equal(ref_weights[k], new_weights[k]) for k in ref_weights)
     assert resumed.metrics["dev/wer"] == reference.metrics["dev/wer"]
+    history = lambda run: [m.value for m in sorted(client.get_metric_history(run, "train/loss"), key=lambda m: m.step)]  # noqa: E731
+    reference_client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'ref.db'}")
+    assert history(resumed.run_id) == [m.value for m in sorted(
+        reference_client.get_metric_history(reference.run_id, "train/loss"), key=lambda m: m.step)]
 
 
 def test_a_kill_between_done_and_the_runs_end_closes_the_run_without_training_again(

@@ -51,10 +51,22 @@ class AdlController:
     def in_hard_phase(self, t: float) -> bool:
         return self.cfg.hard_phase > 0 and t >= 1.0 - self.cfg.hard_phase
 
+    def _noises(self) -> list:
+        """The layers' noise sources, each once (attach_adls shares one per model)."""
+        return list({id(layer.noise): layer.noise for layer in self.layers}.values())
+
     def begin_epoch(self, epoch: int) -> None:
         """Called after the epoch's seed is set: the noise pools start afresh from it (see LogisticNoise.reset)."""
-        for noise in {id(layer.noise): layer.noise for layer in self.layers}.values():
+        for noise in self._noises():
             noise.reset()
+
+    def state_dict(self) -> dict:
+        """State carried within an epoch, for a checkpoint taken mid-epoch: the noise pools."""
+        return {"noise": [noise.state_dict() for noise in self._noises()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for noise, pools in zip(self._noises(), state["noise"], strict=True):
+            noise.load_state_dict(pools)
 
     def begin_step(self, t: float) -> None:
         """Sets the temperature and mask mode of the step at training fraction t; called before its

@@ -38,6 +38,13 @@ class LogisticNoise:
         checkpoint draws exactly what the uninterrupted run drew."""
         self.pools.clear()
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The pools as they stand mid-epoch (a checkpoint taken at a step boundary holds them)."""
+        return {str(device): pool.clone() for device, pool in self.pools.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.pools = {torch.device(device): pool.to(device) for device, pool in state.items()}
+
     def draw(self, shape: torch.Size | tuple[int, ...], device: torch.device) -> torch.Tensor:
         """Logistic noise of `shape` on `device`, float32 (a view into the pool: read, never write)."""
         if not self.pooled:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sys
 import time
 from collections import defaultdict
@@ -21,7 +20,7 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
-from study import progress
+from study import progress, stop_request
 from study.sweep.experiment_file import Experiment, Point, load_experiment
 from study.sweep.optuna_storage import (
     Heartbeat,
@@ -233,12 +232,10 @@ class Worker:
             self.run_grid(self.load(matched, grid_sampler(matched_points)), matched_points)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str]) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)  # the running MLflow run ends KILLED, the Optuna trial FAIL
+    # SIGTERM: a training step finishes and checkpoints, anything else stops at once; either way the
+    # MLflow run ends KILLED and the Optuna trial FAIL, and the next attempt resumes it in the same run
+    stop_request.install()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     Worker(WorkerSettings(**json.loads(argv[0]))).run()
     return 0
