@@ -290,7 +290,7 @@ def hyperparameter_effect(frame: pd.DataFrame, name: str) -> Figure:
         raise Skipped("no finished adaptive_dropout trials")
     values = np.unique(adl[name].dropna().to_numpy(dtype=float))  # the budget controller has no α
     if len(values) < 2:
-        raise Skipped(f"adl.{name} is {values[0]:g} in every adaptive_dropout trial" if len(values)
+        raise Skipped(f"adl.{name} is {values[0]:g} in every adaptive_dropout trial that has one" if len(values)
                       else f"no adaptive_dropout trial has an adl.{name} (budget controller trials only)")
     groups = seed_groups(adl)
     others = [k for k in ("locations", "tau", "alpha", "setting") if k != name]

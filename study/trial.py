@@ -62,20 +62,20 @@ class Outcome:
 
 
 def run_trial(cfg: Config, tracking_uri: str, runs_dir: Path = Path("runs"),
-              tags: dict[str, str] | None = None) -> TrialResult:
+              tags: dict[str, str] | None = None, on_run: Callable[[str], None] | None = None) -> TrialResult:
     """Runs (or resumes) one trial; the MLflow run ends FINISHED or FAILED (KILLED on Ctrl-C or SIGTERM).
 
     A trial whose folder says DONE, with its run FINISHED in this store, is not run again; one that
-    another process is running is waited for."""
+    another process is running is waited for. `on_run(run_id)` is told the run as soon as it exists."""
     folder = trial_dir(cfg, runs_dir)
     if rank_and_world()[1] > 1:  # a rank under torchrun: the process that launched it holds the lock
-        return _run_trial(cfg, folder, tracking_uri, runs_dir, tags)
+        return _run_trial(cfg, folder, tracking_uri, runs_dir, tags, on_run)
     with trial_lock(folder):
-        return _run_trial(cfg, folder, tracking_uri, runs_dir, tags)
+        return _run_trial(cfg, folder, tracking_uri, runs_dir, tags, on_run)
 
 
 def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
-               tags: dict[str, str] | None) -> TrialResult:
+               tags: dict[str, str] | None, on_run: Callable[[str], None] | None = None) -> TrialResult:
     finished = finished_result(folder, tracking_uri)
     if finished:
         return finished
@@ -108,6 +108,8 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
 
     with start_run(tracking_uri, cfg, run_id=unfinished_run(folder, tracking_uri), tags=tags) as run:
         record_run(folder, run.info.run_id)
+        if on_run:
+            on_run(run.info.run_id)
         try:
             if cfg.method not in MAGNITUDE:
                 outcome = _train(ctx)

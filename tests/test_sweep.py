@@ -59,10 +59,10 @@ def child_runs(tracking_uri: str, experiment: str = "tiny_sweep"):
             [r for r in runs if r.data.tags.get("sweep.role") == "parent"])
 
 
-def check_grid_ran_once(tracking_uri: str, storage, failing: bool = True) -> None:
+def check_grid_ran_once(tracking_uri: str, storage, failing: bool = True, points: int = 4) -> None:
     done = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
-    points = [point_of(t) for t in done]
-    assert len(points) == len(set(points)) == 4  # every point exactly once
+    expected, points = points, [point_of(t) for t in done]
+    assert len(points) == len(set(points)) == expected  # every point exactly once
     children, parents = child_runs(tracking_uri)
     finished = [r for r in children if r.info.status == "FINISHED"]
     assert sorted(r.data.tags["grid_point"] for r in finished) == sorted(points)
@@ -109,11 +109,16 @@ def test_grid_with_two_workers_runs_each_point_once_and_records_a_failure(tmp_pa
     assert table.count("COMPLETE") == 6 and table.count("FAIL") == 2 and "dense-s1" in table
 
 
-def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_cache):
+@pytest.mark.parametrize("storage_kind", ["journal", "postgresql"])
+def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_cache, storage_kind, request):
+    """Relaunched at once: on PostgreSQL the lost trial's heartbeat is still fresh (its grace period is 120 s),
+    but its worker's process is gone from this machine, so it is resumed in this launch."""
     exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]\nname = \"impossible\"")[0],
                            epochs=6)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    command = [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis"]
+    storage = sweep_storage(storage_kind, tmp_path, request)
+    command = [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
+               *(["--storage", storage] if storage_kind == "postgresql" else [])]
     proc = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
@@ -127,8 +132,6 @@ def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_c
 
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
     check_grid_ran_once(uri, storage, failing=False)
     children, parents = child_runs(uri)
     assert len(children) == 4  # the killed trial's run was resumed, not duplicated
@@ -164,24 +167,35 @@ def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path, sig: int 
     os.kill(workers[0], sig)  # SIGKILL: out of memory, a preempted node: the worker alone vanishes
 
 
-@pytest.mark.parametrize("sig, options, notice", [
-    (signal.SIGKILL, [], "worker 0 lost (exit code -9)"),  # out of memory, a preempted node
+def sweep_storage(kind: str, tmp_path: Path, request) -> object:
+    """The Optuna storage a test's sweep uses: its journal file, or the PostgreSQL test database (emptied)."""
+    if kind == "postgresql":
+        return request.getfixturevalue("postgres_storage")
+    (tmp_path / "runs/optuna").mkdir(parents=True, exist_ok=True)  # the backend opens (creates) its file at once
+    return optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
+
+
+@pytest.mark.parametrize("sig, options, notice, storage_kind", [
+    (signal.SIGKILL, [], "worker 0 lost (exit code -9)", "journal"),  # out of memory, a preempted node
+    (signal.SIGKILL, [], "worker 0 lost (exit code -9)", "postgresql"),  # its heartbeat still fresh
     # stopped: heartbeats and progress stop but the process stays; the watchdog kills it
-    (signal.SIGSTOP, ["--hang-minutes", "1"], "worker 0 made no progress for 60 s"),
+    (signal.SIGSTOP, ["--hang-minutes", "0.5"], "worker 0 made no progress for 30 s", "journal"),
 ])
 def test_a_lost_or_hung_worker_is_replaced_and_its_trial_resumes_in_the_same_launch(tmp_path, corpus_cache, sig,
-                                                                                      options, notice):
+                                                                                      options, notice, storage_kind, request):
     exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]\nname = \"impossible\"")[0]
                            .replace('grid = { "train.seed" = [0, 1] }', ""), epochs=5)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = sweep_storage(storage_kind, tmp_path, request)
+    if storage_kind == "postgresql":
+        options = [*options, "--storage", storage]
     proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
                              *options], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     _kill_the_worker_mid_trial(proc, tmp_path, sig)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-2000:]
     assert notice in output and "worker 0 lost (exit code -9)" in output and "a fresh worker resumes it" in output
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
     done = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
     assert len(done) == len({point_of(t) for t in done}) == 2
     lost = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.FAIL]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,11 +34,12 @@ from study.sweep.optuna_storage import (
     study_names,
 )
 from study.sweep.storage_retry import TRANSIENT, describe
-from study.sweep.worker import LAUNCH_ATTR, WorkerSettings, point_of, settings_json
+from study.sweep.worker import LAUNCH_ATTR, LAUNCH_FIRST_TRIAL, WorkerSettings, point_of, settings_json
 from study.tracking.mlflow_runs import run_status
 from study.tracking.store import ensure_experiment
 
 POLL_SECONDS = 2
+REQUEUE_SECONDS = 30  # how often the driver looks for trials lost on other machines (stale heartbeats)
 
 
 @dataclass
@@ -68,36 +70,45 @@ def placements(experiment: Experiment, args: SweepArgs) -> list[dict]:
 
 
 def _mark_lost_runs(lost: list[optuna.trial.FrozenTrial], client: mlflow.MlflowClient) -> None:
-    """The MLflow run of a lost trial is closed as FAILED; its rerun resumes it."""
+    """The MLflow run of a lost trial (which its worker recorded on the trial, wherever it ran) is closed as
+    FAILED; its rerun resumes it."""
     for trial in lost:
+        run_id = trial.user_attrs.get("mlflow_run_id")
         run_file = Path(trial.user_attrs.get("trial_dir", "/nonexistent")) / "mlflow_run_id"
-        if run_file.is_file():
+        if run_id is None and run_file.is_file():  # a trial recorded before workers noted their run
             run_id = run_file.read_text().strip()
+        if run_id:
             if run_status(run_id, client.tracking_uri) == "RUNNING":
                 client.set_tag(run_id, "failure_reason", "worker lost (stale trial); rerun resumes this run")
                 client.set_terminated(run_id, status="FAILED")
 
 
-def _enqueue_retries(study: optuna.Study, keys: set[str] | None) -> int:
-    """Points whose every attempt failed are queued once per launch (the grid sampler counts a
-    failed point as visited and would never draw it again); `keys`: the current grid, if known."""
+def _enqueue_retries(study: optuna.Study, keys: set[str] | None, only: set[str] | None = None) -> int:
+    """Points whose every attempt failed are queued again (the grid sampler counts a failed point as
+    visited and would never draw it again): at a launch's start every such point of the current grid
+    (`keys`, if known), during the launch only the points of trials just found lost (`only`)."""
     by_point: dict[str, list[TrialState]] = {}
     for t in study.get_trials(deepcopy=False):
         by_point.setdefault(point_of(t), []).append(t.state)
     retries = [k for k, states in by_point.items() if k is not None and (keys is None or k in keys)
-               and TrialState.FAIL in states
+               and (only is None or k in only) and TrialState.FAIL in states
                and not {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING} & set(states)]
     for key in retries:  # the worker reads the point from the user attribute
         study.enqueue_trial({}, user_attrs={"point": key}, skip_if_exists=False)
     return len(retries)
 
 
-def _requeue_lost(studies: list[optuna.Study], grid: set[str], runs_dir: Path, client: mlflow.MlflowClient) -> None:
-    """Lost trials marked FAIL (their MLflow runs FAILED) and every failed point queued again; the
-    first study's points are the grid, the matched study's are known only later."""
+def _requeue_lost(studies: list[optuna.Study], grid: set[str], runs_dir: Path, client: mlflow.MlflowClient,
+                  launch_start: bool = False) -> int:
+    """Lost trials marked FAIL (their MLflow runs FAILED) and their points queued again, so a live worker
+    resumes them in this launch; at the launch's start every failed point is queued. The first study's
+    points are the grid, the matched study's are known only later. Returns the points queued."""
+    queued = 0
     for study, keys in zip(studies, (grid, None)):
-        _mark_lost_runs(fail_stale_trials(study, runs_dir), client)
-        _enqueue_retries(study, keys)
+        lost = fail_stale_trials(study, runs_dir)
+        _mark_lost_runs(lost, client)
+        queued += _enqueue_retries(study, keys, None if launch_start else {point_of(t) for t in lost})
+    return queued
 
 
 def _close_previous_parent(study: optuna.Study, client: mlflow.MlflowClient) -> None:
@@ -159,12 +170,12 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
     client = mlflow.MlflowClient(args.tracking_uri)  # a fresh SQLite store takes over a second to set up
     if not args.join:
         try:  # while the workers import: lost trials, the parent run, then the token that lets them begin
-            _requeue_lost(studies, grid, args.runs_dir, client)
+            _requeue_lost(studies, grid, args.runs_dir, client, launch_start=True)
             _close_previous_parent(studies[0], client)
             parent = _start_parent_run(experiment, args, total)
-            for study in studies:
+            for study in studies:  # trials numbered from here on are this launch's (no clocks compared)
                 study.set_user_attr("parent_run_id", parent)
-                study.set_user_attr("launch_time", datetime.now().isoformat())
+                study.set_user_attr(LAUNCH_FIRST_TRIAL, _next_trial_number(study))
             studies[0].set_user_attr(LAUNCH_ATTR, token)
         except BaseException:
             for proc in workers:
@@ -185,9 +196,14 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         restarts += 1
         return _start_worker(experiment, overrides, args, i, seats[i], token)
 
+    def requeue() -> None:
+        """Trials whose heartbeat went stale during the launch (a worker on another machine lost)."""
+        if _requeue_lost(studies, grid, args.runs_dir, client):
+            print("trials of lost workers queued again: a live worker resumes them", flush=True)
+
     interrupted, storage_error = False, None
     try:
-        _monitor(experiment.name, total, studies, workers, replace, args.hang_seconds)
+        _monitor(experiment.name, total, studies, workers, replace, args.hang_seconds, requeue)
     except KeyboardInterrupt:
         interrupted = True
     except TRANSIENT as exc:  # the storage stayed unreachable past its retries
@@ -223,15 +239,18 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
     return LaunchResult(failed, parent)
 
 
+def _next_trial_number(study: optuna.Study) -> int:
+    return max((t.number for t in study.get_trials(deepcopy=False)), default=-1) + 1
+
+
 def _failed_in_launch(study: optuna.Study) -> int:
     """Points whose trial failed in this launch and that no later trial finished (a lost worker's
     trial, resumed by its replacement, is not a failure)."""
-    since = datetime.fromisoformat(study.user_attrs["launch_time"])
+    first = study.user_attrs[LAUNCH_FIRST_TRIAL]
     trials = study.get_trials(deepcopy=False)
     key = lambda t: point_of(t) or f"search trial {t.number}"  # noqa: E731 (search trials have no point)
     finished = {key(t) for t in trials if t.state == TrialState.COMPLETE}
-    return len({key(t) for t in trials if t.state == TrialState.FAIL and t.datetime_start
-                and t.datetime_start >= since and key(t) not in finished})
+    return len({key(t) for t in trials if t.state == TrialState.FAIL and t.number >= first and key(t) not in finished})
 
 
 def _start_worker(experiment: Experiment, overrides: dict, args: SweepArgs, seat: int,
@@ -239,7 +258,7 @@ def _start_worker(experiment: Experiment, overrides: dict, args: SweepArgs, seat
     log_dir = args.runs_dir / "logs" / experiment.name
     log_dir.mkdir(parents=True, exist_ok=True)
     settings = WorkerSettings(str(experiment.path), overrides, args.storage, args.tracking_uri,
-                              str(args.runs_dir), placement, launch_token)
+                              str(args.runs_dir), placement, launch_token, os.getpid())
     progress_file = log_dir / f"worker-{os.getpid()}-{seat}.progress"
     progress_file.touch()  # the watchdog's clock starts now
     with open(log_dir / f"worker-{os.getpid()}-{seat}.log", "a") as log:
@@ -266,11 +285,13 @@ def _trial_line(trial: optuna.trial.FrozenTrial) -> str:
 
 
 def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[subprocess.Popen],
-             replace: Callable[[int, subprocess.Popen], subprocess.Popen | None], hang_seconds: float = 0) -> None:
+             replace: Callable[[int, subprocess.Popen], subprocess.Popen | None], hang_seconds: float = 0,
+             requeue: Callable[[], None] = lambda: None) -> None:
     """One line per trial that ends, and a bar of trials done out of the expected total; a worker that
     exits with an error is handed to `replace` once, and its seat taken by what that returns. A worker
     whose progress file has not moved for `hang_seconds` (stopped, deadlocked) is killed first, so it is
-    replaced like a lost one."""
+    replaced like a lost one. Every REQUEUE_SECONDS `requeue` looks for trials lost elsewhere."""
+    last_requeue = time.monotonic()
     handled: set[int] = set()
     seen = {(s.study_name, t.number) for s in studies for t in s.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
@@ -298,6 +319,9 @@ def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[s
                     bar.update(1)
         if not running:
             break
+        if time.monotonic() - last_requeue > REQUEUE_SECONDS:
+            requeue()
+            last_requeue = time.monotonic()
         try:  # returns as soon as the last worker exits, not up to a poll later
             next(proc for proc in workers if proc.poll() is None).wait(timeout=POLL_SECONDS)
         except (StopIteration, subprocess.TimeoutExpired):

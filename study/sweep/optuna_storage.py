@@ -1,10 +1,11 @@
 """Where a sweep's Optuna studies live, and how lost trials are found.
 
 One machine: a journal file under runs/optuna/ (SQLite is not safe with parallel writers).
-Several machines: PostgreSQL (or any SQLAlchemy URL) through RDBStorage, whose heartbeat marks a
-trial whose worker vanished as FAIL. The journal has no heartbeat, so each worker records its
-host and pid on the trial and touches a heartbeat file; a RUNNING trial whose process is gone (or
-whose heartbeat is older than STALE_SECONDS) is stale.
+Several machines: PostgreSQL (or any SQLAlchemy URL) through RDBStorage, whose heartbeat (stamped by
+the database's clock) says when a trial's worker vanished. The journal has no heartbeat, so each
+worker touches a heartbeat file, whose age is read by the file system's clock. Either way each
+worker records its host and pid on the trial: a RUNNING trial whose process is gone on this machine
+is lost at once, one whose heartbeat is older than STALE_SECONDS wherever it ran.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import os
 import socket
 import sys
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -125,28 +125,53 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def is_stale(trial: FrozenTrial, study: optuna.Study, runs_dir: Path) -> bool:
+def _owner_dead(trial: FrozenTrial) -> bool:
+    """The trial's worker ran on this machine and its process is gone (a fact, whatever the storage)."""
+    host, _, pid = trial.user_attrs.get("worker", "").rpartition(":")
+    return host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid))
+
+
+def storage_clock(directory: Path) -> float:
+    """Now, by the clock that stamps files in `directory` (on NFS, the server's): a heartbeat file's
+    mtime is compared with this, never with this machine's clock."""
+    probe = directory / f".clock-{socket.gethostname()}-{os.getpid()}"
+    probe.touch()
+    return probe.stat().st_mtime
+
+
+def is_stale(trial: FrozenTrial, study: optuna.Study, runs_dir: Path, now: float | None = None) -> bool:
     """A RUNNING journal trial whose worker process is gone or has stopped beating."""
-    owner = trial.user_attrs.get("worker", "")
-    host, _, pid = owner.rpartition(":")
-    if host == socket.gethostname() and pid.isdigit() and not _process_alive(int(pid)):
+    if _owner_dead(trial):
         return True
     beat = heartbeat_path(runs_dir, study, trial.number)
-    last = beat.stat().st_mtime if beat.exists() else trial.datetime_start.timestamp()
-    return time.time() - last > STALE_SECONDS
+    if not beat.exists():  # not beating yet: its worker records the trial before the first beat
+        return False
+    now = storage_clock(beat.parent) if now is None else now
+    return now - beat.stat().st_mtime > STALE_SECONDS
+
+
+def lost_trials(study: optuna.Study, runs_dir: Path) -> list[FrozenTrial]:
+    """RUNNING trials whose worker is gone: its process dead on this machine, or its heartbeat stale
+    (RDB storage: Optuna's heartbeat, judged by the database's clock; journal: the heartbeat file)."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return []
+    if is_heartbeat_enabled(study._storage):
+        stale_ids = set(study._storage._get_stale_trial_ids(study._study_id))
+        return [t for t in running if t._trial_id in stale_ids or _owner_dead(t)]
+    beats = Path(runs_dir) / "optuna" / "heartbeats"
+    beats.mkdir(parents=True, exist_ok=True)
+    now = storage_clock(beats)
+    return [t for t in running if is_stale(t, study, runs_dir, now)]
 
 
 def fail_stale_trials(study: optuna.Study, runs_dir: Path) -> list[FrozenTrial]:
     """Marks lost trials FAIL (they are run again) and returns them."""
-    if is_heartbeat_enabled(study._storage):  # RDB storage: Optuna's own heartbeat decides
-        stale_ids = set(study._storage._get_stale_trial_ids(study._study_id))
-        optuna.storages.fail_stale_trials(study)
-        return [t for t in study.get_trials(deepcopy=False) if t._trial_id in stale_ids]
-    stale = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if is_stale(t, study, runs_dir)]
-    for trial in stale:
+    lost = lost_trials(study, runs_dir)
+    for trial in lost:
         study._storage.set_trial_user_attr(trial._trial_id, "failure_reason", "worker lost (stale trial)")
         try:
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # another process got there first
-    return stale
+            pass  # another process got there first, or the trial ended meanwhile
+    return lost

@@ -1,7 +1,7 @@
 """Optuna storage calls that ride through an outage: a database restart, a network blip, an NFS hiccup.
 
-Every public method of an RDB storage (ask, tell, attributes, the driver's polls, the heartbeats) is
-retried on a transient error with a capped backoff, about three minutes in all, each retry logged
+Every call on an RDB storage (ask, tell, attributes, the driver's polls, the heartbeats, and the private
+methods Optuna's cache calls directly) is retried on a transient error with a capped backoff, about three minutes in all, each retry logged
 on stderr; past that the error is raised as before. A state change that a retry finds already made
 (its first attempt committed, the answer was lost) counts as done. RDB connections are checked out
 with `pool_pre_ping`, so a pool that outlived a restart reconnects instead of failing once per
@@ -25,13 +25,18 @@ RETRY_DELAYS = (1, 2, 4, 8, 15, 30, 30, 30, 30, 30)
 # What an outage raises: Optuna wraps the database's errors inside a session; connecting (refused, the
 # server closed the connection) raises SQLAlchemy's own. Not retried: integrity errors and the like.
 TRANSIENT = (optuna.exceptions.StorageInternalError, OperationalError, InterfaceError)
-PUBLIC_METHODS = tuple(name for name, value in vars(BaseStorage).items()
-                       if callable(value) and not name.startswith("_")) + ("record_heartbeat",)
+# The public methods, and the private ones Optuna's cache in front of every RDB study calls directly.
+RETRIED_METHODS = tuple(name for name, value in vars(BaseStorage).items() if callable(value) and not name.startswith("_")) + (
+    "record_heartbeat", "_get_stale_trial_ids", "_get_trials", "_create_new_trial", "_set_trial_param",
+    "_get_best_trial_id")
 
 
 def describe(exc: BaseException) -> str:
     """`Type: first line of the message` (200 characters at most): a database error's message runs to
-    many lines of SQL and background links."""
+    many lines of SQL and background links. Optuna's StorageInternalError says only "an exception is
+    raised during the commit": the error under it (connection refused, server closed) is the news."""
+    if isinstance(exc, optuna.exceptions.StorageInternalError) and exc.__cause__ is not None:
+        exc = exc.__cause__
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
 
@@ -65,7 +70,7 @@ def _already(storage: BaseStorage, args: tuple, kwargs: dict) -> bool:
 @functools.cache
 def with_retries(cls: type, delays: tuple[float, ...] = RETRY_DELAYS) -> type:
     """A subclass of storage class `cls` whose public methods retry transient errors."""
-    methods = {name: _retrying(getattr(cls, name), name, delays) for name in PUBLIC_METHODS if hasattr(cls, name)}
+    methods = {name: _retrying(getattr(cls, name), name, delays) for name in RETRIED_METHODS if hasattr(cls, name)}
     return type(f"Retrying{cls.__name__}", (cls,), methods)
 
 

@@ -12,7 +12,6 @@ import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from study.sweep.optuna_storage import (
     worker_id,
 )
 from study.sweep.process import exit_now
-from study.tracking.mlflow_runs import run_label
+from study.tracking.mlflow_runs import run_label, run_status
 from study.tracking.trial_record import trial_dir
 from study.trial import run_trial
 
@@ -40,6 +39,7 @@ REPORTED = ("dev/wer", "test/wer", "test/cer", "params/total", "params/reduction
 PHASE_POLL_SECONDS = 3
 LAUNCH_POLL_SECONDS = 0.1
 LAUNCH_ATTR = "launch"  # the first study's user attribute: the token of the launch whose workers may begin
+LAUNCH_FIRST_TRIAL = "launch_first_trial"  # each study's: the number of the launch's first trial
 
 
 @dataclass
@@ -51,6 +51,7 @@ class WorkerSettings:
     runs_dir: str
     placement: dict[str, Any] = field(default_factory=dict)  # train.threads / train.device of this worker
     launch: str = ""  # the driver's launch token: no trial before the first study carries it ("": joined, no wait)
+    driver_pid: int = 0  # the process that started this worker (0: its parent when it starts)
 
 
 class TrialFailed(Exception):
@@ -72,9 +73,9 @@ def point_of(trial: optuna.trial.FrozenTrial) -> str | None:
     return next((v for k, v in {**trial.params, **fixed}.items() if k.startswith("point_")), None)
 
 
-def pending(study: optuna.Study, keys: list[str], since: datetime) -> list[str]:
-    """Points still to run: never finished, not running, not already failed in this launch (unless
-    queued again: the driver queues the trial of a lost worker)."""
+def pending(study: optuna.Study, keys: list[str], first: int) -> list[str]:
+    """Points still to run: never finished, not running, not already failed in this launch (trials
+    numbered from `first` on; unless queued again: the driver queues the trial of a lost worker)."""
     states = defaultdict(list)
     for t in study.get_trials(deepcopy=False):
         states[point_of(t)].append(t)
@@ -82,9 +83,15 @@ def pending(study: optuna.Study, keys: list[str], since: datetime) -> list[str]:
         if any(t.state == TrialState.WAITING for t in states[key]):
             return False
         return any(t.state in (TrialState.COMPLETE, TrialState.RUNNING)
-                   or (t.state == TrialState.FAIL and t.datetime_start and t.datetime_start >= since)
+                   or (t.state == TrialState.FAIL and t.number >= first)
                    for t in states[key])
     return [k for k in keys if not settled(k)]
+
+
+def live_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """RUNNING trials that a worker took up (it records itself at once); a trial created by an insert whose
+    answer an outage lost, and retried, would otherwise be waited for forever."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
 
 
 def _taken_by_another(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
@@ -131,7 +138,7 @@ def grid_sampler(points: list[Point]) -> optuna.samplers.GridSampler:
 
 class Worker:
     def __init__(self, settings: WorkerSettings):
-        self.driver_pid = os.getppid()
+        self.driver_pid = settings.driver_pid or os.getppid()  # a driver gone before this line is noticed
         self.settings = settings
         self.runs_dir = Path(settings.runs_dir)
         self.experiment: Experiment = load_experiment(settings.experiment, settings.overrides)
@@ -163,9 +170,12 @@ class Worker:
             tags = {"mlflow.parentRunId": study.user_attrs["parent_run_id"], "optuna.study_name": study.study_name,
                     "optuna.trial_number": str(trial.number),
                     "grid_point": point.key if points is not None else json.dumps(chosen, sort_keys=True)}
+            if points is not None:
+                self.supersede_earlier_attempt(study, trial, point.key, trial_dir(cfg, self.runs_dir))
             with Heartbeat(heartbeat_path(self.runs_dir, study, trial.number)):
                 try:
-                    result = run_trial(cfg, self.settings.tracking_uri, self.runs_dir, tags)
+                    result = run_trial(cfg, self.settings.tracking_uri, self.runs_dir, tags,
+                                       on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
                 except Exception as exc:
                     trial.set_user_attr("failure_reason", f"{type(exc).__name__}: {exc}"[:2000])
                     raise TrialFailed(str(exc)) from exc
@@ -175,12 +185,44 @@ class Worker:
             return result.metrics["dev/wer"], result.metrics["params/total"]
         return run
 
+    def supersede_earlier_attempt(self, study: optuna.Study, trial: optuna.Trial, key: str, folder: Path) -> None:
+        """A point whose earlier attempt was lost resumes from that attempt's checkpoint when its trial folder
+        is here (one machine, or runs/ shared); otherwise it starts over, and the earlier attempt's run,
+        which nothing would resume, is closed FAILED with the reason."""
+        earlier = [t for t in study.get_trials(deepcopy=False) if point_of(t) == key and t.number < trial.number
+                   and t.state == TrialState.FAIL and t.user_attrs.get("mlflow_run_id")]
+        if not earlier:
+            return
+        attempt = earlier[-1]
+        run_id = attempt.user_attrs["mlflow_run_id"]
+        run_file = folder / "mlflow_run_id"
+        if run_file.is_file() and run_file.read_text().strip() == run_id:
+            return  # its checkpoint is here: run_trial resumes it in the same run
+        if run_status(run_id, self.settings.tracking_uri) in (None, "FINISHED"):
+            return
+        where = attempt.user_attrs.get("worker", "another machine")
+        print(f"{trial.user_attrs.get('run_name', key)}: the earlier attempt (trial {attempt.number} on {where}) "
+              f"left its checkpoint in a runs/ folder this machine does not share; starting over in a new run "
+              f"(its run {run_id} is closed FAILED). Share runs/ between machines to resume instead.", flush=True)
+        client = mlflow.MlflowClient(self.settings.tracking_uri)
+        client.set_tag(run_id, "failure_reason", f"superseded: trial {trial.number} on {worker_id()} started the "
+                       "point over (this run's checkpoint is not on that machine)")
+        client.set_terminated(run_id, status="FAILED")
+
     def run_grid(self, study: optuna.Study, points: list[Point]) -> None:
+        """Takes pending points until none is left; then waits while other trials run, since one whose
+        worker is lost is queued again (by the driver) and this worker resumes it."""
         keys = [p.key for p in points]
-        since = datetime.fromisoformat(study.user_attrs["launch_time"])
+        first = study.user_attrs[LAUNCH_FIRST_TRIAL]
         objective = self.objective(study, points)
-        while pending(study, keys, since):
-            study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+        while True:
+            if pending(study, keys, first):
+                study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+            elif live_trials(study) and self.driver_alive():
+                progress.beat()  # waiting for the others is not a hang
+                time.sleep(PHASE_POLL_SECONDS)
+            else:
+                return
 
     def run_search(self, study: optuna.Study) -> None:
         objective = self.objective(study, None)
@@ -191,7 +233,7 @@ class Worker:
 
     def wait_until_settled(self, study: optuna.Study) -> None:
         """Matched points need every result of the first phase, so wait for the other workers."""
-        while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        while live_trials(study):
             fail_stale_trials(study, self.runs_dir)
             progress.beat()  # waiting for the others is not a hang
             time.sleep(PHASE_POLL_SECONDS)
@@ -204,13 +246,17 @@ class Worker:
                                                 f"tags.`optuna.study_name` = '{study.study_name}'")
         return [(r.data.tags["method"], int(r.data.metrics["params/total"])) for r in runs]
 
+    def driver_alive(self) -> bool:
+        """An orphaned worker (its driver killed) has nobody to report to: it takes no more work."""
+        return os.getppid() == self.driver_pid
+
     def wait_for_launch(self, study_name: str) -> None:
         """The driver starts its workers before its MLflow set-up and marks the study when that is done."""
         if not self.settings.launch:
             return
         study_id = self.storage.get_study_id_from_name(study_name)
         while self.storage.get_study_user_attrs(study_id).get(LAUNCH_ATTR) != self.settings.launch:
-            if os.getppid() != self.driver_pid:
+            if not self.driver_alive():
                 raise SystemExit(f"the sweep driver (pid {self.driver_pid}) exited before its launch began")
             time.sleep(LAUNCH_POLL_SECONDS)
 

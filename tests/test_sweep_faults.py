@@ -1,0 +1,123 @@
+"""What shared machines do to a sweep, against the real services: SIGTERM mid-epoch, a PostgreSQL outage
+mid-trial, a relaunch on a machine that does not share runs/. Each checks the end state: every point
+FINISHED once, nothing left RUNNING, no point trained twice."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from tests.test_storage_retry import _restartable_postgres
+from tests.test_sweep import (  # noqa: F401 (postgres_storage is a fixture)
+    FOUR_POINTS_AND_A_FAILURE,
+    ROOT,
+    check_grid_ran_once,
+    child_runs,
+    postgres_storage,
+    sweep_storage,
+    write_experiment,
+)
+
+ONE_POINT = FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]")[0].replace('grid = { "train.seed" = [0, 1] }', "") + '''
+[[sweep.arms]]
+name = "dense"
+set = { method = "dense" }
+'''
+TWO_POINTS = FOUR_POINTS_AND_A_FAILURE.split('[[sweep.arms]]\nname = "impossible"')[0]
+
+
+def sweep_command(exp: Path, uri: str, *options: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis", *options]
+
+
+def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> Path:
+    deadline = time.time() + 180
+    while not (found := list((folder / "runs/trials").glob("*/*/checkpoint.pt"))):  # an epoch has gone by
+        assert time.time() < deadline and proc.poll() is None, (
+            "the trial never finished an epoch: " + "".join(p.read_text()[-2000:] for p in folder.glob("*.log")))
+        time.sleep(0.2)
+    return found[0]
+
+
+def test_sigterm_checkpoints_the_step_and_the_next_launch_resumes_the_same_run(tmp_path, corpus_cache):
+    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=4)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with open(tmp_path / "driver.log", "w") as log:  # read when the checkpoint never comes
+        proc = subprocess.Popen(sweep_command(exp, uri), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    checkpoint = wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(signal.SIGTERM)  # to the driver, which passes it on to its worker
+    proc.wait(timeout=60)
+    children, parents = child_runs(uri)
+    assert [r.info.status for r in children] == ["KILLED"] and [p.info.status for p in parents] == ["KILLED"]
+    worker_log = next((tmp_path / "runs/logs/tiny_sweep").glob("worker-*.log")).read_text()
+    assert "SIGTERM: checkpointing at the end of this step" in worker_log
+    state = torch.load(checkpoint, weights_only=False)
+    assert 1 <= state["history"].epoch < 4  # stopped mid-training: at a step, or after an epoch's evaluation
+
+    result = subprocess.run(sweep_command(exp, uri), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:]
+    children, parents = child_runs(uri)
+    assert len(children) == 1 and children[0].info.status == "FINISHED"  # the same run, resumed
+    tags = children[0].data.tags
+    assert tags["resumed_from_epoch"] == str(state["history"].epoch)
+    assert tags.get("resumed_from_step") == (f"{state['partial']['step']} of epoch {state['partial']['epoch'] + 1}"
+                                             if state["partial"] else None)
+
+
+def test_a_postgresql_outage_mid_trial_is_ridden_through_in_the_same_launch(tmp_path, corpus_cache, request):
+    """The database is stopped for 20 s while a trial trains: heartbeats, tells and the driver's polls are
+    retried, and the launch ends with every point finished once."""
+    url, version = _restartable_postgres()
+    storage = sweep_storage("postgresql", tmp_path, request)
+    exp = write_experiment(tmp_path, corpus_cache, TWO_POINTS.replace('grid = { "model.ffn_dim" = [32, 64] }', ""), epochs=4)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(sweep_command(exp, uri, "--storage", storage), cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_checkpoint(tmp_path, proc)
+    cluster = ["pg_ctlcluster", version, "main"]
+    subprocess.run([*cluster, "stop"], check=True)
+    restart = threading.Timer(20, subprocess.run, args=([*cluster, "start"],), kwargs={"check": True})
+    restart.start()
+    try:
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        restart.join()
+    assert proc.returncode == 0, output[-3000:]
+    assert "retry" in output or "retry" in "".join(p.read_text() for p in (tmp_path / "runs/logs").rglob("*.log"))
+    check_grid_ran_once(uri, storage, failing=False, points=2)
+    children, parents = child_runs(uri)
+    assert len(children) == 2 and [p.info.status for p in parents] == ["FINISHED"]  # none trained twice
+
+
+def test_a_point_requeued_on_a_machine_without_its_runs_folder_starts_over_and_closes_the_old_run(
+        tmp_path, corpus_cache, request):
+    """Two machines, one database and one tracking store, separate runs/ folders: the second cannot resume the
+    first's checkpoint, says so, closes the first attempt's run and trains the point in a new one."""
+    storage = sweep_storage("postgresql", tmp_path, request)
+    first, second = tmp_path / "machine-a", tmp_path / "machine-b"
+    first.mkdir(), second.mkdir()
+    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=3)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = subprocess.Popen(sweep_command(exp, uri, "--storage", storage), cwd=first,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_checkpoint(first, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    (old_run,), _ = child_runs(uri)
+
+    result = subprocess.run(sweep_command(exp, uri, "--storage", storage), cwd=second, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:]
+    worker_log = next((second / "runs/logs/tiny_sweep").glob("worker-*.log")).read_text()
+    assert "left its checkpoint in a runs/ folder this machine does not share" in worker_log
+    children, _ = child_runs(uri)
+    status = {r.info.run_id: r.info.status for r in children}
+    assert status.pop(old_run.info.run_id) == "FAILED" and list(status.values()) == ["FINISHED"]
+    closed = [r for r in children if r.info.run_id == old_run.info.run_id][0]
+    assert closed.data.tags["failure_reason"].startswith("superseded")
+    check_grid_ran_once(uri, storage, failing=False, points=1)
