@@ -34,7 +34,7 @@ from study.model import BlockWidths, ConformerCTC, dense_widths
 from study.model.io import save_model
 from study.model.size import analytic_params
 from study.names import MAGNITUDE, UTTERANCE_ERRORS
-from study.tracking.dense_source import dense_config, find_dense_run, load_dense_model
+from study.tracking.dense_source import check_same_shapes, dense_config, find_dense_run, load_dense_model, load_model_from
 from study.tracking.mlflow_runs import start_run
 from study.tracking.trial_record import (
     TrialResult,
@@ -102,9 +102,11 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
         return None
     tags = {**(tags or {}), "device": device_name(device)}  # where it trained and where latency was timed
     dense_run = None
-    if cfg.method in MAGNITUDE:
+    if cfg.method in MAGNITUDE or starts_from_dense(cfg):
         dense_run = _dense_source(cfg, tracking_uri, runs_dir, tags)
         tags["source_dense_run_id"] = dense_run[0]
+        if starts_from_dense(cfg):  # a model of other widths is refused before the run starts
+            check_same_shapes(dense_run[1], build_model(cfg, tokenizer.vocab_size), cfg.adl.init_from or dense_run[0])
 
     with start_run(tracking_uri, cfg, run_id=unfinished_run(folder, tracking_uri), tags=tags) as run:
         record_run(folder, run.info.run_id)
@@ -112,7 +114,7 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
             on_run(run.info.run_id)
         try:
             if cfg.method not in MAGNITUDE:
-                outcome = _train(ctx)
+                outcome = _train(ctx, dense_run[1] if dense_run else None)
             else:
                 outcome = _prune_dense_run(ctx, dense_run[1])
             metrics = _evaluate_and_log(ctx, outcome)
@@ -138,8 +140,15 @@ def _run_distributed(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Pat
     return result
 
 
+def starts_from_dense(cfg: Config) -> bool:
+    return cfg.method == "adaptive_dropout" and cfg.adl.init == "dense"
+
+
 def _dense_source(cfg: Config, tracking_uri: str, runs_dir: Path, tags: dict[str, str]) -> tuple[str, ConformerCTC]:
-    """The finished dense run of this recipe; trained now (as its own run) when there is none."""
+    """The dense model a trial starts from: the one adl.init_from names, else the finished dense run of this
+    recipe, trained now (as its own run) when there is none. (its run id or path, the model)"""
+    if starts_from_dense(cfg) and cfg.adl.init_from:
+        return cfg.adl.init_from.removeprefix("runs:/").split("/")[0], load_model_from(cfg.adl.init_from, tracking_uri)
     run_id = find_dense_run(cfg, tracking_uri)
     if run_id is None:
         print("no finished dense run of this recipe: training it first")
@@ -160,9 +169,10 @@ class Trainable:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def _trainable(ctx: TrialContext) -> Trainable:
+def _trainable(ctx: TrialContext, start: ConformerCTC | None = None) -> Trainable:
     """The model a trial trains (dense, with ADLs, or small dense) and its trainer; every rank of a
-    distributed trial builds the same."""
+    distributed trial builds the same. `start`: the trained dense model adaptive dropout starts from
+    (adl.init = "dense"), trained with ADLs for adl.pruning_epochs."""
     cfg, vocab = ctx.cfg, ctx.tokenizer.vocab_size
     if cfg.method == "small_dense":
         target = _target_params(cfg, vocab)
@@ -174,21 +184,24 @@ def _trainable(ctx: TrialContext) -> Trainable:
     model = build_model(cfg, vocab).to(ctx.device)  # ADLs and multipliers are made beside it
     if cfg.method != "adaptive_dropout":
         return Trainable(model, ctx.trainer(model, "checkpoint.pt"), None, cfg.model, dense_widths(cfg.model))
+    if start is not None:
+        model.load_state_dict(start.state_dict())  # shapes checked before the run began
     layers = attach_adls(model, cfg.adl.locations, AdlSettings.from_config(cfg.adl))
     budget = (BudgetController(model, cfg.model, cfg.adl.target_reduction, cfg.adl.target_warmup, cfg.adl.target_measure,
                                cfg.adl.anti_windup) if cfg.adl.target_reduction else None)
     adl = AdlController(layers, cfg.adl, budget)
-    trainer = ctx.trainer(model, "checkpoint.pt", param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay),
+    trainer = ctx.trainer(model, "checkpoint.pt", epochs=cfg.adl.pruning_epochs if starts_from_dense(cfg) else None,
+                          param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay),
                           regulariser=adl.loss, on_step=adl.begin_step,
                           on_epoch_start=adl.begin_epoch, checkpointed=adl.checkpointed(), epoch_state=adl)
     return Trainable(model, trainer, adl, cfg.model, dense_widths(cfg.model))
 
 
-def _train(ctx: TrialContext) -> Outcome:
-    """dense and small_dense: train. adaptive_dropout: train with ADLs, then prune the units they drop
-    (no fine-tuning unless adl.finetune_epochs asks for it, as an ablation)."""
+def _train(ctx: TrialContext, start: ConformerCTC | None = None) -> Outcome:
+    """dense and small_dense: train. adaptive_dropout: train with ADLs (from scratch, or from the dense model
+    `start`), then prune the units they drop (no fine-tuning unless adl.finetune_epochs asks for it)."""
     cfg = ctx.cfg
-    t = _trainable(ctx)
+    t = _trainable(ctx, start)
     mlflow.set_tags(t.tags)
     seconds = ctx.fit(t.trainer, adl=t.adl)
     if t.trainer.skipped:
@@ -264,8 +277,8 @@ def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
 
 def epochs_received(cfg: Config) -> int:
     """Epochs of training behind the final model: fine-tuned baselines get more, and tables say so."""
-    if cfg.method == "adaptive_dropout":
-        return cfg.train.epochs + cfg.adl.finetune_epochs
+    if cfg.method == "adaptive_dropout":  # from a dense model: its epochs, then the pruning phase
+        return cfg.train.epochs + cfg.adl.finetune_epochs + (cfg.adl.pruning_epochs if starts_from_dense(cfg) else 0)
     if cfg.method in MAGNITUDE:  # the dense source's epochs, then fine-tuning
         return cfg.train.epochs + cfg.prune.finetune_epochs
     return cfg.train.epochs

@@ -169,8 +169,16 @@ class AdlConfig:
                                 "reached, so no unit is left straddling the threshold", min=0.0)
     polarise_gap: float = knob(0.005, "with a budget, polarisation acts only while the cut is within this of the "
                                       "target", min=0.0, max=1.0)
+    init: str = knob("scratch", "scratch: train and prune jointly from random weights (the paper); dense: start from "
+                                "a trained dense model and prune it over adl.pruning_epochs", choices=("scratch", "dense"))
+    init_from: str = knob("", "with init = \"dense\": a model.pt this harness exported (a path or runs:/<run_id>/model.pt); "
+                              "empty: the finished dense run of this recipe (train.epochs), trained first if there is none")
+    pruning_epochs: int = knob(2, "with init = \"dense\": epochs of training with ADLs from the dense model (train.epochs "
+                                  "stays the dense recipe's, so the sweep's dense run is the start)", min=1)
 
     def validate(self) -> None:
+        if self.init_from and self.init != "dense":
+            raise ValueError('adl.init_from is set but adl.init is "scratch": set adl.init = "dense" to start from it')
         if self.target_reduction and not self.locations:
             raise ValueError("adl.target_reduction needs at least one location in adl.locations")
         if self.t1 < self.t0:

@@ -1,4 +1,5 @@
-"""The trained dense model that magnitude pruning starts from: found in MLflow by its recipe.
+"""The trained dense model that magnitude pruning (and adaptive dropout with adl.init = "dense") starts
+from: found in MLflow by its recipe, or named by adl.init_from.
 
 A sweep trains each dense baseline once; every magnitude-pruning trial of the same recipe (data,
 features, model, training and the code that trains it; see `mlflow_runs.recipe_key`) reuses its
@@ -7,8 +8,10 @@ exported model.pt.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import mlflow
+import torch
 
 from study.config import AdlConfig, Config, PruneConfig, TrackingConfig
 from study.model import ConformerCTC
@@ -36,3 +39,27 @@ def load_dense_model(run_id: str, tracking_uri: str) -> ConformerCTC:
     path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model.pt", tracking_uri=tracking_uri)
     model, _ = load_model(path)
     return model
+
+
+def load_model_from(source: str, tracking_uri: str) -> ConformerCTC:
+    """A model.pt this harness exported: a path, or runs:/<run_id>/<artifact> in the tracking store."""
+    if source.startswith("runs:/"):
+        run_id, _, artifact = source.removeprefix("runs:/").partition("/")
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact or "model.pt",
+                                                   tracking_uri=tracking_uri)
+    elif not Path(source).is_file():
+        raise FileNotFoundError(f"adl.init_from: no file {source}")
+    else:
+        path = source
+    model, _ = load_model(path)
+    return model
+
+
+def check_same_shapes(source: torch.nn.Module, target: torch.nn.Module, name: str) -> None:
+    """The start model must have every tensor of the model the trial builds, shape for shape."""
+    have, want = source.state_dict(), target.state_dict()
+    for key, tensor in want.items():
+        if key not in have or have[key].shape != tensor.shape:
+            found = tuple(have[key].shape) if key in have else "no such tensor"
+            raise ValueError(f"the dense model {name} does not fit this trial's configuration: {key} is "
+                             f"{found} there, {tuple(tensor.shape)} here (model.* and the output units must match)")

@@ -1,0 +1,84 @@
+"""Adaptive dropout from a trained dense model (adl.init = "dense"): it starts where the dense model is,
+finds (or trains) the sweep's dense run of its recipe, and refuses a model of other widths."""
+from __future__ import annotations
+
+import dataclasses
+
+import mlflow
+import pytest
+import torch
+
+from study.config import Config, build
+from study.method.adaptive_dropout import AdlSettings
+from study.method.attach import attach_adls
+from study.model.io import save_model
+from study.model import dense_widths
+from study.trial import run_trial
+from study.trial_context import build_model
+from tests.conftest import TINY_RECIPE
+
+CONTROLLER_FROM_DENSE = {"method": "adaptive_dropout", "adl.gate": "hard_concrete", "adl.tau": 0.6667,
+                         "adl.target_reduction": 0.3, "adl.init": "dense", "adl.pruning_epochs": 1}
+
+
+def from_dense(cfg: Config, **changes) -> Config:
+    cfg.method = "adaptive_dropout"
+    for key, value in {**CONTROLLER_FROM_DENSE, **changes}.items():
+        if key.startswith("adl."):
+            setattr(cfg.adl, key[4:], value)
+    return cfg
+
+
+def test_before_its_first_step_the_model_gives_the_dense_models_outputs(tiny_config):
+    """Hard concrete gates at the initial logit (p = 0.95) evaluate to exactly 1: the pruning phase starts
+    from the dense model itself, not a rescaled copy of it."""
+    cfg = from_dense(tiny_config)
+    torch.manual_seed(0)
+    dense = build_model(cfg, vocab_size=12).eval()
+    student = build_model(cfg, vocab_size=12)
+    student.load_state_dict(dense.state_dict())
+    layers = attach_adls(student, cfg.adl.locations, AdlSettings.from_config(cfg.adl))
+    assert layers and all(torch.allclose(l.retention, torch.ones_like(l.retention)) for l in layers)
+    features = torch.randn(2, 60, cfg.features.n_mels)  # (B, T, F)
+    lengths = torch.tensor([60, 45])
+    with torch.no_grad():
+        (want, want_lengths), (got, got_lengths) = dense(features, lengths), student.eval()(features, lengths)
+    assert torch.equal(want_lengths, got_lengths)
+    assert torch.allclose(got, want, atol=1e-6)  # (B, T', V) log-probabilities
+
+
+def test_a_from_dense_trial_trains_the_dense_run_first_and_prunes_it_in_its_own_epochs(tiny_config, tracking_uri, tmp_path):
+    cfg = from_dense(tiny_config)
+    result = run_trial(cfg, tracking_uri, runs_dir=tmp_path)
+    client = mlflow.MlflowClient(tracking_uri)
+    runs = {r.data.tags["method"]: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
+    assert set(runs) == {"dense", "adaptive_dropout"} and all(r.info.status == "FINISHED" for r in runs.values())
+    pruned = runs["adaptive_dropout"]
+    assert pruned.info.run_id == result.run_id
+    assert pruned.data.tags["source_dense_run_id"] == runs["dense"].info.run_id
+    assert pruned.data.metrics["train/epochs_total"] == cfg.train.epochs + 1  # dense epochs, then pruning
+    assert len(client.get_metric_history(pruned.info.run_id, "train/loss")) == 1  # the pruning phase alone
+    assert "adl/kept_fraction/ffn" in pruned.data.metrics and "adl/dev_wer_uncut" in pruned.data.metrics
+
+    # the same configuration again, pointed at the exported dense model: it starts from it, no training of dense
+    again = dataclasses.replace(cfg, adl=dataclasses.replace(cfg.adl, init_from=f"runs:/{runs['dense'].info.run_id}/model.pt",
+                                                            pruning_epochs=2))
+    run_trial(again, tracking_uri, runs_dir=tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.data.tags["method"] for r in runs) == ["adaptive_dropout", "adaptive_dropout", "dense"]
+
+
+def test_a_start_model_of_other_widths_is_refused_naming_both_shapes(tiny_config, tracking_uri, tmp_path):
+    wider = build(Config, {**TINY_RECIPE, "model": {**TINY_RECIPE["model"], "ffn_dim": 96}})
+    path = tmp_path / "other.pt"
+    save_model(path, wider.model, build_model(wider, vocab_size=30), dense_widths(wider.model))
+    cfg = from_dense(tiny_config, **{"adl.init_from": str(path)})
+    with pytest.raises(ValueError, match=r"does not fit this trial's configuration: .* is \(96, 32\) there, \(64, 32\) here"):
+        run_trial(cfg, tracking_uri, runs_dir=tmp_path)
+    experiment = mlflow.MlflowClient(tracking_uri).get_experiment_by_name("tiny")
+    assert experiment is None or not mlflow.MlflowClient(tracking_uri).search_runs([experiment.experiment_id])
+
+
+def test_init_from_without_init_dense_is_refused():
+    with pytest.raises(Exception, match="adl.init_from is set but adl.init"):
+        build(Config, {**TINY_RECIPE, "method": "adaptive_dropout", "adl": {"init_from": "model.pt"}})
