@@ -28,6 +28,7 @@ from study.data.features import SpecAugment
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer
 from study.distributed import rank_and_world
+from study.method.distillation import Distiller
 from study.model import output_lengths
 
 LOSS_CHECK_EVERY = 25  # steps between host syncs on a GPU (the finiteness check and the progress bar)
@@ -122,15 +123,16 @@ class Trainer:
                  param_groups: list[dict] | None = None, regulariser: Callable[[float], torch.Tensor] | None = None,
                  on_step: Callable[[float], None] | None = None,
                  on_epoch_start: Callable[[int], None] | None = None, checkpointed: dict[str, torch.Tensor] | None = None,
-                 epoch_state: EpochState | None = None, distributed: bool = True):
+                 epoch_state: EpochState | None = None, distiller: Distiller | None = None, distributed: bool = True):
         """`regulariser(t)` (t = fraction of training done) is added to the CTC loss at every step;
         `on_step(t)` runs before each step's forward pass; `on_epoch_start(epoch)` right after the epoch's
         seed is set (state carried across epochs, such as a noise pool, restarts from that seed there);
         `param_groups` replace the single AdamW group (e.g. for the ADL logits); `checkpointed` tensors
         outside the model (e.g. the budget controller's multipliers) are saved and restored with it;
         `epoch_state` is state carried within an epoch that a checkpoint taken mid-epoch must hold (e.g.
-        the noise pool, which `on_epoch_start` resets); `distributed` False trains in this process alone even under torchrun (rank 0's fine-tuning)."""
-        self.checkpointed, self.epoch_state = checkpointed or {}, epoch_state
+        the noise pool, which `on_epoch_start` resets); `distiller` adds the dense teacher's term to the loss
+        (study/method/distillation.py); `distributed` False trains in this process alone even under torchrun (rank 0's fine-tuning)."""
+        self.checkpointed, self.epoch_state, self.distiller = checkpointed or {}, epoch_state, distiller
         self.partial: dict | None = None  # a mid-epoch checkpoint's position, consumed by train_epoch
         self.cfg, self.model, self.device = cfg, model.to(device), device
         self.epochs = epochs if epochs is not None else cfg.train.epochs
@@ -256,7 +258,7 @@ class Trainer:
         first, resumed_sums, total_utts, seconds_before = self._resume_mid_epoch(epoch)
         # The host waits for the device only every `check_every` steps (on the CPU that wait is free).
         check_every = LOSS_CHECK_EVERY if self.device.type == "cuda" else 1
-        sums = torch.zeros(2, device=self.device) if resumed_sums is None else resumed_sums  # CTC, regulariser: summed over utterances
+        sums = torch.zeros(3, device=self.device) if resumed_sums is None else resumed_sums  # CTC, regulariser, distillation: summed over utterances
         start = time.perf_counter() - seconds_before
         bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
                    leave=False, disable=None)
@@ -272,7 +274,9 @@ class Trainer:
             mark("forward")
             ctc = self.ctc(log_probs.float().transpose(0, 1), batch.targets, out_lengths, batch.target_lengths)
             reg = self.regulariser(t) if self.regulariser else torch.zeros((), device=self.device)
-            loss = ctc + reg
+            distill = (self.distiller.loss(feats, batch.feature_lengths, log_probs.float(), out_lengths)
+                       if self.distiller else torch.zeros((), device=self.device))
+            loss = ctc + reg + distill
             mark("loss")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -282,15 +286,15 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             mark("optimizer")
-            sums += torch.stack([ctc.detach(), reg.detach().to(self.device)]) * len(batch.indices)
+            sums += torch.stack([ctc.detach(), reg.detach().to(self.device), distill.detach()]) * len(batch.indices)
             total_utts += len(batch.indices)
             bar.update()
             if (step + 1) % check_every == 0 or step + 1 == len(batches):
-                ctc_sum, reg_sum = sums.tolist()  # the one host sync
-                if not math.isfinite(ctc_sum + reg_sum):
+                ctc_sum, reg_sum, distill_sum = sums.tolist()  # the one host sync
+                if not math.isfinite(ctc_sum + reg_sum + distill_sum):
                     raise TrainingError(f"non-finite CTC loss at epoch {epoch + 1}, by step {step + 1} "
                                         f"(summed CTC {ctc_sum}, regulariser {reg_sum})")
-                bar.set_postfix(loss=f"{(ctc_sum + reg_sum) / total_utts:.3f}",
+                bar.set_postfix(loss=f"{(ctc_sum + reg_sum + distill_sum) / total_utts:.3f}",
                                 utt_s=f"{total_utts / (time.perf_counter() - start):.1f}")
             mark("bookkeeping")
             progress.beat()
@@ -299,12 +303,12 @@ class Trainer:
                 self._stop_mid_epoch(epoch, step + 1, sums, total_utts, time.perf_counter() - start)
         bar.close()
         if self.world > 1:  # the whole global batch's figures, not this rank's share
-            totals = torch.tensor([ctc_sum, reg_sum, total_utts], dtype=torch.float64, device=self.device)
+            totals = torch.tensor([ctc_sum, reg_sum, distill_sum, total_utts], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(totals)
-            ctc_sum, reg_sum, total_utts = totals.tolist()
-        ctc_mean, reg_mean = ctc_sum / total_utts, reg_sum / total_utts
-        return {"train/loss": ctc_mean + reg_mean, "train/ctc": ctc_mean, "train/reg": reg_mean,
-                "train/seconds": time.perf_counter() - start}
+            ctc_sum, reg_sum, distill_sum, total_utts = totals.tolist()
+        ctc_mean, reg_mean, distill_mean = ctc_sum / total_utts, reg_sum / total_utts, distill_sum / total_utts
+        return {"train/loss": ctc_mean + reg_mean + distill_mean, "train/ctc": ctc_mean, "train/reg": reg_mean,
+                **({"train/distill": distill_mean} if self.distiller else {}), "train/seconds": time.perf_counter() - start}
 
     def fit(self, evaluate_dev: Callable[[], dict[str, float]],
             on_epoch_end: Callable[[int, dict[str, float]], None]) -> History:

@@ -6,6 +6,7 @@ Outcome that the shared evaluation measures; under DDP (train.processes > 1) ran
 """
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from study.method.adl_controller import AdlController
 from study.method.attach import adl_decisions, attach_adls
 from study.method.batch_norm import recalibrate_batch_norm
 from study.method.budget import BudgetController
+from study.method.distillation import Distiller
 from study.method.pruning import prune
 from study.model import BlockWidths, ConformerCTC, dense_widths
 from study.model.io import save_model
@@ -190,7 +192,9 @@ def _trainable(ctx: TrialContext, start: ConformerCTC | None = None) -> Trainabl
     budget = (BudgetController(model, cfg.model, cfg.adl.target_reduction, cfg.adl.target_warmup, cfg.adl.target_measure,
                                cfg.adl.anti_windup) if cfg.adl.target_reduction else None)
     adl = AdlController(layers, cfg.adl, budget)
+    teacher = Distiller(start.to(ctx.device), cfg.adl.distill) if start is not None and cfg.adl.distill else None
     trainer = ctx.trainer(model, "checkpoint.pt", epochs=cfg.adl.pruning_epochs if starts_from_dense(cfg) else None,
+                          distiller=teacher,
                           param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay),
                           regulariser=adl.loss, on_step=adl.begin_step,
                           on_epoch_start=adl.begin_epoch, checkpointed=adl.checkpointed(), epoch_state=adl)
@@ -265,12 +269,14 @@ def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
     target = _target_params(cfg, ctx.tokenizer.vocab_size)
     mlflow.set_tag("budget.target_params", str(target))
     dense = dense.to(ctx.device).eval()
+    teacher = (Distiller(copy.deepcopy(dense), cfg.prune.distill)  # the dense model, before pruning changes it
+               if cfg.prune.distill and cfg.prune.finetune_epochs else None)
     if cfg.method == "magnitude_structured":
         plan = baselines.structured_plan(dense, cfg.model, target, cfg.prune.ranking)
         pruned, widths = prune(dense, cfg.model, plan)
-        return Outcome(pruned, cfg.model, widths, ctx.finetune(pruned, cfg.prune.finetune_epochs))
+        return Outcome(pruned, cfg.model, widths, ctx.finetune(pruned, cfg.prune.finetune_epochs, teacher))
     baselines.apply_global_magnitude(dense, target)
-    seconds = ctx.finetune(dense, cfg.prune.finetune_epochs)
+    seconds = ctx.finetune(dense, cfg.prune.finetune_epochs, teacher)
     baselines.make_permanent(dense)
     return Outcome(dense.eval(), cfg.model, None, seconds)
 

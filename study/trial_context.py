@@ -16,6 +16,7 @@ from study.data.tokenizer import Tokenizer
 from study.evaluation.error_rates import error_rates
 from study.method.adl_controller import AdlController
 from study.model import BlockWidths, ConformerCTC
+from study.method.distillation import Distiller
 from study.training import Trainer, batch_frames
 
 
@@ -72,11 +73,13 @@ class TrialContext:
 
         return trainer.fit(evaluate, log_epoch).train_seconds
 
-    def finetune(self, model: torch.nn.Module, epochs: int) -> float:
-        """An ablation for every pruning method: a few epochs after pruning, logged as finetune/*."""
+    def finetune(self, model: torch.nn.Module, epochs: int, distiller: Distiller | None = None) -> float:
+        """An ablation for every pruning method: a few epochs after pruning (with the dense teacher's term when
+        given), logged as finetune/*."""
         if not epochs:
             return 0.0
-        trainer = self.trainer(model, "finetune.pt", epochs=epochs, distributed=False)  # rank 0 alone, after pruning
+        trainer = self.trainer(model, "finetune.pt", epochs=epochs, distiller=distiller,
+                               distributed=False)  # rank 0 alone, after pruning
         seconds = self.fit(trainer, "finetune/", self.cfg.train.epochs)
         model.eval()
         return seconds

@@ -1,5 +1,7 @@
-"""Adaptive dropout from a trained dense model (adl.init = "dense"): it starts where the dense model is,
-finds (or trains) the sweep's dense run of its recipe, and refuses a model of other widths."""
+"""Pruning a trained model: adaptive dropout from the dense model (adl.init = "dense") starts where the
+dense model is, finds (or trains) the sweep's dense run of its recipe and refuses a model of other widths;
+distillation from the dense teacher (adl.distill, prune.distill) is a frame-level KL that changes nothing
+at weight 0."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,6 +13,7 @@ import torch
 from study.config import Config, build
 from study.method.adaptive_dropout import AdlSettings
 from study.method.attach import attach_adls
+from study.method.distillation import Distiller, frame_kl
 from study.model.io import save_model
 from study.model import dense_widths
 from study.trial import run_trial
@@ -82,3 +85,50 @@ def test_a_start_model_of_other_widths_is_refused_naming_both_shapes(tiny_config
 def test_init_from_without_init_dense_is_refused():
     with pytest.raises(Exception, match="adl.init_from is set but adl.init"):
         build(Config, {**TINY_RECIPE, "method": "adaptive_dropout", "adl": {"init_from": "model.pt"}})
+
+
+def test_frame_kl_is_zero_for_the_same_posteriors_and_ignores_padded_frames():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 7, 5).log_softmax(-1)  # (B, T, V)
+    student = torch.randn(2, 7, 5).log_softmax(-1)
+    lengths = torch.tensor([7, 4])
+    assert frame_kl(teacher, teacher, lengths) == 0
+    by_hand = sum((teacher[b, t].exp() * (teacher[b, t] - student[b, t])).sum() for b in range(2) for t in range(lengths[b]))
+    assert torch.allclose(frame_kl(student, teacher, lengths), by_hand / 11)
+    padded = student.clone()
+    padded[1, 4:] = torch.randn(3, 5).log_softmax(-1)  # frames past the second utterance's end
+    assert torch.equal(frame_kl(padded, teacher, lengths), frame_kl(student, teacher, lengths))
+
+
+def _trained_weights(cfg: Config, folder, distill: float | None) -> dict[str, torch.Tensor]:
+    from study.data.features import mean_std
+    from study.data.prepared import prepare_data
+    from study.data.tokenizer import build_tokenizer
+    from study.training import Trainer
+    train = prepare_data(cfg)["train"]
+    tokenizer = build_tokenizer(cfg.text, train.transcripts, cfg.data.cache_dir)
+    torch.manual_seed(0)
+    teacher = build_model(cfg, tokenizer.vocab_size)
+    model = build_model(cfg, tokenizer.vocab_size)
+    trainer = Trainer(cfg, model, train, tokenizer, *mean_std(train.features), folder / "c.pt", torch.device("cpu"),
+                      epochs=1, distiller=None if distill is None else Distiller(teacher, distill))
+    metrics = trainer.train_epoch(0)
+    assert ("train/distill" in metrics) == (distill is not None)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_distillation_with_weight_0_trains_bit_identically_to_none(tiny_config, tmp_path):
+    without = _trained_weights(tiny_config, tmp_path, None)
+    weight_0 = _trained_weights(tiny_config, tmp_path, 0.0)
+    weight_1 = _trained_weights(tiny_config, tmp_path, 1.0)
+    assert all(torch.equal(without[k], weight_0[k]) for k in without)
+    assert not all(torch.equal(without[k], weight_1[k]) for k in without)  # the term does act
+
+
+def test_a_distilled_magnitude_fine_tuning_logs_its_term(tiny_config, tracking_uri, tmp_path):
+    tiny_config.method = "magnitude_structured"
+    tiny_config.prune.target_reduction, tiny_config.prune.finetune_epochs, tiny_config.prune.distill = 0.3, 1, 1.0
+    run_trial(tiny_config, tracking_uri, runs_dir=tmp_path)
+    client = mlflow.MlflowClient(tracking_uri)
+    runs = {r.data.tags["method"]: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}
+    assert runs["magnitude_structured"].data.metrics["finetune/train/distill"] > 0

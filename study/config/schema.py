@@ -175,8 +175,12 @@ class AdlConfig:
                               "empty: the finished dense run of this recipe (train.epochs), trained first if there is none")
     pruning_epochs: int = knob(2, "with init = \"dense\": epochs of training with ADLs from the dense model (train.epochs "
                                   "stays the dense recipe's, so the sweep's dense run is the start)", min=1)
+    distill: float = knob(0.0, "with init = \"dense\": weight of KL(dense || pruned) between the CTC posteriors, frame "
+                               "by frame, added to the loss (0: no teacher)", min=0.0)
 
     def validate(self) -> None:
+        if self.distill and self.init != "dense":
+            raise ValueError('adl.distill needs a dense teacher: set adl.init = "dense"')
         if self.init_from and self.init != "dense":
             raise ValueError('adl.init_from is set but adl.init is "scratch": set adl.init = "dense" to start from it')
         if self.target_reduction and not self.locations:
@@ -208,6 +212,8 @@ class PruneConfig:
     shrink: str = knob("d_model", "small_dense: shrink the model width, or only the inner widths",
                        choices=("d_model", "inner"))
     finetune_epochs: int = knob(0, "magnitude baselines: training epochs after pruning", min=0)
+    distill: float = knob(0.0, "magnitude baselines' fine-tuning: weight of KL(dense || pruned) between the CTC "
+                               "posteriors, frame by frame, added to the loss (0: no teacher)", min=0.0)
 
     def validate(self) -> None:
         if self.target_params and self.target_reduction:
@@ -236,5 +242,7 @@ class Config:
     tracking: TrackingConfig = section(TrackingConfig, "MLflow")
 
     def validate(self) -> None:
+        if self.train.processes > 1 and (self.adl.distill or self.prune.distill):
+            raise ValueError("adl.distill / prune.distill run the teacher in one process: set train.processes = 1")
         if self.method in BASELINES and not (self.prune.target_params or self.prune.target_reduction):
             raise ValueError(f"method {self.method!r} needs a budget: set prune.target_params or prune.target_reduction")
