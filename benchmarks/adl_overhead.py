@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -55,18 +56,19 @@ def train_step_ms(model: ConformerCTC, optimizer: torch.optim.Optimizer, feats: 
 
 
 def paired_step_ratios(models: dict[str, ConformerCTC], feats: torch.Tensor, lengths: torch.Tensor,
-                       steps: int) -> tuple[dict[str, float], dict[str, float]]:
+                       steps: int, step_fns: dict[str, Callable] | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Median step ms per model, and the median over steps of each model's time over the dense model's
     in the same round: the models take turns step by step, so a drift in the machine's speed (seen:
-    +-4% between runs) falls on every model alike."""
+    +-4% between runs) falls on every model alike. `step_fns`: a step other than train_step_ms, by name."""
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, model in models.items()}
+    step_of = {name: (step_fns or {}).get(name, train_step_ms) for name in models}
     for name, model in models.items():  # warm-up, and AdamW's state allocated outside the timing
         for _ in range(2):
-            train_step_ms(model, optimizers[name], feats, lengths)
+            step_of[name](model, optimizers[name], feats, lengths)
     times = {name: [] for name in models}
     for _ in range(steps):
         for name, model in models.items():
-            times[name].append(train_step_ms(model, optimizers[name], feats, lengths))
+            times[name].append(step_of[name](model, optimizers[name], feats, lengths))
     ratios = {name: statistics.median(t / d for t, d in zip(times[name], times["dense"])) for name in models}
     return {name: statistics.median(t) for name, t in times.items()}, ratios
 
