@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib import transforms
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
@@ -23,6 +24,7 @@ from study.names import ADAPTIVE_DROPOUT, LOCATIONS, REPORT_ORDER
 
 ADL = ADAPTIVE_DROPOUT
 MAX_SERIES = 6  # more lines than this on one panel cannot be told apart
+DODGE_POINTS = 5.0  # sideways distance between two methods' markers at one budget, in points
 PREFIX_WORDS = {"G": "billions", "M": "millions", "k": "thousands", "": "count"}
 # name -> (column, metric as logged, what the axis shows)
 PARETO_AXES = {
@@ -181,17 +183,28 @@ def pareto(frame: pd.DataFrame, axis: str, errors: UtteranceErrors | None = None
     factor, prefix = (1.0, "") if axis == "latency" else si_scale(float(data[column].max()))
     fig, (ax,) = new_figure(width=10.5, height=5.6)
     series = pareto_series(groups)
-    for s in series:
+    for i, s in enumerate(series):
         trials, means = data[data["run_id"].isin(s.run_ids)], _members(groups, s)
+        # Methods share the budgets' x positions: each series' markers are drawn a few points aside
+        # (DODGE_POINTS apart), so a close pair stays two markers; its front is drawn where it is.
+        aside = 0.0 if s.label == "dense" else DODGE_POINTS * (i - (len(series) - 1) / 2)  # dense stands alone
+        dodged = transforms.offset_copy(ax.transData, fig=fig, x=aside, units="points")
         ax.scatter(trials[column].astype(float) / factor, 100 * trials["test_wer"], s=16, marker=s.marker,
-                   color=s.colour, alpha=0.3, linewidths=0)
+                   color=s.colour, alpha=0.3, linewidths=0, transform=dodged)
         x, y = means[f"{column}_mean"] / factor, 100 * means["test_wer_mean"]
-        ax.errorbar(x, y, xerr=_std(means[f"{column}_std"]) / factor, yerr=_wer_bars(means), fmt=s.marker,
-                    color=s.colour, markersize=7, capsize=3, linewidth=1,
+        bars = _wer_bars(means)
+        ax.errorbar(x, y, xerr=_std(means[f"{column}_std"]) / factor, yerr=bars, fmt=s.marker,
+                    color=s.colour, markersize=7, capsize=3, linewidth=1, transform=dodged,
                     label=f"{s.label} ({len(trials)} trial{'s' * (len(trials) != 1)})")
+        # the view must still hold every point and bar: artists drawn aside do not count towards it
+        ax.update_datalim(np.column_stack([np.tile(x.to_numpy(dtype=float), 2),
+                                           np.concatenate([y - np.nan_to_num(bars[0]), y + np.nan_to_num(bars[1])])]))
+        ax.update_datalim(np.column_stack([trials[column].to_numpy(dtype=float) / factor,
+                                           100 * trials["test_wer"].to_numpy(dtype=float)]))
         fx, fy = front(x, y)
         if len(fx) > 1:
             ax.step(fx, fy, where="post", color=s.colour, linewidth=1.5, alpha=0.8)
+    ax.autoscale_view()
     _dense_line(ax, data)
     _log_wer_axis(ax)
     targets = (_target_lines(ax, groups, factor) if axis == "params"
@@ -199,7 +212,8 @@ def pareto(frame: pd.DataFrame, axis: str, errors: UtteranceErrors | None = None
     ax.set_xlabel(_pareto_axis_label(axis, prefix))
     ax.set_title(f"{_experiment(data)}: test WER against {what}\n(lower left is better)")
     handles, _ = ax.get_legend_handles_labels()
-    handles += [Line2D([], [], color="gray", marker="o", linestyle="", alpha=0.4, label="one trial (seed)"),
+    handles += [Line2D([], [], color="gray", marker="o", linestyle="", alpha=0.4,
+                       label=f"one trial (seed); markers {DODGE_POINTS:g} pt apart per method"),
                 Line2D([], [], color="gray", marker="o", linestyle="",
                        label="mean over seeds; bars: 95% bootstrap CI" if errors else "mean ± std over seeds"),
                 Line2D([], [], color="gray", linewidth=1.5, label="Pareto front of a method"),
