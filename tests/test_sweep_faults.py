@@ -45,8 +45,8 @@ def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> Path:
 
 
 def test_sigterm_checkpoints_the_step_and_the_next_launch_resumes_the_same_run(tmp_path, corpus_cache):
-    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=4)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=40)  # a tiny epoch is well under a second:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # enough of them that the signal lands while it trains
     with open(tmp_path / "driver.log", "w") as log:  # read when the checkpoint never comes
         proc = subprocess.Popen(sweep_command(exp, uri), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     checkpoint = wait_for_checkpoint(tmp_path, proc)
@@ -57,7 +57,7 @@ def test_sigterm_checkpoints_the_step_and_the_next_launch_resumes_the_same_run(t
     worker_log = next((tmp_path / "runs/logs/tiny_sweep").glob("worker-*.log")).read_text()
     assert "SIGTERM: checkpointing at the end of this step" in worker_log
     state = torch.load(checkpoint, weights_only=False)
-    assert 1 <= state["history"].epoch < 4  # stopped mid-training: at a step, or after an epoch's evaluation
+    assert 1 <= state["history"].epoch < 40  # stopped mid-training: at a step, or after an epoch's evaluation
 
     result = subprocess.run(sweep_command(exp, uri), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:]

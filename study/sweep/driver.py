@@ -170,12 +170,14 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
     client = mlflow.MlflowClient(args.tracking_uri)  # a fresh SQLite store takes over a second to set up
     if not args.join:
         try:  # while the workers import: lost trials, the parent run, then the token that lets them begin
+            # trials numbered from here on are this launch's (no clocks compared), its queued retries included
+            first_trials = [_next_trial_number(study) for study in studies]
             _requeue_lost(studies, grid, args.runs_dir, client, launch_start=True)
             _close_previous_parent(studies[0], client)
             parent = _start_parent_run(experiment, args, total)
-            for study in studies:  # trials numbered from here on are this launch's (no clocks compared)
+            for study, first in zip(studies, first_trials):
                 study.set_user_attr("parent_run_id", parent)
-                study.set_user_attr(LAUNCH_FIRST_TRIAL, _next_trial_number(study))
+                study.set_user_attr(LAUNCH_FIRST_TRIAL, first)
             studies[0].set_user_attr(LAUNCH_ATTR, token)
         except BaseException:
             for proc in workers:
