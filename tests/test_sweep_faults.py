@@ -101,7 +101,7 @@ def test_a_point_requeued_on_a_machine_without_its_runs_folder_starts_over_and_c
     storage = sweep_storage("postgresql", tmp_path, request)
     first, second = tmp_path / "machine-a", tmp_path / "machine-b"
     first.mkdir(), second.mkdir()
-    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=3)
+    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=40)  # the signal lands while it trains
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     proc = subprocess.Popen(sweep_command(exp, uri, "--storage", storage), cwd=first,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
