@@ -51,12 +51,6 @@ def requested() -> bool:
     return _requested
 
 
-def request() -> None:
-    """What SIGTERM does inside `polite()` (tests use it to stop at a chosen step)."""
-    global _requested
-    _requested = True
-
-
 def clear() -> None:
     global _requested
     _requested = False

@@ -150,7 +150,7 @@ def _dense_source(cfg: Config, tracking_uri: str, runs_dir: Path, tags: dict[str
     """The dense model a trial starts from: the one adl.init_from names, else the finished dense run of this
     recipe, trained now (as its own run) when there is none. (its run id or path, the model)"""
     if starts_from_dense(cfg) and cfg.adl.init_from:
-        return cfg.adl.init_from.removeprefix("runs:/").split("/")[0], load_model_from(cfg.adl.init_from, tracking_uri)
+        return load_model_from(cfg.adl.init_from, tracking_uri)
     run_id = find_dense_run(cfg, tracking_uri)
     if run_id is None:
         print("no finished dense run of this recipe: training it first")

@@ -69,6 +69,8 @@ def test_a_from_dense_trial_trains_the_dense_run_first_and_prunes_it_in_its_own_
     run_trial(again, tracking_uri, runs_dir=tmp_path)
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert sorted(r.data.tags["method"] for r in runs) == ["adaptive_dropout", "adaptive_dropout", "dense"]
+    sources = {r.data.tags["source_dense_run_id"] for r in runs if r.data.tags["method"] == "adaptive_dropout"}
+    assert sources == {pruned.data.tags["source_dense_run_id"]}  # the run id named in runs:/<id>/model.pt
 
 
 def test_a_start_model_of_other_widths_is_refused_naming_both_shapes(tiny_config, tracking_uri, tmp_path):

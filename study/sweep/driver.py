@@ -35,7 +35,8 @@ from study.sweep.optuna_storage import (
 )
 from study.sweep.storage_retry import TRANSIENT, describe
 from study.sweep.worker import LAUNCH_ATTR, LAUNCH_FIRST_TRIAL, WorkerSettings, point_of, settings_json
-from study.tracking.mlflow_runs import run_status
+from study.tracking.mlflow_runs import close_run, run_status
+from study.tracking.trial_record import recorded_run
 from study.tracking.store import ensure_experiment
 
 POLL_SECONDS = 2
@@ -72,15 +73,10 @@ def placements(experiment: Experiment, args: SweepArgs) -> list[dict]:
 def _mark_lost_runs(lost: list[optuna.trial.FrozenTrial], client: mlflow.MlflowClient) -> None:
     """The MLflow run of a lost trial (which its worker recorded on the trial, wherever it ran) is closed as
     FAILED; its rerun resumes it."""
-    for trial in lost:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        run_file = Path(trial.user_attrs.get("trial_dir", "/nonexistent")) / "mlflow_run_id"
-        if run_id is None and run_file.is_file():  # a trial recorded before workers noted their run
-            run_id = run_file.read_text().strip()
-        if run_id:
-            if run_status(run_id, client.tracking_uri) == "RUNNING":
-                client.set_tag(run_id, "failure_reason", "worker lost (stale trial); rerun resumes this run")
-                client.set_terminated(run_id, status="FAILED")
+    for trial in lost:  # a distributed trial's run is known only to its folder
+        run_id = trial.user_attrs.get("mlflow_run_id") or recorded_run(trial.user_attrs.get("trial_dir", "/nonexistent"))
+        if run_id and run_status(run_id, client.tracking_uri) == "RUNNING":
+            close_run(client, run_id, "worker lost (stale trial); rerun resumes this run")
 
 
 def _enqueue_retries(study: optuna.Study, keys: set[str] | None, only: set[str] | None = None) -> int:
@@ -115,8 +111,7 @@ def _close_previous_parent(study: optuna.Study, client: mlflow.MlflowClient) -> 
     """A driver that was killed left its parent run RUNNING; this launch takes over."""
     previous = study.user_attrs.get("parent_run_id")
     if previous and run_status(previous, client.tracking_uri) == "RUNNING":
-        client.set_tag(previous, "failure_reason", "sweep driver lost; a later launch continued the sweep")
-        client.set_terminated(previous, status="FAILED")
+        close_run(client, previous, "sweep driver lost; a later launch continued the sweep")
 
 
 def _start_parent_run(experiment: Experiment, args: SweepArgs, n_points: int) -> str:

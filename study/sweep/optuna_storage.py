@@ -139,14 +139,13 @@ def storage_clock(directory: Path) -> float:
     return probe.stat().st_mtime
 
 
-def is_stale(trial: FrozenTrial, study: optuna.Study, runs_dir: Path, now: float | None = None) -> bool:
-    """A RUNNING journal trial whose worker process is gone or has stopped beating."""
+def is_stale(trial: FrozenTrial, study: optuna.Study, runs_dir: Path, now: float) -> bool:
+    """A RUNNING journal trial whose worker process is gone or has stopped beating (`now`: storage_clock)."""
     if _owner_dead(trial):
         return True
     beat = heartbeat_path(runs_dir, study, trial.number)
     if not beat.exists():  # not beating yet: its worker records the trial before the first beat
         return False
-    now = storage_clock(beat.parent) if now is None else now
     return now - beat.stat().st_mtime > STALE_SECONDS
 
 

@@ -30,8 +30,8 @@ from study.sweep.optuna_storage import (
     worker_id,
 )
 from study.sweep.process import exit_now
-from study.tracking.mlflow_runs import run_label, run_status
-from study.tracking.trial_record import trial_dir
+from study.tracking.mlflow_runs import close_run, run_label, run_status
+from study.tracking.trial_record import recorded_run, trial_dir
 from study.trial import run_trial
 
 REPORTED = ("dev/wer", "test/wer", "test/cer", "params/total", "params/reduction", "flops/encoder_10s",
@@ -195,8 +195,7 @@ class Worker:
             return
         attempt = earlier[-1]
         run_id = attempt.user_attrs["mlflow_run_id"]
-        run_file = folder / "mlflow_run_id"
-        if run_file.is_file() and run_file.read_text().strip() == run_id:
+        if recorded_run(folder) == run_id:
             return  # its checkpoint is here: run_trial resumes it in the same run
         if run_status(run_id, self.settings.tracking_uri) in (None, "FINISHED"):
             return
@@ -204,10 +203,8 @@ class Worker:
         print(f"{trial.user_attrs.get('run_name', key)}: the earlier attempt (trial {attempt.number} on {where}) "
               f"left its checkpoint in a runs/ folder this machine does not share; starting over in a new run "
               f"(its run {run_id} is closed FAILED). Share runs/ between machines to resume instead.", flush=True)
-        client = mlflow.MlflowClient(self.settings.tracking_uri)
-        client.set_tag(run_id, "failure_reason", f"superseded: trial {trial.number} on {worker_id()} started the "
-                       "point over (this run's checkpoint is not on that machine)")
-        client.set_terminated(run_id, status="FAILED")
+        close_run(mlflow.MlflowClient(self.settings.tracking_uri), run_id, f"superseded: trial {trial.number} on "
+                  f"{worker_id()} started the point over (this run's checkpoint is not on that machine)")
 
     def run_grid(self, study: optuna.Study, points: list[Point]) -> None:
         """Takes pending points until none is left; then waits while other trials run, since one whose

@@ -35,24 +35,22 @@ def find_dense_run(cfg: Config, tracking_uri: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def load_dense_model(run_id: str, tracking_uri: str) -> ConformerCTC:
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model.pt", tracking_uri=tracking_uri)
+def load_dense_model(run_id: str, tracking_uri: str, artifact: str = "model.pt") -> ConformerCTC:
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, tracking_uri=tracking_uri)
     model, _ = load_model(path)
     return model
 
 
-def load_model_from(source: str, tracking_uri: str) -> ConformerCTC:
-    """A model.pt this harness exported: a path, or runs:/<run_id>/<artifact> in the tracking store."""
+def load_model_from(source: str, tracking_uri: str) -> tuple[str, ConformerCTC]:
+    """A model.pt this harness exported, a path or runs:/<run_id>/<artifact> in the tracking store:
+    (its run id, or the path; the model)."""
     if source.startswith("runs:/"):
         run_id, _, artifact = source.removeprefix("runs:/").partition("/")
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact or "model.pt",
-                                                   tracking_uri=tracking_uri)
-    elif not Path(source).is_file():
+        return run_id, load_dense_model(run_id, tracking_uri, artifact or "model.pt")
+    if not Path(source).is_file():
         raise FileNotFoundError(f"adl.init_from: no file {source}")
-    else:
-        path = source
-    model, _ = load_model(path)
-    return model
+    model, _ = load_model(source)
+    return source, model
 
 
 def check_same_shapes(source: torch.nn.Module, target: torch.nn.Module, name: str) -> None:

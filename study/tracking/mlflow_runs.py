@@ -104,6 +104,12 @@ def start_run(tracking_uri: str, cfg: Config, run_id: str | None = None,
     return run
 
 
+def close_run(client: mlflow.MlflowClient, run_id: str, reason: str, status: str = "FAILED") -> None:
+    """Ends a run that nothing will resume, saying why (its `failure_reason` tag)."""
+    client.set_tag(run_id, "failure_reason", reason)
+    client.set_terminated(run_id, status=status)
+
+
 def run_status(run_id: str, tracking_uri: str) -> str | None:
     """RUNNING, FINISHED, FAILED, KILLED; None when the run is not in this store."""
     try:

@@ -88,13 +88,16 @@ def record_done(folder: Path, result: TrialResult) -> None:
     tmp.replace(folder / "DONE")
 
 
+def recorded_run(folder: Path) -> str | None:
+    """The MLflow run that the trial in `folder` last ran in, if it ran on this machine (or a shared runs/)."""
+    run_id_file = Path(folder) / "mlflow_run_id"
+    return run_id_file.read_text().strip() if run_id_file.is_file() else None
+
+
 def unfinished_run(folder: Path, tracking_uri: str) -> str | None:
     """The run of an interrupted attempt at this trial, to resume rather than duplicate."""
-    run_id_file = folder / "mlflow_run_id"
-    if not run_id_file.is_file():
-        return None
-    run_id = run_id_file.read_text().strip()
-    return run_id if run_status(run_id, tracking_uri) not in (None, "FINISHED") else None
+    run_id = recorded_run(folder)
+    return run_id if run_id and run_status(run_id, tracking_uri) not in (None, "FINISHED") else None
 
 
 def record_run(folder: Path, run_id: str) -> None:
