@@ -20,6 +20,7 @@ STYLE = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.lab
 METHOD_LOOK = {  # colour, marker, label
     "dense": ("black", "s", "dense"),
     "small_dense": ("tab:green", "D", "small dense"),
+    "retrain_pruned": ("teal", "p", "pruned architecture, retrained"),
     "magnitude_structured": ("tab:orange", "^", "magnitude, structured"),
     "magnitude_unstructured": ("tab:red", "v", "magnitude, unstructured"),
     "adaptive_dropout": ("tab:blue", "o", "adaptive dropout, paper's regulariser (α)"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from study.names import LOCATIONS, REPORT_ORDER, unread_sections
+from study.names import LOCATIONS, REPORT_ORDER, RETRAIN_PRUNED, unread_sections
 
 # Every subset of the locations, largest first, in the canonical location order: the row order of tables.
 LOCATION_SUBSETS = tuple("+".join(s) for n in range(len(LOCATIONS), 0, -1)
@@ -42,7 +43,7 @@ BOOKKEEPING = ("code_version", "train.seed", "train.device", "train.threads", "t
                "data.root")
 # Parameters that have typed columns of their own, so the free-form `setting` label leaves them out.
 DESCRIBED = ("method", "adl.locations", "adl.tau", "adl.alpha", "adl.threshold",
-             "prune.target_params", "prune.target_reduction")
+             "prune.target_params", "prune.target_reduction", "prune.source_run")
 
 FAILED, UNFINISHED, INCOMPLETE = "failed", "unfinished", "finished without final metrics"
 STATUS_KIND = {"FAILED": FAILED, "KILLED": FAILED, "RUNNING": UNFINISHED, "SCHEDULED": UNFINISHED}
@@ -228,6 +229,18 @@ def _settings(runs: pd.DataFrame, method: pd.Series) -> pd.Series:
     return labels
 
 
+def _sources(runs: pd.DataFrame, method: pd.Series) -> pd.Series:
+    """retrain_pruned: the run whose architecture it trained, named without its seed, so that the retrainings
+    of one setting's seeds form one setting (", source adl-...-budget0.5"); empty for other methods."""
+    names = dict(zip(runs["run_id"], _column(runs, "tags.mlflow.runName")))
+    source = _column(runs, "params.prune.source_run").fillna("")
+
+    def label(run_id: str) -> str:
+        name = names.get(run_id) or run_id[:8]
+        return f", source {re.sub(r'-s[0-9]+$', '', name)}"
+    return pd.Series([label(s) if m == RETRAIN_PRUNED else "" for s, m in zip(source, method)], index=runs.index, dtype=object)
+
+
 COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "start_time", "method", "locations", "seed",
            "tau", "alpha", "threshold", "budget_params", "target_reduction", "adl_target_reduction", "setting",
            "epochs", *METRICS.values())
@@ -259,7 +272,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         "budget_params": budget.where(is_baseline).round().astype("Int64"),
         "target_reduction": reduction_target.where(is_baseline),
         "adl_target_reduction": controller_target,  # the budget controller's target; NaN for the regulariser
-        "setting": _settings(runs, method),
+        "setting": _settings(runs, method).str.cat(_sources(runs, method), sep="").str.strip(", "),
         "epochs": _numeric(_column(runs, "params.train.epochs")).astype("Int64"),
     }, index=runs.index)
     for metric, col in METRICS.items():

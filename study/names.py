@@ -1,13 +1,14 @@
 """The names both sides share: the trial methods and the adaptive-dropout locations (no torch here, so
 `analysis/` can import it on a machine without torch)."""
 
-METHODS = ("dense", "adaptive_dropout", "magnitude_structured", "magnitude_unstructured", "small_dense")
-BASELINES = METHODS[2:]  # need a budget: prune.target_params or prune.target_reduction
+METHODS = ("dense", "adaptive_dropout", "magnitude_structured", "magnitude_unstructured", "small_dense", "retrain_pruned")
+BASELINES = METHODS[2:5]  # need a budget: prune.target_params or prune.target_reduction
 MAGNITUDE = ("magnitude_structured", "magnitude_unstructured")  # start from a trained dense run
 LOCATIONS = ("ffn", "mhsa", "conv")  # where adaptive dropout layers sit (METHOD.md section 2)
 ADAPTIVE_DROPOUT = "adaptive_dropout"
+RETRAIN_PRUNED = "retrain_pruned"  # a pruned run's architecture trained from scratch (prune.source_run)
 # The order of methods in figures and tables: the reference, the baselines, then the method studied.
-REPORT_ORDER = ("dense", "small_dense", "magnitude_structured", "magnitude_unstructured", ADAPTIVE_DROPOUT)
+REPORT_ORDER = ("dense", "small_dense", RETRAIN_PRUNED, "magnitude_structured", "magnitude_unstructured", ADAPTIVE_DROPOUT)
 assert sorted(REPORT_ORDER) == sorted(METHODS)
 # Per test utterance of every trial: word edits and reference words, for the analysis's bootstrap.
 UTTERANCE_ERRORS = "test_utterance_errors.json"

@@ -1,7 +1,7 @@
 """One trial, in the order the data flows: data -> model -> train -> prune -> evaluate -> log to MLflow.
 
 `run_trial` resumes an interrupted trial from its checkpoints and MLflow run; each method's part
-(`_train` for dense, small dense and adaptive dropout, `_prune_dense_run` for magnitude pruning) returns an
+(`_train` for dense, small dense, retrain_pruned and adaptive dropout, `_prune_dense_run` for magnitude pruning) returns an
 Outcome that the shared evaluation measures; under DDP (train.processes > 1) ranks other than 0 only train.
 """
 from __future__ import annotations
@@ -35,8 +35,15 @@ from study.method.pruning import prune
 from study.model import BlockWidths, ConformerCTC, dense_widths
 from study.model.io import save_model
 from study.model.size import analytic_params
-from study.names import MAGNITUDE, UTTERANCE_ERRORS
-from study.tracking.dense_source import check_same_shapes, dense_config, find_dense_run, load_dense_model, load_model_from
+from study.names import MAGNITUDE, RETRAIN_PRUNED, UTTERANCE_ERRORS
+from study.tracking.dense_source import (
+    check_same_shapes,
+    dense_config,
+    find_dense_run,
+    load_architecture,
+    load_dense_model,
+    load_model_from,
+)
 from study.tracking.mlflow_runs import start_run
 from study.tracking.trial_record import (
     TrialResult,
@@ -99,8 +106,11 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
     progress.beat()  # the data is read: a long corpus's first pass is not a hang
     folder.mkdir(parents=True, exist_ok=True)
     ctx = TrialContext(cfg, data, tokenizer, mean, std, device, folder)
+    source = None  # retrain_pruned: (its source run id or path, the widths), read by every rank
+    if cfg.method == RETRAIN_PRUNED:
+        source = load_architecture(cfg.prune.source_run, tracking_uri, cfg.model, cfg.features.n_mels, tokenizer.vocab_size)
     if rank:
-        _help_train(ctx)
+        _help_train(ctx, source[1] if source else None)
         return None
     tags = {**(tags or {}), "device": device_name(device)}  # where it trained and where latency was timed
     dense_run = None
@@ -109,6 +119,8 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
         tags["source_dense_run_id"] = dense_run[0]
         if starts_from_dense(cfg):  # a model of other widths is refused before the run starts
             check_same_shapes(dense_run[1], build_model(cfg, tokenizer.vocab_size), cfg.adl.init_from or dense_run[0])
+    if source:
+        tags["source_pruned_run_id"] = source[0]
 
     with start_run(tracking_uri, cfg, run_id=unfinished_run(folder, tracking_uri), tags=tags) as run:
         record_run(folder, run.info.run_id)
@@ -116,7 +128,7 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
             on_run(run.info.run_id)
         try:
             if cfg.method not in MAGNITUDE:
-                outcome = _train(ctx, dense_run[1] if dense_run else None)
+                outcome = _train(ctx, dense_run[1] if dense_run else None, source[1] if source else None)
             else:
                 outcome = _prune_dense_run(ctx, dense_run[1])
             metrics = _evaluate_and_log(ctx, outcome)
@@ -171,11 +183,16 @@ class Trainable:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def _trainable(ctx: TrialContext, start: ConformerCTC | None = None) -> Trainable:
-    """The model a trial trains (dense, with ADLs, or small dense) and its trainer; every rank of a
-    distributed trial builds the same. `start`: the trained dense model adaptive dropout starts from
-    (adl.init = "dense"), trained with ADLs for adl.pruning_epochs."""
+def _trainable(ctx: TrialContext, start: ConformerCTC | None = None,
+               widths: list[BlockWidths] | None = None) -> Trainable:
+    """The model a trial trains (dense, with ADLs, small dense, or a pruned architecture) and its trainer;
+    every rank of a distributed trial builds the same. `start`: the trained dense model adaptive dropout
+    starts from (adl.init = "dense"), trained with ADLs for adl.pruning_epochs. `widths`: retrain_pruned's
+    architecture, trained from a fresh initialisation for train.epochs."""
     cfg, vocab = ctx.cfg, ctx.tokenizer.vocab_size
+    if widths is not None:
+        model = build_model(cfg, vocab, cfg.model, widths)
+        return Trainable(model, ctx.trainer(model, "checkpoint.pt"), None, cfg.model, widths)
     if cfg.method == "small_dense":
         target = _target_params(cfg, vocab)
         model_cfg, widths = baselines.small_dense_shape(cfg.model, target, cfg.prune.shrink, cfg.features.n_mels, vocab)
@@ -201,11 +218,12 @@ def _trainable(ctx: TrialContext, start: ConformerCTC | None = None) -> Trainabl
     return Trainable(model, trainer, adl, cfg.model, dense_widths(cfg.model))
 
 
-def _train(ctx: TrialContext, start: ConformerCTC | None = None) -> Outcome:
-    """dense and small_dense: train. adaptive_dropout: train with ADLs (from scratch, or from the dense model
-    `start`), then prune the units they drop (no fine-tuning unless adl.finetune_epochs asks for it)."""
+def _train(ctx: TrialContext, start: ConformerCTC | None = None, widths: list[BlockWidths] | None = None) -> Outcome:
+    """dense, small_dense and retrain_pruned (of `widths`): train. adaptive_dropout: train with ADLs (from
+    scratch, or from the dense model `start`), then prune the units they drop (no fine-tuning unless
+    adl.finetune_epochs asks for it)."""
     cfg = ctx.cfg
-    t = _trainable(ctx, start)
+    t = _trainable(ctx, start, widths)
     mlflow.set_tags(t.tags)
     seconds = ctx.fit(t.trainer, adl=t.adl)
     if t.trainer.skipped:
@@ -225,10 +243,10 @@ def _train(ctx: TrialContext, start: ConformerCTC | None = None) -> Outcome:
     return Outcome(pruned, cfg.model, widths, seconds, adl=adl)
 
 
-def _help_train(ctx: TrialContext) -> None:
+def _help_train(ctx: TrialContext, widths: list[BlockWidths] | None) -> None:
     """A rank other than 0 of a distributed trial: the same model and trainer, resumed from the same
     checkpoint, training its share of every batch; no run, no evaluation, no export."""
-    trainer = _trainable(ctx).trainer
+    trainer = _trainable(ctx, widths=widths).trainer
     trainer.load_checkpoint()
     trainer.fit(lambda: {}, lambda epoch, metrics: None)
 

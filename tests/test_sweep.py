@@ -289,6 +289,9 @@ def test_bad_experiment_files_are_rejected_before_any_trial(tmp_path, corpus_cac
         '[[sweep.arms]]\nset = { method = "lottery" }\n': "method",
         '[sweep]\nmode = "grid"\nworker = 2\n': "sweep.worker",
         '[[sweep.arms]]\nset = { method = "small_dense" }\nmatch = "nothing"\n': "sweep.arms[0].match",
+        '[[sweep.arms]]\nset = { method = "retrain_pruned" }\nmatch = "dense"\nmatch_where = { "adl.taus" = 1 }\n':
+            "sweep.arms[0].match_where: unknown key 'adl.taus'",
+        '[[sweep.arms]]\nset = { method = "retrain_pruned" }\n': "prune.source_run",
     }
     for text, key in cases.items():
         exp = write_experiment(tmp_path, corpus_cache, text)
@@ -334,6 +337,11 @@ grid = { "adl.locations" = [["ffn"], ["ffn", "mhsa", "conv"]] }
 name = "magnitude"
 set = { method = "magnitude_structured" }
 match = "adaptive_dropout"
+[[sweep.arms]]
+name = "retrain"
+set = { method = "retrain_pruned" }
+match = "adaptive_dropout"
+match_where = { "adl.locations" = ["ffn", "mhsa", "conv"] }
 """, epochs=2)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert sweep.main([str(exp), "--tracking-uri", uri, "--no-analysis"]) == 0
@@ -349,6 +357,13 @@ match = "adaptive_dropout"
     for run in matched:  # at or just under its adaptive run's size
         target = int(run.data.tags["budget.target_params"])
         assert 0.99 * target <= run.data.metrics["params/total"] <= target
+    # the architecture of the one adaptive run match_where names, trained from scratch for train.epochs
+    (source,) = [r for r in by_method["adaptive_dropout"] if "conv" in r.data.params["adl.locations"]]
+    (retrained,) = by_method["retrain_pruned"]
+    assert retrained.data.tags["source_pruned_run_id"] == source.info.run_id
+    assert retrained.data.params["prune.source_run"] == source.info.run_id
+    assert retrained.data.metrics["params/total"] == source.data.metrics["params/total"]
+    assert retrained.data.metrics["train/epochs_total"] == 2
 
 
 def test_dense_points_are_handed_out_first():

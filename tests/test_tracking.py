@@ -89,6 +89,14 @@ def test_run_names_say_what_pushed_the_logits(tiny_config):
     assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-budget0.3-s0"
     tiny_config.adl.target_measure = "expected"
     assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-budget0.3-expected-s0"
+    tiny_config.adl.target_measure, tiny_config.adl.init, tiny_config.adl.pruning_epochs = "cut", "dense", 6
+    tiny_config.adl.distill = 1.0  # from a trained model: k epochs and the teacher's weight
+    assert run_label(tiny_config) == "adl-ffn+mhsa+conv-tau0.5-budget0.3-from-dense-k6-kd1-s0"
+    tiny_config.method, tiny_config.prune.target_reduction, tiny_config.prune.finetune_epochs = "magnitude_structured", 0.5, 2
+    tiny_config.prune.distill = 0.5
+    assert run_label(tiny_config) == "mag-struct-r0.5-ft2-kd0.5-s0"
+    tiny_config.method, tiny_config.prune.source_run = "retrain_pruned", "0123456789abcdef0123456789abcdef"
+    assert run_label(tiny_config) == "retrain-01234567-s0"
 
 
 def test_a_magnitude_trials_dense_source_is_the_sweeps_dense_trial(tmp_path):

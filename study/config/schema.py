@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from study.config.knobs import knob, section
 from study.config.synthetic import SyntheticConfig
-from study.names import BASELINES, LOCATIONS, METHODS
+from study.names import BASELINES, LOCATIONS, METHODS, RETRAIN_PRUNED
 
 
 @dataclass
@@ -214,6 +214,8 @@ class PruneConfig:
     finetune_epochs: int = knob(0, "magnitude baselines: training epochs after pruning", min=0)
     distill: float = knob(0.0, "magnitude baselines' fine-tuning: weight of KL(dense || pruned) between the CTC "
                                "posteriors, frame by frame, added to the loss (0: no teacher)", min=0.0)
+    source_run: str = knob("", "retrain_pruned: the pruned model whose architecture is trained from scratch for "
+                               "train.epochs, a run id (its model.pt), runs:/<run_id>/model.pt or a model.pt path")
 
     def validate(self) -> None:
         if self.target_params and self.target_reduction:
@@ -244,5 +246,8 @@ class Config:
     def validate(self) -> None:
         if self.train.processes > 1 and (self.adl.distill or self.prune.distill):
             raise ValueError("adl.distill / prune.distill run the teacher in one process: set train.processes = 1")
+        if (self.method == RETRAIN_PRUNED) != bool(self.prune.source_run):
+            raise ValueError(f"method 'retrain_pruned' reads its architecture from prune.source_run; set both or neither "
+                             f"(method is {self.method!r}, prune.source_run is {self.prune.source_run!r})")
         if self.method in BASELINES and not (self.prune.target_params or self.prune.target_reduction):
             raise ValueError(f"method {self.method!r} needs a budget: set prune.target_params or prune.target_reduction")

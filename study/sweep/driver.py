@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from study import progress
-from study.sweep.experiment_file import Experiment
+from study.sweep.experiment_file import Experiment, FinishedRun
 from study.sweep.optuna_storage import (
     create_studies,
     fail_stale_trials,
@@ -133,8 +133,8 @@ def expected_trials(experiment: Experiment) -> int:
     if experiment.spec.mode == "search":
         return experiment.spec.trials
     points = experiment.points()
-    methods = [experiment.config(p).method for p in points]
-    matched = sum(methods.count(arm.match) * len(experiment.arm_points(arm, {}))
+    runs = [FinishedRun.planned(experiment.config(p)) for p in points]  # as the matched arms will see them
+    matched = sum(sum(r.method == arm.match and r.fits(arm.match_where) for r in runs) * len(experiment.arm_points(arm, {}))
                   for arm in experiment.arms if arm.match)
     return len(points) + matched
 

@@ -13,6 +13,10 @@
     set = { method = "magnitude_structured" }
     match = "adaptive_dropout"   # one point per finished run of that method in this sweep, with
                                  # prune.target_params set to that run's parameter count
+    [[sweep.arms]]
+    set = { method = "retrain_pruned" }
+    match = "adaptive_dropout"   # one point per finished run, its architecture trained from scratch
+    match_where = { "adl.target_reduction" = 0.5 }   # only the runs with these settings
 
 Every point is built into a full Config when the file is loaded, so a bad key or value anywhere
 is reported (file and key named) before any trial starts.
@@ -31,10 +35,13 @@ from study.config import (
     Config,
     ConfigError,
     build,
+    flatten,
     knob,
     read_toml_with_sources,
     set_dotted,
+    to_dict,
 )
+from study.names import RETRAIN_PRUNED
 
 
 @dataclass
@@ -43,8 +50,11 @@ class ArmSpec:
     name: str = knob("", "the arm's name (in run names and tables)")
     set: dict = knob(dict, "dotted key -> value: fixed overrides of the base configuration", factory=True)
     grid: dict = knob(dict, "dotted key -> list of values: the arm's own axes, crossed with [sweep] grid", factory=True)
-    match: str = knob("", "a method: one point per finished run of it in this sweep, with prune.target_params set "
-                          "to that run's parameter count", choices=("",) + METHODS)
+    match: str = knob("", "a method: one point per size of its finished runs in this sweep, with prune.target_params "
+                          "set to that run's parameter count (for retrain_pruned: one point per run, with "
+                          "prune.source_run set to its id)", choices=("",) + METHODS)
+    match_where: dict = knob(dict, "with match: only the runs with these settings, dotted key -> value, e.g. "
+                                   "{ \"adl.pruning_epochs\" = 6 }", factory=True)
 
 
 @dataclass
@@ -55,6 +65,23 @@ class SweepSpec:
     workers: int = knob(1, "trials at once on one machine, unless --workers says otherwise", min=1)
     grid: dict = knob(dict, "dotted key -> list of values: axes crossed with every arm", factory=True)
     search: dict = knob(dict, "dotted key -> {low, high, log, step} or {choices}: search mode's ranges", factory=True)
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """A finished trial run of the first phase, as a `match` arm sees it."""
+    method: str
+    params_total: int
+    run_id: str
+    settings: dict[str, str]  # the run's MLflow params: every configuration key, as text
+
+    @classmethod
+    def planned(cls, cfg: Config) -> "FinishedRun":
+        """A grid point's trial before it runs (size and run id unknown)."""
+        return cls(cfg.method, 0, "", {key: str(value) for key, value in flatten(to_dict(cfg)).items()})
+
+    def fits(self, where: dict[str, Any]) -> bool:
+        return all(self.settings.get(key) == str(value) for key, value in where.items())
 
 
 @dataclass(frozen=True)
@@ -100,14 +127,26 @@ class Experiment:
         """The grid points known before any trial runs (every arm without `match`)."""
         return [p for arm in self.arms if not arm.match for p in self.arm_points(arm, {})]
 
-    def matched_points(self, finished: list[tuple[str, int]]) -> list[Point]:
-        """Points of the `match` arms, given (method, params/total) of the finished trials so far."""
+    def arm_method(self, arm: ArmSpec) -> str:
+        return str(arm.set.get("method", self.base.get("method", "dense")))
+
+    def matched_points(self, finished: list[FinishedRun]) -> list[Point]:
+        """Points of the `match` arms, given the finished trials so far."""
         points = []
         for arm in self.arms:
-            targets = sorted({params for method, params in finished if method == arm.match})
-            for target in targets:
-                points.extend(self.arm_points(arm, {"prune.target_params": int(target)}))
+            runs = sorted((r for r in finished if r.method == arm.match and r.fits(arm.match_where)),
+                          key=lambda r: (r.params_total, r.run_id))
+            if self.arm_method(arm) == RETRAIN_PRUNED:
+                extras = [{"prune.source_run": r.run_id} for r in runs]
+            else:
+                extras = [{"prune.target_params": t} for t in sorted({r.params_total for r in runs})]
+            for extra in extras:
+                points.extend(self.arm_points(arm, extra))
         return points
+
+    def placeholder_match(self, arm: ArmSpec) -> dict[str, Any]:
+        """What a matched point gets from its run, with a stand-in value: the point must build at load time."""
+        return {"prune.source_run": "0" * 32} if self.arm_method(arm) == RETRAIN_PRUNED else {"prune.target_params": 1}
 
     def arm_points(self, arm: ArmSpec, extra: dict[str, Any]) -> list[Point]:
         """The arm's grid crossed with the common one; an arm's own `set` and `grid` win over the
@@ -147,9 +186,14 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
     experiment = Experiment(path, name, tree, spec, arms, dict(overrides or {}), sources)
     for point in experiment.points():
         experiment.config(point)  # every known point must build
-    for arm in arms:
-        if arm.match:  # a matched point must build too, with a placeholder budget
-            for point in experiment.arm_points(arm, {"prune.target_params": 1}):
+    known_keys = set(flatten(to_dict(Config())))
+    for i, arm in enumerate(arms):
+        unknown = sorted(set(arm.match_where) - known_keys)
+        if unknown or (arm.match_where and not arm.match):
+            raise ConfigError(f"{path}: sweep.arms[{i}].match_where: "
+                              + (f"unknown key {unknown[0]!r}" if unknown else "needs match (the method whose runs it filters)"))
+        if arm.match:  # a matched point must build too, with a placeholder budget or source
+            for point in experiment.arm_points(arm, experiment.placeholder_match(arm)):
                 experiment.config(point)
     if spec.mode == "search":
         _check_search(experiment)

@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import TrialState
 
 from study import progress, stop_request
-from study.sweep.experiment_file import Experiment, Point, load_experiment
+from study.sweep.experiment_file import Experiment, FinishedRun, Point, load_experiment
 from study.sweep.optuna_storage import (
     Heartbeat,
     fail_stale_trials,
@@ -235,13 +235,14 @@ class Worker:
             progress.beat()  # waiting for the others is not a hang
             time.sleep(PHASE_POLL_SECONDS)
 
-    def finished_sizes(self, study: optuna.Study) -> list[tuple[str, int]]:
-        """(method, params/total) of this sweep's finished trial runs, read from MLflow."""
+    def finished_runs(self, study: optuna.Study) -> list[FinishedRun]:
+        """This sweep's finished trial runs, read from MLflow, for the matched arms."""
         mlflow.set_tracking_uri(self.settings.tracking_uri)
         runs = mlflow.search_runs(experiment_names=[self.experiment.name], output_format="list",
                                   filter_string=f"attributes.status = 'FINISHED' and "
                                                 f"tags.`optuna.study_name` = '{study.study_name}'")
-        return [(r.data.tags["method"], int(r.data.metrics["params/total"])) for r in runs]
+        return [FinishedRun(r.data.tags["method"], int(r.data.metrics["params/total"]), r.info.run_id, r.data.params)
+                for r in runs]
 
     def driver_alive(self) -> bool:
         """An orphaned worker (its driver killed) has nobody to report to: it takes no more work."""
@@ -270,7 +271,7 @@ class Worker:
         if not any(arm.match for arm in self.experiment.arms):
             return
         self.wait_until_settled(grid)
-        matched_points = self.experiment.matched_points(self.finished_sizes(grid))
+        matched_points = self.experiment.matched_points(self.finished_runs(grid))
         if matched_points:
             self.run_grid(self.load(matched, grid_sampler(matched_points)), matched_points)
 

@@ -1,5 +1,6 @@
 """The trained dense model that magnitude pruning (and adaptive dropout with adl.init = "dense") starts
-from: found in MLflow by its recipe, or named by adl.init_from.
+from: found in MLflow by its recipe, or named by adl.init_from; and the pruned architecture that
+retrain_pruned trains (prune.source_run).
 
 A sweep trains each dense baseline once; every magnitude-pruning trial of the same recipe (data,
 features, model, training and the code that trains it; see `mlflow_runs.recipe_key`) reuses its
@@ -8,13 +9,14 @@ exported model.pt.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import mlflow
 import torch
 
-from study.config import AdlConfig, Config, PruneConfig, TrackingConfig
-from study.model import ConformerCTC
+from study.config import AdlConfig, Config, ModelConfig, PruneConfig, TrackingConfig
+from study.model import BlockWidths, ConformerCTC
 from study.model.io import load_model
 from study.tracking.mlflow_runs import recipe_key
 
@@ -41,16 +43,50 @@ def load_dense_model(run_id: str, tracking_uri: str, artifact: str = "model.pt")
     return model
 
 
-def load_model_from(source: str, tracking_uri: str) -> tuple[str, ConformerCTC]:
-    """A model.pt this harness exported, a path or runs:/<run_id>/<artifact> in the tracking store:
-    (its run id, or the path; the model)."""
+def _model_file(source: str, tracking_uri: str) -> tuple[str, str]:
+    """A model.pt this harness exported, named as a path, runs:/<run_id>/<artifact> or a bare run id (its
+    model.pt): (the run id, or the path; the local file)."""
+    if Path(source).is_file():
+        return source, source
     if source.startswith("runs:/"):
         run_id, _, artifact = source.removeprefix("runs:/").partition("/")
-        return run_id, load_dense_model(run_id, tracking_uri, artifact or "model.pt")
-    if not Path(source).is_file():
-        raise FileNotFoundError(f"adl.init_from: no file {source}")
-    model, _ = load_model(source)
-    return source, model
+    elif re.fullmatch(r"[0-9a-f]{32}", source):
+        run_id, artifact = source, ""
+    else:
+        raise FileNotFoundError(f"no file {source} (nor a run id or runs:/<run_id>/model.pt)")
+    return run_id, mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact or "model.pt",
+                                                        tracking_uri=tracking_uri)
+
+
+def load_model_from(source: str, tracking_uri: str) -> tuple[str, ConformerCTC]:
+    """adl.init_from's model: (its run id, or the path; the model)."""
+    try:
+        name, path = _model_file(source, tracking_uri)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"adl.init_from: {exc}") from None
+    return name, load_model(path)[0]
+
+
+def load_architecture(source: str, tracking_uri: str, cfg: ModelConfig, n_mels: int,
+                      vocab_size: int) -> tuple[str, list[BlockWidths]]:
+    """prune.source_run's widths (the weights are not read): (its run id, or the path; the widths). Its model
+    settings other than the widths, its features and output units must be the trial's, or the retrained
+    model would differ in more than its widths."""
+    try:
+        name, path = _model_file(source, tracking_uri)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"prune.source_run: {exc}") from None
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    theirs = {"front_end": "conv2d", **saved["model_config"]}
+    mine = {**{f"model.{k}": v for k, v in dataclasses.asdict(cfg).items()}, "features.n_mels": n_mels,
+            "output units": vocab_size}
+    theirs = {**{f"model.{k}": v for k, v in theirs.items()}, "features.n_mels": saved["n_mels"],
+              "output units": saved["vocab_size"]}
+    differ = {k: (v, theirs.get(k)) for k, v in mine.items() if theirs.get(k) != v}
+    if differ:
+        listed = ", ".join(f"{k} = {here!r} here, {there!r} there" for k, (here, there) in differ.items())
+        raise ValueError(f"prune.source_run {source} was not pruned from this trial's model: {listed}")
+    return name, [BlockWidths(**w) for w in saved["widths"]]
 
 
 def check_same_shapes(source: torch.nn.Module, target: torch.nn.Module, name: str) -> None:

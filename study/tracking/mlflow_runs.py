@@ -71,10 +71,16 @@ def run_label(cfg: Config) -> str:
     if cfg.method == "adaptive_dropout":  # the controller replaces alpha: its target names the run
         push = (f"budget{_short(cfg.adl.target_reduction)}" + ("-expected" if cfg.adl.target_measure == "expected" else "")
                 if cfg.adl.target_reduction else f"alpha{_short(cfg.adl.alpha)}")
+        if cfg.adl.init == "dense":  # from the trained model: its pruning epochs and teacher weight
+            push += f"-from-dense-k{cfg.adl.pruning_epochs}" + (f"-kd{_short(cfg.adl.distill)}" if cfg.adl.distill else "")
         return f"adl-{location_label(cfg)}-tau{_short(cfg.adl.tau)}-{push}-{seed}"
+    if cfg.method == "retrain_pruned":  # named by its source run (an id) or model file
+        return f"retrain-{Path(cfg.prune.source_run.removeprefix('runs:/').split('/')[0]).stem[:8]}-{seed}"
     budget = (f"p{cfg.prune.target_params}" if cfg.prune.target_params
               else f"r{_short(cfg.prune.target_reduction)}")
     finetune = f"-ft{cfg.prune.finetune_epochs}" if cfg.prune.finetune_epochs else ""
+    if cfg.prune.distill and cfg.prune.finetune_epochs:
+        finetune += f"-kd{_short(cfg.prune.distill)}"
     if cfg.method == "magnitude_structured" and cfg.prune.ranking != "global":
         finetune += f"-{cfg.prune.ranking}"
     prefix = {"dense": "dense", "magnitude_structured": "mag-struct", "magnitude_unstructured": "mag-unstruct",
