@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from analysis import figures, tables
+from analysis import figures, from_dense, tables
 from analysis.artifacts import load_kept_history, load_retention, load_utterance_errors
 from analysis.plotting import FORMATS, save, style
 from analysis.runs import NoFinishedRuns, load_trials
@@ -48,6 +48,7 @@ def regenerate(experiment: str, tracking_uri: str, out_dir: Path = Path("figures
         "effect_alpha": lambda: figures.hyperparameter_effect(frame, "alpha"),
         "retention_histograms": lambda: figures.retention_histograms(frame, retention),
         "kept_fraction": lambda: figures.kept_fraction(frame, history),
+        "from_dense_extra_epochs": lambda: from_dense.extra_epochs_figure(frame, errors),
     }
     written = []
     for name, draw in drawings.items():
@@ -70,6 +71,12 @@ def regenerate(experiment: str, tracking_uri: str, out_dir: Path = Path("figures
               "per-utterance errors (runs before they were logged)", flush=True)
         for suffix in (".csv", ".md"):
             (target / f"comparisons{suffix}").unlink(missing_ok=True)
+    try:
+        written += tables.write_table(from_dense.equal_training_table(frame, errors), target / "from_dense_comparisons")
+    except figures.Skipped as why:
+        print(f"skipped table from_dense_comparisons: {why}", flush=True)
+        for suffix in (".csv", ".md"):
+            (target / f"from_dense_comparisons{suffix}").unlink(missing_ok=True)
     print(f"wrote {len(written)} files to {target}", flush=True)
 
     parent = parent_run_id or trials.parents.get(experiment)

@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from study.names import LOCATIONS, REPORT_ORDER, RETRAIN_PRUNED, unread_sections
+from study.names import LOCATIONS, MAGNITUDE, REPORT_ORDER, RETRAIN_PRUNED, unread_sections
 
 # Every subset of the locations, largest first, in the canonical location order: the row order of tables.
 LOCATION_SUBSETS = tuple("+".join(s) for n in range(len(LOCATIONS), 0, -1)
@@ -243,7 +243,7 @@ def _sources(runs: pd.DataFrame, method: pd.Series) -> pd.Series:
 
 COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "start_time", "method", "locations", "seed",
            "tau", "alpha", "threshold", "budget_params", "target_reduction", "adl_target_reduction", "setting",
-           "epochs", *METRICS.values())
+           "epochs", "from_dense", "distill", *METRICS.values())
 TEXT_COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "method", "locations", "setting")
 
 
@@ -274,6 +274,10 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         "adl_target_reduction": controller_target,  # the budget controller's target; NaN for the regulariser
         "setting": _settings(runs, method).str.cat(_sources(runs, method), sep="").str.strip(", "),
         "epochs": _numeric(_column(runs, "params.train.epochs")).astype("Int64"),
+        # pruning a trained model: magnitude pruning always, adaptive dropout with adl.init = "dense"
+        "from_dense": method.isin(MAGNITUDE) | (is_adl & (_column(runs, "params.adl.init") == "dense")),
+        "distill": _numeric(_column(runs, "params.adl.distill")).where(  # the teacher's weight, either method's
+            is_adl, _numeric(_column(runs, "params.prune.distill"))).fillna(0.0),
     }, index=runs.index)
     for metric, col in METRICS.items():
         values = _numeric(_column(runs, f"metrics.{metric}"))

@@ -69,7 +69,7 @@ def _blank(value: object) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def _fixed(digits: int, scale: float = 1.0) -> Callable[[object], str]:
+def fixed_digits(digits: int, scale: float = 1.0) -> Callable[[object], str]:
     return lambda v: "" if _blank(v) else f"{float(v) * scale:.{digits}f}"
 
 
@@ -81,7 +81,7 @@ def _short(v: object) -> str:
     return "" if _blank(v) else f"{float(v):g}"
 
 
-def _text(v: object) -> str:
+def as_text(v: object) -> str:
     return "" if _blank(v) else str(v)
 
 
@@ -109,7 +109,7 @@ class Table:
         cells = self.cells()
         shown = [c for c in self.columns if c.name not in {s.spread for s in self.columns if s.spread}]
         lines = ["| " + " | ".join(c.header for c in shown) + " |",
-                 "| " + " | ".join("---:" if c.format is not _text else "---" for c in shown) + " |"]
+                 "| " + " | ".join("---:" if c.format is not as_text else "---" for c in shown) + " |"]
         for i in range(len(self.rows)):
             row = []
             for c in shown:
@@ -126,19 +126,19 @@ def _present(columns: list[Column], rows: pd.DataFrame) -> list[Column]:
 
 
 SETTING_COLUMNS = [
-    Column("method", "Method", "method", _text),
-    Column("locations", "ADL locations", "locations", _text),
+    Column("method", "Method", "method", as_text),
+    Column("locations", "ADL locations", "locations", as_text),
     Column("budget_params", "Budget (params)", "budget_params", _integer),
-    Column("target_reduction_pct", "Target reduction (%)", "target_reduction", _fixed(1, 100)),
+    Column("target_reduction_pct", "Target reduction (%)", "target_reduction", fixed_digits(1, 100)),
     Column("tau", "τ", "tau", _short),
     Column("alpha", "α", "alpha", _short),
-    Column("setting", "Other settings", "setting", _text),
+    Column("setting", "Other settings", "setting", as_text),
 ]
 
 
 def _ci_columns() -> list[Column]:
-    return [Column("test_wer_ci_low_pct", "95% CI low (%)", "test_wer_ci_low", _fixed(2, 100)),
-            Column("test_wer_ci_high_pct", "95% CI high (%)", "test_wer_ci_high", _fixed(2, 100))]
+    return [Column("test_wer_ci_low_pct", "95% CI low (%)", "test_wer_ci_low", fixed_digits(2, 100)),
+            Column("test_wer_ci_high_pct", "95% CI high (%)", "test_wer_ci_high", fixed_digits(2, 100))]
 
 
 def with_intervals(rows: pd.DataFrame, errors: UtteranceErrors | None) -> pd.DataFrame:
@@ -166,19 +166,19 @@ def ablation_table(frame: pd.DataFrame, errors: UtteranceErrors | None = None) -
     groups = with_intervals(seed_groups(frame), errors)
     columns = SETTING_COLUMNS + [
         Column("n_runs", "n", "n", _integer),
-        Column("seeds", "Seeds", "seeds", _text),
+        Column("seeds", "Seeds", "seeds", as_text),
         Column("params_mean", "Params", "params_mean", _integer),
-        Column("reduction_pct_mean", "Reduction (%)", "reduction_mean", _fixed(1, 100)),
-        Column("dev_wer_pct_mean", "Dev WER (%)", "dev_wer_mean", _fixed(2, 100), spread="dev_wer_pct_std"),
-        Column("dev_wer_pct_std", "", "dev_wer_std", _fixed(2, 100)),
-        Column("test_wer_pct_mean", "Test WER (%)", "test_wer_mean", _fixed(2, 100), spread="test_wer_pct_std"),
-        Column("test_wer_pct_std", "", "test_wer_std", _fixed(2, 100)),
+        Column("reduction_pct_mean", "Reduction (%)", "reduction_mean", fixed_digits(1, 100)),
+        Column("dev_wer_pct_mean", "Dev WER (%)", "dev_wer_mean", fixed_digits(2, 100), spread="dev_wer_pct_std"),
+        Column("dev_wer_pct_std", "", "dev_wer_std", fixed_digits(2, 100)),
+        Column("test_wer_pct_mean", "Test WER (%)", "test_wer_mean", fixed_digits(2, 100), spread="test_wer_pct_std"),
+        Column("test_wer_pct_std", "", "test_wer_std", fixed_digits(2, 100)),
         *_ci_columns(),
-        Column("encoder_mflops_10s_mean", "Encoder MFLOPs (10 s)", "flops_mean", _fixed(1, 1e-6)),
-        Column("latency_ms_mean", "Latency (ms)", "latency_ms_mean", _fixed(2)),
+        Column("encoder_mflops_10s_mean", "Encoder MFLOPs (10 s)", "flops_mean", fixed_digits(1, 1e-6)),
+        Column("latency_ms_mean", "Latency (ms)", "latency_ms_mean", fixed_digits(2)),
         Column("epochs_total_mean", "Epochs", "epochs_total_mean", _integer),
-        Column("dev_wer_uncut_pct_mean", "Dev WER before cut (%)", "dev_wer_uncut_mean", _fixed(2, 100)),
-        Column("polarised_pct_mean", "Polarised (%)", "polarised_mean", _fixed(1, 100)),
+        Column("dev_wer_uncut_pct_mean", "Dev WER before cut (%)", "dev_wer_uncut_mean", fixed_digits(2, 100)),
+        Column("polarised_pct_mean", "Polarised (%)", "polarised_mean", fixed_digits(1, 100)),
     ]
     return Table(_present(columns, groups), groups)
 
@@ -192,18 +192,18 @@ def pareto_table(frame: pd.DataFrame, errors: UtteranceErrors | None = None) -> 
     rows = rows.sort_values(["_rank", "method", "params", "test_wer", "run_id"], kind="mergesort")
     columns = SETTING_COLUMNS + [
         Column("seed", "Seed", "seed", _integer),
-        Column("run_name", "Run", "run_name", _text),
+        Column("run_name", "Run", "run_name", as_text),
         Column("params", "Params", "params", _integer),
-        Column("reduction_pct", "Reduction (%)", "reduction", _fixed(1, 100)),
-        Column("dev_wer_pct", "Dev WER (%)", "dev_wer", _fixed(2, 100)),
-        Column("test_wer_pct", "Test WER (%)", "test_wer", _fixed(2, 100)),
+        Column("reduction_pct", "Reduction (%)", "reduction", fixed_digits(1, 100)),
+        Column("dev_wer_pct", "Dev WER (%)", "dev_wer", fixed_digits(2, 100)),
+        Column("test_wer_pct", "Test WER (%)", "test_wer", fixed_digits(2, 100)),
         *_ci_columns(),
-        Column("encoder_mflops_10s", "Encoder MFLOPs (10 s)", "flops", _fixed(1, 1e-6)),
-        Column("latency_ms", "Latency (ms)", "latency_ms", _fixed(2)),
+        Column("encoder_mflops_10s", "Encoder MFLOPs (10 s)", "flops", fixed_digits(1, 1e-6)),
+        Column("latency_ms", "Latency (ms)", "latency_ms", fixed_digits(2)),
         Column("epochs_total", "Epochs", "epochs_total", _integer),
-        Column("dev_wer_uncut_pct", "Dev WER before cut (%)", "dev_wer_uncut", _fixed(2, 100)),
-        Column("polarised_pct", "Polarised (%)", "polarised", _fixed(1, 100)),
-        Column("run_id", "Run id", "run_id", _text),
+        Column("dev_wer_uncut_pct", "Dev WER before cut (%)", "dev_wer_uncut", fixed_digits(2, 100)),
+        Column("polarised_pct", "Polarised (%)", "polarised", fixed_digits(1, 100)),
+        Column("run_id", "Run id", "run_id", as_text),
     ]
     rows = with_intervals(rows.reset_index(drop=True), errors)
     return Table(_present(columns, rows), rows)
@@ -245,14 +245,14 @@ def comparison_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
                          "seeds": f"{a['n']}/{b['n']}"})
     table = pd.DataFrame(rows, columns=["adl", "baseline", "adl_reduction", "baseline_reduction", "adl_test_wer",
                                         "baseline_test_wer", "difference", "p_adl_better", "seeds"])
-    columns = [Column("adl", "Adaptive dropout", "adl", _text), Column("baseline", "Baseline", "baseline", _text),
-               Column("adl_reduction_pct", "ADL reduction (%)", "adl_reduction", _fixed(1, 100)),
-               Column("baseline_reduction_pct", "Baseline reduction (%)", "baseline_reduction", _fixed(1, 100)),
-               Column("adl_test_wer_pct", "ADL test WER (%)", "adl_test_wer", _fixed(2, 100)),
-               Column("baseline_test_wer_pct", "Baseline test WER (%)", "baseline_test_wer", _fixed(2, 100)),
-               Column("difference_pct", "Difference (points)", "difference", _fixed(2, 100)),
-               Column("p_adl_better", "P(ADL better)", "p_adl_better", _fixed(3)),
-               Column("seeds", "Seeds (ADL/baseline)", "seeds", _text)]
+    columns = [Column("adl", "Adaptive dropout", "adl", as_text), Column("baseline", "Baseline", "baseline", as_text),
+               Column("adl_reduction_pct", "ADL reduction (%)", "adl_reduction", fixed_digits(1, 100)),
+               Column("baseline_reduction_pct", "Baseline reduction (%)", "baseline_reduction", fixed_digits(1, 100)),
+               Column("adl_test_wer_pct", "ADL test WER (%)", "adl_test_wer", fixed_digits(2, 100)),
+               Column("baseline_test_wer_pct", "Baseline test WER (%)", "baseline_test_wer", fixed_digits(2, 100)),
+               Column("difference_pct", "Difference (points)", "difference", fixed_digits(2, 100)),
+               Column("p_adl_better", "P(ADL better)", "p_adl_better", fixed_digits(3)),
+               Column("seeds", "Seeds (ADL/baseline)", "seeds", as_text)]
     return Table(columns, table)
 
 

@@ -1,0 +1,116 @@
+"""Pruning a trained model (experiments/prune_trained.toml): adaptive dropout started from the dense model
+against magnitude pruning given the same extra epochs k and the same distillation weight.
+
+The question is the pruning literature's: with a trained model and k more epochs, which method leaves the
+better model at a given size? So a comparison pairs settings at the same budget (the target asked for),
+the same k (epochs beyond the dense recipe's) and the same teacher weight, never across them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis import bootstrap
+from analysis.figures import Skipped
+from analysis.plotting import CONTROLLER, method_look, new_figure
+from analysis.runs import seed_groups
+from analysis.tables import Column, Table, UtteranceErrors, fixed_digits, as_text, with_intervals
+from study.names import ADAPTIVE_DROPOUT, MAGNITUDE
+
+
+def settings(frame: pd.DataFrame) -> pd.DataFrame:
+    """The from-dense settings (seed_groups rows) with their budget, k and teacher weight; the budget is
+    the reduction asked for (adl.target_reduction or prune.target_reduction)."""
+    started = frame[frame["from_dense"].astype(bool)]
+    if started.empty or not (started["method"] == ADAPTIVE_DROPOUT).any():
+        raise Skipped("no adaptive-dropout trial started from a dense model (adl.init = \"dense\")")
+    groups = seed_groups(started)
+    first = started.set_index("run_id")
+    rows = [first.loc[ids[0]] for ids in groups["run_ids"]]
+    groups["k"] = [int(r["epochs_total"] - r["epochs"]) for r in rows]
+    groups["distill"] = [float(r["distill"]) for r in rows]
+    groups["budget"] = groups["adl_target_reduction"].fillna(groups["target_reduction"]).round(4)
+    groups["kind"] = groups["method"].mask(groups["method"] == ADAPTIVE_DROPOUT, CONTROLLER)
+    return groups[groups["budget"].notna()].reset_index(drop=True)
+
+
+def _name(row: pd.Series) -> str:
+    return method_look(row["kind"])[2] + (f", distilled ({row['distill']:g})" if row["distill"] else "")
+
+
+def equal_training_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
+    """Each controller-from-dense setting against each magnitude baseline at the same budget, k and teacher
+    weight: both test WERs (seed means) with their 95% bootstrap intervals, the difference and the paired
+    bootstrap probability that the controller is better."""
+    groups = with_intervals(settings(frame), errors)
+    covered = groups["run_ids"].map(lambda ids: all(r in errors for r in ids))
+    idx = bootstrap.resamples(len(next(iter(errors.values()))[0])) if errors else None
+    rows = []
+    for _, a in groups[groups["method"] == ADAPTIVE_DROPOUT].iterrows():
+        same = (groups["method"].isin(MAGNITUDE) & (groups["budget"] == a["budget"]) & (groups["k"] == a["k"])
+                & (groups["distill"] == a["distill"]))
+        for i, b in groups[same].iterrows():
+            p = (bootstrap.probability_better([errors[r] for r in a["run_ids"]], [errors[r] for r in b["run_ids"]], idx)
+                 if covered[a.name] and covered[i] else np.nan)
+            rows.append({"budget": a["budget"], "k": a["k"], "distill": a["distill"], "baseline": _name(b),
+                         "adl_reduction": a["reduction_mean"], "baseline_reduction": b["reduction_mean"],
+                         "adl_wer": a["test_wer_mean"], "adl_low": a["test_wer_ci_low"], "adl_high": a["test_wer_ci_high"],
+                         "baseline_wer": b["test_wer_mean"], "baseline_low": b["test_wer_ci_low"],
+                         "baseline_high": b["test_wer_ci_high"], "difference": a["test_wer_mean"] - b["test_wer_mean"],
+                         "p": p, "seeds": f"{a['n']}/{b['n']}"})
+    table = pd.DataFrame(rows, columns=["budget", "k", "distill", "baseline", "adl_reduction", "baseline_reduction",
+                                        "adl_wer", "adl_low", "adl_high", "baseline_wer", "baseline_low",
+                                        "baseline_high", "difference", "p", "seeds"])
+    pct = fixed_digits(2, 100)
+    columns = [Column("target_reduction_pct", "Target (%)", "budget", fixed_digits(0, 100)),
+               Column("k", "k (epochs)", "k", fixed_digits(0)), Column("distill", "Distillation", "distill", fixed_digits(1)),
+               Column("baseline", "Baseline", "baseline", as_text),
+               Column("adl_reduction_pct", "Controller reduction (%)", "adl_reduction", fixed_digits(1, 100)),
+               Column("baseline_reduction_pct", "Baseline reduction (%)", "baseline_reduction", fixed_digits(1, 100)),
+               Column("adl_test_wer_pct", "Controller test WER (%)", "adl_wer", pct),
+               Column("adl_ci_low_pct", "CI low", "adl_low", pct), Column("adl_ci_high_pct", "CI high", "adl_high", pct),
+               Column("baseline_test_wer_pct", "Baseline test WER (%)", "baseline_wer", pct),
+               Column("baseline_ci_low_pct", "CI low", "baseline_low", pct),
+               Column("baseline_ci_high_pct", "CI high", "baseline_high", pct),
+               Column("difference_pct", "Difference (points)", "difference", pct),
+               Column("p_controller_better", "P(controller better)", "p", fixed_digits(3)),
+               Column("seeds", "Seeds", "seeds", as_text)]
+    return Table(columns, table)
+
+
+def extra_epochs_figure(frame: pd.DataFrame, errors: UtteranceErrors | None) -> Figure:
+    """Test WER against k, one panel per budget, one line per method and teacher weight (seed means with
+    their bootstrap intervals); dense as a dashed line."""
+    groups = with_intervals(settings(frame), errors)
+    budgets = sorted(groups["budget"].unique())
+    fig, axes = new_figure(ncols=len(budgets), width=4.2 * len(budgets) + 2.5, height=4.4)
+    dense = frame.loc[frame["method"] == "dense", "test_wer"]
+    lines = groups[["kind", "distill"]].drop_duplicates().sort_values(["kind", "distill"])
+    for ax, budget in zip(axes, budgets):
+        for n, (kind, distill) in enumerate(lines.itertuples(index=False)):
+            rows = groups[(groups["budget"] == budget) & (groups["kind"] == kind) & (groups["distill"] == distill)]
+            if rows.empty:
+                continue
+            rows = rows.sort_values("k")
+            colour, marker, _ = method_look(kind)
+            y = 100 * rows["test_wer_mean"].to_numpy(dtype=float)
+            bars = np.abs(100 * rows[["test_wer_ci_low", "test_wer_ci_high"]].to_numpy(dtype=float).T - y)
+            ax.errorbar(rows["k"] + 0.08 * (n - (len(lines) - 1) / 2), y, yerr=np.nan_to_num(bars), color=colour,
+                        marker=marker, linestyle="--" if distill else "-", capsize=3,
+                        label=_name(rows.iloc[0]))
+        if len(dense):
+            ax.axhline(100 * dense.mean(), color="black", linestyle=":", linewidth=1.2,
+                       label=f"dense ({len(dense)} seed{'s' * (len(dense) != 1)})")
+        ax.set_xticks(sorted(groups["k"].unique()))
+        ax.set_xlabel("k: epochs after the dense recipe's")
+        ax.set_title(f"{budget:.0%} fewer parameters asked")
+    axes[0].set_ylabel("test WER (%)")
+    handles = {}
+    for ax in axes:  # every line once, whichever panel has it
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles), loc="outside right upper")
+    fig.suptitle(f"{', '.join(sorted(frame['experiment'].unique()))}: pruning the trained model with k more epochs\n"
+                 "(seed means; bars: 95% bootstrap CI)")
+    return fig
