@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from analysis import figures, from_dense, tables
+from analysis import factors, figures, from_dense, importance, tables
 from analysis.artifacts import load_kept_history, load_retention, load_utterance_errors
 from analysis.plotting import FORMATS, save, style
 from analysis.runs import NoFinishedRuns, load_trials
@@ -71,12 +71,22 @@ def regenerate(experiment: str, tracking_uri: str, out_dir: Path = Path("figures
               "per-utterance errors (runs before they were logged)", flush=True)
         for suffix in (".csv", ".md"):
             (target / f"comparisons{suffix}").unlink(missing_ok=True)
-    try:
-        written += tables.write_table(from_dense.equal_training_table(frame, errors), target / "from_dense_comparisons")
-    except figures.Skipped as why:
-        print(f"skipped table from_dense_comparisons: {why}", flush=True)
-        for suffix in (".csv", ".md"):
-            (target / f"from_dense_comparisons{suffix}").unlink(missing_ok=True)
+    optional_tables: dict[str, Callable[[], tables.Table]] = {
+        "from_dense_comparisons": lambda: from_dense.equal_training_table(frame, errors),
+        "factors": lambda: factors.factor_table(frame, errors),
+        "importances": lambda: importance.importance_table(frame),
+    }
+    for name, make in optional_tables.items():
+        try:
+            table = make()
+        except figures.Skipped as why:
+            print(f"skipped table {name}: {why}", flush=True)
+            for suffix in (".csv", ".md"):  # a table from older runs would now be wrong
+                (target / f"{name}{suffix}").unlink(missing_ok=True)
+            continue
+        written += tables.write_table(table, target / name)
+        if name == "importances":
+            print(f"Optuna PED-ANOVA importances:\n{table.markdown()}", flush=True)
     print(f"wrote {len(written)} files to {target}", flush=True)
 
     parent = parent_run_id or trials.parents.get(experiment)

@@ -243,7 +243,7 @@ def _sources(runs: pd.DataFrame, method: pd.Series) -> pd.Series:
 
 COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "start_time", "method", "locations", "seed",
            "tau", "alpha", "threshold", "budget_params", "target_reduction", "adl_target_reduction", "setting",
-           "epochs", "from_dense", "distill", *METRICS.values())
+           "epochs", "from_dense", "distill", "grid_point", *METRICS.values())
 TEXT_COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "method", "locations", "setting")
 
 
@@ -276,6 +276,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         "epochs": _numeric(_column(runs, "params.train.epochs")).astype("Int64"),
         # pruning a trained model: magnitude pruning always, adaptive dropout with adl.init = "dense"
         "from_dense": method.isin(MAGNITUDE) | (is_adl & (_column(runs, "params.adl.init") == "dense")),
+        "grid_point": _column(runs, "tags.grid_point"),  # a search trial's sampled values (JSON)
         "distill": _numeric(_column(runs, "params.adl.distill")).where(  # the teacher's weight, either method's
             is_adl, _numeric(_column(runs, "params.prune.distill"))).fillna(0.0),
     }, index=runs.index)

@@ -88,7 +88,7 @@ def _tags(trial: Trial, parent_id: str | None, source_id: str | None) -> dict[st
             "locations": "+".join(trial.locations) or "none", "mlflow.runName": trial.name, **trial.extra_tags}
     if parent_id:
         tags |= {"mlflow.parentRunId": parent_id, "sweep.role": "trial", "optuna.study_name": EXPERIMENT,
-                 "optuna.trial_number": "0", "grid_point": json.dumps({"adl.tau": trial.tau, "train.seed": trial.seed})}
+                 "optuna.trial_number": "0", "grid_point": json.dumps({"arm": trial.method, "adl.tau": trial.tau, "train.seed": trial.seed})}
     if trial.budget:
         tags |= {"budget.target_params": str(trial.budget), "source_dense_run_id": source_id or ""}
     return tags

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 FIGURES = ("pareto_params", "pareto_flops", "pareto_latency", "location_ablation", "effect_tau", "effect_alpha",
            "retention_histograms", "kept_fraction")
-TABLES = ("ablation_table", "pareto_runs", "comparisons")
+TABLES = ("ablation_table", "pareto_runs", "comparisons", "factors")  # the store's ADL runs vary one factor at a time
 
 
 # experiments/pareto.toml's sweep with README.md's results ("The Pareto sweep"): per arm, its parameters beyond
