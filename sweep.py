@@ -1,7 +1,7 @@
 """Run every variant of an experiment file, several at a time, recorded in Optuna and MLflow.
 
     python sweep.py                                      # experiments/default.toml: a quick ablation
-    python sweep.py experiments/ablation.toml --workers 2
+    python sweep.py experiments/ablation.toml            # the ablation, one factor at a time (2 hours)
     python sweep.py experiments/fsdd.toml --set data.root=/path/to/recordings
     python sweep.py experiments/ablation.toml --status   # a table of the trials so far
     # several machines: one PostgreSQL database and one MLflow tracking server

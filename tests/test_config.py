@@ -91,8 +91,8 @@ def test_shipped_experiment_files_load_with_every_point():
         experiment = load_experiment(path)  # builds the Config of every grid point
         assert experiment.points(), path
         sizes[path.stem] = len(experiment.points())
-    assert sizes["default"] == 5 and sizes["ablation"] == 162
-    ablation = load_experiment(REPO / "experiments" / "ablation.toml")
+    assert sizes["default"] == 5 and sizes["ablation"] == 32 and sizes["ablation_full"] == 162
+    ablation = load_experiment(REPO / "experiments" / "ablation_full.toml")
     subsets = {tuple(ablation.config(p).adl.locations) for p in ablation.points() if ablation.config(p).method == "adaptive_dropout"}
     assert len(subsets) == 8  # every subset of {ffn, mhsa, conv}, the empty one included
     librispeech = load_experiment(REPO / "experiments" / "librispeech.toml").config()
