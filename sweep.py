@@ -7,26 +7,32 @@
     # several machines: one PostgreSQL database and one MLflow tracking server
     python sweep.py EXP --storage postgresql://user@db/optuna --tracking-uri http://mlflow:5000
     python sweep.py EXP --storage postgresql://user@db/optuna --tracking-uri http://mlflow:5000 --join
+    # a SLURM cluster: the workers as a job array (docs/cluster.md)
+    python sweep.py EXP --launcher slurm --slurm partition=gpu --storage postgresql://... --tracking-uri http://... --detach
 
 Re-running the same command continues the sweep: finished points are skipped, lost ones rerun.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import shutil
 import signal
 import sys
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
 
-from study.config import ConfigError
+from study.config import ConfigError, build
 from study.data.manifest import DataError
 from study.environment import installed_version
 from study.data.prepared import prepare_data
 from study.data.tokenizer import build_tokenizer
-from study.sweep.driver import SweepArgs, SweepError, launch
-from study.sweep.experiment_file import Experiment, load_experiment
+from study.sweep.driver import SweepArgs, SweepError, close_detached, launch
+from study.sweep.experiment_file import Experiment, SlurmSpec, load_experiment
+from study.sweep.slurm import SlurmError
 from study.sweep.process import exit_now
 from study.sweep.status import pareto_front, status_table
 from study.tracking.store import resolve_tracking_uri, runs_url, ui_command
@@ -66,7 +72,13 @@ def parser() -> argparse.ArgumentParser:
                    "the lost trial resumes from its last checkpoint (default: 3)")
     p.add_argument("--hang-minutes", type=float, default=30.0, help="a worker that makes no progress (no training "
                    "step, no decoded batch) for this long is killed and replaced; 0 = never (default: 30)")
-    p.add_argument("--status", action="store_true", help="print the sweep's trials and exit")
+    p.add_argument("--status", action="store_true", help="print the sweep's trials (and a SLURM launch's jobs) and exit")
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local", help="local: worker processes on "
+                   "this machine; slurm: a SLURM job array, one worker per task ([sweep.slurm], docs/cluster.md)")
+    p.add_argument("--slurm", dest="slurm_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a [sweep.slurm] setting, e.g. --slurm partition=gpu --slurm time_minutes=120")
+    p.add_argument("--detach", action="store_true", help="with --launcher slurm: submit the jobs and exit; "
+                   "--status then shows them")
     p.add_argument("--check", action="store_true", help="check that the installed torch/torchaudio pair (and "
                    "torch's CUDA wheels) are the pinned ones, then exit (a mismatch exits 2 at any command)")
     p.add_argument("--no-analysis", action="store_true", help="skip regenerating figures at the end")
@@ -90,19 +102,26 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--workers must be at least 1, got {workers}")
         if args.hang_minutes < 0:
             raise ConfigError(f"--hang-minutes must be 0 (never) or more, got {args.hang_minutes}")
+        slurm_spec = _slurm_spec(experiment, args)
         if args.status:
             table = status_table(experiment, args.storage, Path("runs"))
             print(table.to_string(index=False) if len(table) else f"no trials of {experiment.name} yet")
+            jobs = close_detached(experiment, args.storage, Path("runs"), resolve_tracking_uri(args.tracking_uri))
+            if jobs:
+                print("\nSLURM jobs of the latest launch: " + ", ".join(f"{j} {state}" for j, state in jobs))
             return 0
         if not args.join:  # a broken data set stops here, before any worker; corpus and features are
             _prepare_data(experiment)  # made once, not by every worker at the same time
         sweep_args = SweepArgs(workers, args.storage, resolve_tracking_uri(args.tracking_uri),
                                tuple(d for d in args.devices.split(",") if d), Path("runs"), args.join,
-                               args.max_restarts, args.hang_minutes * 60)
+                               args.max_restarts, 0 if args.launcher == "slurm" else args.hang_minutes * 60,
+                               args.launcher, args.detach, slurm_spec)
         result = launch(experiment, overrides, sweep_args)
-    except (ConfigError, DataError, SweepError) as exc:
+    except (ConfigError, DataError, SweepError, SlurmError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if result.detached:
+        return 0
     print(status_table(experiment, args.storage, Path("runs")).to_string(index=False))
     if experiment.spec.mode == "search":
         print("\nPareto front (dev WER, parameters):")
@@ -112,6 +131,25 @@ def main(argv: list[str] | None = None) -> int:
         _regenerate_figures(experiment.name, sweep_args.tracking_uri)
     _print_ui_address(experiment.name, sweep_args.tracking_uri, result.parent_run_id)
     return 1 if result.failed else 0
+
+
+def _slurm_spec(experiment: Experiment, args: argparse.Namespace) -> SlurmSpec:
+    """[sweep.slurm] with --slurm overrides; the SLURM options checked before anything starts."""
+    if args.detach and args.launcher != "slurm":
+        raise ConfigError("--detach leaves SLURM jobs running: it needs --launcher slurm")
+    spec = experiment.spec.slurm
+    if args.slurm_overrides:
+        spec = build(SlurmSpec, {**asdict(spec), **parse_overrides(args.slurm_overrides)}, "--slurm ")
+    if args.launcher == "slurm":
+        if importlib.util.find_spec("submitit") is None:
+            raise ConfigError("--launcher slurm needs submitit: pip install -e '.[slurm]' -c requirements.lock")
+        if shutil.which("sbatch") is None:
+            raise ConfigError("--launcher slurm: no sbatch on this machine's PATH (run it from a SLURM login node)")
+        points = experiment.points() if experiment.spec.mode == "grid" else [None]
+        if max(experiment.config(p).train.processes for p in points) > 1:
+            raise ConfigError(f"{experiment.path}: train.processes > 1 (several processes per trial) is not built for "
+                              "--launcher slurm yet: run such trials with the local launcher on one node")
+    return spec
 
 
 def _prepare_data(experiment: Experiment) -> None:

@@ -23,14 +23,15 @@ class Stopped(KeyboardInterrupt):
 
 def install() -> None:
     """Handles SIGTERM in this process (the main thread: Python runs handlers there)."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
+def on_signal(signum: int, frame: object) -> None:
     global _requested
     if _polite_depth:
         if not _requested:  # a second SIGTERM (the driver passing the scheduler's on) changes nothing
-            print("SIGTERM: checkpointing at the end of this step, then stopping", file=sys.stderr, flush=True)
+            print(f"{signal.Signals(signum).name}: checkpointing at the end of this step, then stopping",
+                  file=sys.stderr, flush=True)
         _requested = True
         return
     raise KeyboardInterrupt(f"signal {signum}")

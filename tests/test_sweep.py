@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 import sweep
 from study.config import dumps_toml
-from study.sweep.worker import point_of
+from study.sweep.optuna_storage import point_of
 from tests.conftest import TINY_RECIPE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,14 +34,15 @@ def write_experiment(folder: Path, cache: Path, sweep_toml: str, epochs: int = 1
     return path
 
 
-FOUR_POINTS_AND_A_FAILURE = """
+FOUR_POINTS = """
 [sweep]
 grid = { "train.seed" = [0, 1] }
 [[sweep.arms]]
 name = "dense"
 set = { method = "dense" }
 grid = { "model.ffn_dim" = [32, 64] }
-[[sweep.arms]]
+"""
+FOUR_POINTS_AND_A_FAILURE = FOUR_POINTS + """[[sweep.arms]]
 name = "impossible"   # no dense shape has 10 parameters: this trial raises
 set = { method = "small_dense", "prune.target_params" = 10, "train.seed" = 0 }
 """

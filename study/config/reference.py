@@ -77,8 +77,9 @@ def page() -> str:
              "", "An experiment file sets any of these keys (the tables as TOML tables, e.g. `[adl]`), and",
              "`python sweep.py EXP --set adl.tau=0.5` overrides one for every trial. Unknown keys and values",
              "outside the accepted ones are refused, naming the file and the key, before anything runs.", ""]
-    sections = list(tables(Config, "")) + [("sweep", *next(tables(SweepSpec, "sweep"))[1:]),
-                                           ("[sweep.arms]", *next(tables(ArmSpec, "sweep.arms"))[1:])]
+    sweep = list(tables(SweepSpec, "sweep"))  # [sweep], then its nested tables ([sweep.slurm])
+    arms = ("[sweep.arms]", *next(tables(ArmSpec, "sweep.arms"))[1:])
+    sections = list(tables(Config, "")) + sweep[:1] + [arms] + sweep[1:]
     for name, doc, rows in sections:
         lines += [f"## {f'[{name}]' if name else 'Top level'}", ""]
         if doc:

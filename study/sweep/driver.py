@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -26,21 +26,17 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from study import progress
-from study.sweep.experiment_file import Experiment, FinishedRun
-from study.sweep.optuna_storage import (
-    create_studies,
-    fail_stale_trials,
-    open_storage,
-    study_names,
-)
+from study.sweep import slurm
+from study.sweep.experiment_file import Experiment, FinishedRun, SlurmSpec
+from study.sweep.optuna_storage import create_studies, journal_path, open_storage, point_of, study_names
+from study.sweep.recovery import REQUEUE_SECONDS, requeue_lost
 from study.sweep.storage_retry import TRANSIENT, describe
-from study.sweep.worker import LAUNCH_ATTR, LAUNCH_FIRST_TRIAL, WorkerSettings, point_of, settings_json
+from study.sweep.worker import LAUNCH_ATTR, LAUNCH_FIRST_TRIAL, NO_DRIVER, WorkerSettings, settings_json
 from study.tracking.mlflow_runs import close_run, run_status
 from study.tracking.trial_record import recorded_run
 from study.tracking.store import ensure_experiment
 
 POLL_SECONDS = 2
-REQUEUE_SECONDS = 30  # how often the driver looks for trials lost on other machines (stale heartbeats)
 
 
 @dataclass
@@ -53,6 +49,9 @@ class SweepArgs:
     join: bool = False
     max_restarts: int = 3  # lost workers replaced per launch (out of memory, a preempted node, a kill)
     hang_seconds: float = 1800.0  # a worker with no progress for this long is killed and replaced (0 = never)
+    launcher: str = "local"  # local: worker processes here; slurm: a job array (study/sweep/slurm.py)
+    detach: bool = False  # slurm: submit, then leave the jobs running (`--status` closes the launch)
+    slurm: SlurmSpec = field(default_factory=SlurmSpec)
 
 
 class SweepError(RuntimeError):
@@ -68,43 +67,6 @@ def placements(experiment: Experiment, args: SweepArgs) -> list[dict]:
         return devices
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return [{**d, "train.threads": max(1, cores // args.workers)} for d in devices]
-
-
-def _mark_lost_runs(lost: list[optuna.trial.FrozenTrial], client: mlflow.MlflowClient) -> None:
-    """The MLflow run of a lost trial (which its worker recorded on the trial, wherever it ran) is closed as
-    FAILED; its rerun resumes it."""
-    for trial in lost:  # a distributed trial's run is known only to its folder
-        run_id = trial.user_attrs.get("mlflow_run_id") or recorded_run(trial.user_attrs.get("trial_dir", "/nonexistent"))
-        if run_id and run_status(run_id, client.tracking_uri) == "RUNNING":
-            close_run(client, run_id, "worker lost (stale trial); rerun resumes this run")
-
-
-def _enqueue_retries(study: optuna.Study, keys: set[str] | None, only: set[str] | None = None) -> int:
-    """Points whose every attempt failed are queued again (the grid sampler counts a failed point as
-    visited and would never draw it again): at a launch's start every such point of the current grid
-    (`keys`, if known), during the launch only the points of trials just found lost (`only`)."""
-    by_point: dict[str, list[TrialState]] = {}
-    for t in study.get_trials(deepcopy=False):
-        by_point.setdefault(point_of(t), []).append(t.state)
-    retries = [k for k, states in by_point.items() if k is not None and (keys is None or k in keys)
-               and (only is None or k in only) and TrialState.FAIL in states
-               and not {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING} & set(states)]
-    for key in retries:  # the worker reads the point from the user attribute
-        study.enqueue_trial({}, user_attrs={"point": key}, skip_if_exists=False)
-    return len(retries)
-
-
-def _requeue_lost(studies: list[optuna.Study], grid: set[str], runs_dir: Path, client: mlflow.MlflowClient,
-                  launch_start: bool = False) -> int:
-    """Lost trials marked FAIL (their MLflow runs FAILED) and their points queued again, so a live worker
-    resumes them in this launch; at the launch's start every failed point is queued. The first study's
-    points are the grid, the matched study's are known only later. Returns the points queued."""
-    queued = 0
-    for study, keys in zip(studies, (grid, None)):
-        lost = fail_stale_trials(study, runs_dir)
-        _mark_lost_runs(lost, client)
-        queued += _enqueue_retries(study, keys, None if launch_start else {point_of(t) for t in lost})
-    return queued
 
 
 def _close_previous_parent(study: optuna.Study, client: mlflow.MlflowClient) -> None:
@@ -143,10 +105,14 @@ def expected_trials(experiment: Experiment) -> int:
 class LaunchResult:
     failed: int  # trials of this launch that failed
     parent_run_id: str  # the sweep's MLflow parent run
+    detached: bool = False  # the worker jobs still run; `--status` reports them
 
 
 def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchResult:
     """Runs (or continues, or joins) the sweep."""
+    if args.launcher == "slurm":  # before anything is created: stores the nodes cannot reach are refused
+        slurm.check_reachable(args.storage, journal_path(args.runs_dir, experiment.name), args.tracking_uri,
+                              args.runs_dir, args.slurm.partition)
     storage = open_storage(args.storage, experiment.name, args.runs_dir)
     total = expected_trials(experiment)
     grid = {p.key for p in experiment.points()}
@@ -161,13 +127,13 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         studies = create_studies(storage, experiment.name)
         token = uuid.uuid4().hex
     seats = placements(experiment, args)
-    workers = [_start_worker(experiment, overrides, args, i, seat, token) for i, seat in enumerate(seats)]
+    workers = _start_workers(experiment, overrides, args, seats, token)
     client = mlflow.MlflowClient(args.tracking_uri)  # a fresh SQLite store takes over a second to set up
     if not args.join:
         try:  # while the workers import: lost trials, the parent run, then the token that lets them begin
             # trials numbered from here on are this launch's (no clocks compared), its queued retries included
             first_trials = [_next_trial_number(study) for study in studies]
-            _requeue_lost(studies, grid, args.runs_dir, client, launch_start=True)
+            requeue_lost(studies, grid, args.runs_dir, client, launch_start=True)
             _close_previous_parent(studies[0], client)
             parent = _start_parent_run(experiment, args, total)
             for study, first in zip(studies, first_trials):
@@ -178,8 +144,16 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
             for proc in workers:
                 proc.kill()
             raise
+    logs = args.runs_dir / ("slurm" if args.launcher == "slurm" else "logs") / experiment.name
     print(f"sweep {experiment.name}: {total} trials, {args.workers} worker(s); "
-          f"MLflow parent run {parent}; worker logs in {args.runs_dir / 'logs' / experiment.name}")
+          f"MLflow parent run {parent}; worker logs in {logs}")
+    if args.launcher == "slurm":
+        slurm.record_launch(slurm.launch_file(args.runs_dir, experiment), parent, [job.job_id for job in workers])
+        print(f"SLURM jobs {', '.join(job.job_id for job in workers)} ({slurm.describe(args.slurm)})", flush=True)
+        if args.detach:
+            print(f"detached: the jobs go on without this process; `python sweep.py {experiment.path} --status` "
+                  "shows where they are (and closes the launch when they are done)")
+            return LaunchResult(0, parent, detached=True)
     restarts = 0
 
     def replace(i: int, proc: subprocess.Popen) -> subprocess.Popen | None:
@@ -187,15 +161,15 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         again; a fresh worker takes the seat, while the restart budget lasts, and resumes that trial
         from its last checkpoint in the same MLflow run."""
         nonlocal restarts
-        _requeue_lost(studies, grid, args.runs_dir, client)
+        requeue_lost(studies, grid, args.runs_dir, client)
         if restarts >= args.max_restarts:
             return None
         restarts += 1
-        return _start_worker(experiment, overrides, args, i, seats[i], token)
+        return _start_workers(experiment, overrides, args, [seats[i]], token)[0]
 
     def requeue() -> None:
         """Trials whose heartbeat went stale during the launch (a worker on another machine lost)."""
-        if _requeue_lost(studies, grid, args.runs_dir, client):
+        if requeue_lost(studies, grid, args.runs_dir, client):
             print("trials of lost workers queued again: a live worker resumes them", flush=True)
 
     interrupted, storage_error = False, None
@@ -218,14 +192,8 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         failed = done = None
         storage_error = storage_error or "the Optuna storage became unreachable at the end of the launch"
     if not args.join:
-        if done is not None:
-            client.log_metric(parent, "sweep/finished_trials", done)
-            client.log_metric(parent, "sweep/failed_trials", failed)
-        client.log_metric(parent, "sweep/worker_restarts", restarts)
         reason = storage_error or (f"{lost} worker(s) exited with an error after {restarts} replacement(s)" if lost else "")
-        if reason and not interrupted:
-            client.set_tag(parent, "failure_reason", f"{reason}; rerun the command to continue")
-        client.set_terminated(parent, status="KILLED" if interrupted else "FAILED" if reason else "FINISHED")
+        close_launch(client, parent, done, failed, restarts, "" if interrupted else reason, interrupted)
     if interrupted:
         raise KeyboardInterrupt
     if storage_error:
@@ -234,6 +202,36 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
     if lost:
         raise SweepError(f"a worker exited with an error ({restarts} replaced); see {args.runs_dir / 'logs' / experiment.name}")
     return LaunchResult(failed, parent)
+
+
+def close_launch(client: mlflow.MlflowClient, parent: str, done: int | None, failed: int | None, restarts: int,
+                 reason: str = "", interrupted: bool = False) -> None:
+    """The parent run's last figures, and its end: KILLED (interrupted), FAILED (with the reason) or FINISHED."""
+    if done is not None:
+        client.log_metric(parent, "sweep/finished_trials", done)
+        client.log_metric(parent, "sweep/failed_trials", failed)
+    client.log_metric(parent, "sweep/worker_restarts", restarts)
+    if reason:
+        client.set_tag(parent, "failure_reason", f"{reason}; rerun the command to continue")
+    client.set_terminated(parent, status="KILLED" if interrupted else "FAILED" if reason else "FINISHED")
+
+
+def close_detached(experiment: Experiment, storage_url: str | None, runs_dir: Path, tracking_uri: str) -> list[tuple[str, str]]:
+    """`--status` of a detached SLURM launch: its jobs' states; once every job has ended, the launch's
+    parent run is closed as the driver would have closed it."""
+    recorded = slurm.recorded_launch(slurm.launch_file(runs_dir, experiment))
+    if recorded is None:
+        return []
+    parent, job_ids = recorded
+    states = [(job_id, slurm.job_state(job_id)[0]) for job_id in job_ids]
+    client = mlflow.MlflowClient(tracking_uri)
+    if all(state in slurm.ENDED | {"GONE"} for _, state in states) and run_status(parent, tracking_uri) == "RUNNING":
+        storage = open_storage(storage_url, experiment.name, runs_dir)
+        studies = [optuna.load_study(study_name=n, storage=storage) for n in study_names(experiment.name)]
+        failed = sum(_failed_in_launch(s) for s in studies)
+        done = sum(len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) for s in studies)
+        close_launch(client, parent, done, failed, 0)
+    return states
 
 
 def _next_trial_number(study: optuna.Study) -> int:
@@ -248,6 +246,20 @@ def _failed_in_launch(study: optuna.Study) -> int:
     key = lambda t: point_of(t) or f"search trial {t.number}"  # noqa: E731 (search trials have no point)
     finished = {key(t) for t in trials if t.state == TrialState.COMPLETE}
     return len({key(t) for t in trials if t.state == TrialState.FAIL and t.number >= first and key(t) not in finished})
+
+
+def _start_workers(experiment: Experiment, overrides: dict, args: SweepArgs, seats: list[dict],
+                   launch_token: str) -> list:
+    """Worker processes on this machine, or SLURM jobs, one per seat."""
+    if args.launcher != "slurm":
+        return [_start_worker(experiment, overrides, args, i, seat, launch_token) for i, seat in enumerate(seats)]
+    spec = args.slurm
+    placement = {"train.threads": spec.cpus_per_worker, **({"train.device": "cuda"} if spec.gpus_per_worker else {})}
+    settings = WorkerSettings(str(experiment.path.resolve()), overrides, args.storage, args.tracking_uri,
+                              str(args.runs_dir.resolve()), placement, launch_token, NO_DRIVER)
+    ids = slurm.submit(spec, (args.runs_dir / "slurm" / experiment.name).resolve(), f"sweep-{experiment.name}",
+                       [settings_json(settings)] * len(seats))
+    return [slurm.SlurmJob(job_id) for job_id in ids]
 
 
 def _start_worker(experiment: Experiment, overrides: dict, args: SweepArgs, seat: int,
@@ -296,7 +308,8 @@ def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[s
     bar = tqdm(total=max(total, already), initial=already, unit="trial", desc=name, dynamic_ncols=True)
     while True:
         for i, proc in enumerate(workers):
-            if hang_seconds and proc.poll() is None and progress.idle_seconds(proc.progress_file) > hang_seconds:
+            if (hang_seconds and proc.progress_file is not None and proc.poll() is None
+                    and progress.idle_seconds(proc.progress_file) > hang_seconds):
                 bar.write(f"worker {i} made no progress for {hang_seconds:.0f} s (hung or stopped): killed")
                 proc.kill()
                 proc.wait()

@@ -38,6 +38,7 @@ from study.config import (
     flatten,
     knob,
     read_toml_with_sources,
+    section,
     set_dotted,
     to_dict,
 )
@@ -58,6 +59,22 @@ class ArmSpec:
 
 
 @dataclass
+class SlurmSpec:
+    """`[sweep.slurm]`: the worker jobs of `python sweep.py EXP --launcher slurm` (docs/cluster.md)."""
+    partition: str = knob("", "the partition (empty: the cluster's default)")
+    time_minutes: int = knob(240, "each worker job's time limit; near it the job's trial checkpoints at its next "
+                                  "step and the job is requeued", min=1)
+    signal_seconds: int = knob(120, "SIGUSR2 this long before the time limit: time to finish a step and checkpoint",
+                               min=1)
+    cpus_per_worker: int = knob(4, "cores per worker job (its trials' threads)", min=1)
+    gpus_per_worker: int = knob(0, "GPUs per worker job", min=0)
+    mem_gb: int = knob(0, "memory per worker job in GB (0: the partition's default)", min=0)
+    account: str = knob("", "sbatch --account")
+    qos: str = knob("", "sbatch --qos")
+    sbatch: dict = knob(dict, "more sbatch options, e.g. { constraint = \"a100\", exclude = \"node7\" }", factory=True)
+
+
+@dataclass
 class SweepSpec:
     """`[sweep]`: which variants of the base configuration to run (docs/sweeps.md)."""
     mode: str = knob("grid", "grid: every point; search: Optuna samples the search ranges", choices=("grid", "search"))
@@ -65,6 +82,7 @@ class SweepSpec:
     workers: int = knob(1, "trials at once on one machine, unless --workers says otherwise", min=1)
     grid: dict = knob(dict, "dotted key -> list of values: axes crossed with every arm", factory=True)
     search: dict = knob(dict, "dotted key -> {low, high, log, step} or {choices}: search mode's ranges", factory=True)
+    slurm: SlurmSpec = section(SlurmSpec, "worker jobs on a SLURM cluster (--launcher slurm)")
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,14 @@ STALE_SECONDS = 120
 DIRECTIONS = ["minimize", "minimize"]  # dev/wer, params/total
 
 
+def journal_path(runs_dir: Path, experiment: str) -> Path:
+    """The default storage: a journal file per experiment."""
+    return Path(runs_dir) / "optuna" / f"{experiment}.journal"
+
+
 def open_storage(url: str | None, experiment: str, runs_dir: Path) -> BaseStorage:
     if not url:
-        path = Path(runs_dir) / "optuna" / f"{experiment}.journal"
+        path = journal_path(runs_dir, experiment)
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = JournalFileSymlinkLock(str(path))
         repair_torn_journal(path, lock)
@@ -174,3 +179,11 @@ def fail_stale_trials(study: optuna.Study, runs_dir: Path) -> list[FrozenTrial]:
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # another process got there first, or the trial ended meanwhile
     return lost
+
+
+def point_of(trial: optuna.trial.FrozenTrial) -> str | None:
+    """The grid point of a trial, including an enqueued (WAITING) one."""
+    if "point" in trial.user_attrs:
+        return trial.user_attrs["point"]
+    fixed = getattr(trial, "system_attrs", {}).get("fixed_params", {})  # a live Trial has none
+    return next((v for k, v in {**trial.params, **fixed}.items() if k.startswith("point_")), None)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from study.sweep.experiment_file import Experiment
 from study.sweep.optuna_storage import open_storage, study_names
-from study.sweep.worker import point_of
+from study.sweep.optuna_storage import point_of
 
 
 def status_table(experiment: Experiment, storage_url: str | None, runs_dir) -> pd.DataFrame:

@@ -26,10 +26,12 @@ from study.sweep.optuna_storage import (
     fail_stale_trials,
     heartbeat_path,
     open_storage,
+    point_of,
     study_names,
     worker_id,
 )
 from study.sweep.process import exit_now
+from study.sweep.recovery import REQUEUE_SECONDS, requeue_lost_in
 from study.tracking.mlflow_runs import close_run, run_label, run_status
 from study.tracking.trial_record import recorded_run, trial_dir
 from study.trial import run_trial
@@ -51,7 +53,10 @@ class WorkerSettings:
     runs_dir: str
     placement: dict[str, Any] = field(default_factory=dict)  # train.threads / train.device of this worker
     launch: str = ""  # the driver's launch token: no trial before the first study carries it ("": joined, no wait)
-    driver_pid: int = 0  # the process that started this worker (0: its parent when it starts)
+    driver_pid: int = 0  # the process that started this worker (0: its parent when it starts; NO_DRIVER: none)
+
+
+NO_DRIVER = -1  # a cluster job: no driver beside it, so it looks for lost trials itself while it waits
 
 
 class TrialFailed(Exception):
@@ -63,14 +68,6 @@ def point_param(keys: list[str]) -> str:
     """Optuna fixes a categorical's choices per study, so each grid (a changed experiment file,
     a new set of matched budgets) gets its own parameter name."""
     return "point_" + hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:8]
-
-
-def point_of(trial: optuna.trial.FrozenTrial) -> str | None:
-    """The grid point of a trial, including an enqueued (WAITING) one."""
-    if "point" in trial.user_attrs:
-        return trial.user_attrs["point"]
-    fixed = getattr(trial, "system_attrs", {}).get("fixed_params", {})  # a live Trial has none
-    return next((v for k, v in {**trial.params, **fixed}.items() if k.startswith("point_")), None)
 
 
 def pending(study: optuna.Study, keys: list[str], first: int) -> list[str]:
@@ -179,6 +176,10 @@ class Worker:
                 except Exception as exc:
                     trial.set_user_attr("failure_reason", f"{type(exc).__name__}: {exc}"[:2000])
                     raise TrialFailed(str(exc)) from exc
+                except KeyboardInterrupt:  # SIGTERM (a scheduler's preemption or requeue) or Ctrl-C: the
+                    if points is not None:  # point is queued again, for this launch's next free worker
+                        study.enqueue_trial({}, user_attrs={"point": point.key}, skip_if_exists=False)
+                    raise
             trial.set_user_attr("mlflow_run_id", result.run_id)
             for name in REPORTED:
                 trial.set_user_attr(name, result.metrics[name])
@@ -212,12 +213,16 @@ class Worker:
         keys = [p.key for p in points]
         first = study.user_attrs[LAUNCH_FIRST_TRIAL]
         objective = self.objective(study, points)
+        last_recovery = time.monotonic()
         while True:
             if pending(study, keys, first):
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,))
             elif live_trials(study) and self.driver_alive():
                 progress.beat()  # waiting for the others is not a hang
                 time.sleep(PHASE_POLL_SECONDS)
+                if self.driver_pid == NO_DRIVER and time.monotonic() - last_recovery > REQUEUE_SECONDS:
+                    requeue_lost_in(study, set(keys), self.runs_dir, mlflow.MlflowClient(self.settings.tracking_uri))
+                    last_recovery = time.monotonic()
             else:
                 return
 
@@ -245,8 +250,9 @@ class Worker:
                 for r in runs]
 
     def driver_alive(self) -> bool:
-        """An orphaned worker (its driver killed) has nobody to report to: it takes no more work."""
-        return os.getppid() == self.driver_pid
+        """An orphaned worker (its driver killed) has nobody to report to: it takes no more work. A cluster
+        job never had one: it works until the sweep is done."""
+        return self.driver_pid == NO_DRIVER or os.getppid() == self.driver_pid
 
     def wait_for_launch(self, study_name: str) -> None:
         """The driver starts its workers before its MLflow set-up and marks the study when that is done."""

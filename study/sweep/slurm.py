@@ -1,0 +1,178 @@
+"""Sweep workers as a SLURM job array, submitted through submitit (`python sweep.py EXP --launcher slurm`).
+
+Each array task is one worker (study/sweep/slurm_job.py): it joins the launch's Optuna storage and MLflow
+tracking, as a `--join`ed worker on another machine does, and takes points until the sweep is done. The
+driver watches the jobs as it watches local workers (`SlurmJob` answers the same poll/wait/kill), or
+leaves them running (`--detach`); `--status` then shows the jobs and closes the launch once they are gone.
+
+Compute nodes must reach the storage, the tracking store and `runs/` (checkpoints, trial folders): a file
+on a local file system, or a server at 127.0.0.1, is refused before anything is submitted, unless every
+node of the partition is this machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+from urllib.parse import urlparse
+
+from study.sweep.experiment_file import Experiment, SlurmSpec
+
+# File systems that other machines mount too; a file anywhere else is this machine's alone.
+NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "ceph", "cephfs", "cifs", "smb3", "glusterfs",
+                       "fuse.glusterfs", "panfs", "wekafs", "fuse.sshfs", "9p", "virtiofs"}
+LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
+         "PREEMPTED"}  # a preempted job that SLURM requeues shows REQUEUED, then PENDING
+
+
+class SlurmError(RuntimeError):
+    """A SLURM launch that cannot start (no sbatch, a store the nodes cannot reach, a refused submission)."""
+
+
+def partition_nodes(partition: str) -> set[str]:
+    """The short host names of the partition's nodes (the default partition when empty)."""
+    command = ["sinfo", "-h", "-N", "-o", "%N"] + (["-p", partition] if partition else [])
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SlurmError(f"cannot list the nodes of SLURM partition {partition or '(default)'}: {exc}") from None
+    return {line.split(".")[0] for line in out.split()}
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the mount holding `path` (the longest mount point above it), from /proc/mounts."""
+    path, best, kind = path.resolve(), "", "unknown"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount, fstype, *_ = line.split()
+        mount = mount.replace("\\040", " ")
+        if (path == Path(mount) or Path(mount) in path.parents) and len(mount) > len(best):
+            best, kind = mount, fstype
+    return kind
+
+
+def unshared(storage: str | None, journal: Path, tracking_uri: str, runs_dir: Path) -> list[str]:
+    """What compute nodes on other machines could not reach, each said with what to use instead."""
+    problems = []
+    files = {"the runs/ folder (checkpoints, trial folders)": runs_dir}
+    if not storage:
+        files["the Optuna journal"] = journal
+    if tracking_uri.startswith("sqlite:///"):
+        files["the MLflow SQLite store"] = Path(tracking_uri.removeprefix("sqlite:///"))
+    elif "://" not in tracking_uri or tracking_uri.startswith("file:"):
+        files["the MLflow file store"] = Path(tracking_uri.removeprefix("file://"))
+    for what, path in files.items():
+        kind = filesystem_type(path.parent if not path.exists() else path)
+        if kind not in NETWORK_FILESYSTEMS:
+            problems.append(f"{what} {path} is on this machine's {kind} file system")
+    for what, url in (("--storage", storage or ""), ("--tracking-uri", tracking_uri)):
+        host = urlparse(url).hostname if "://" in url else None
+        if host and (host in LOOPBACK or host.startswith("127.")):
+            problems.append(f"{what} {url} points at {host}, which is each node itself")
+    return problems
+
+
+def check_reachable(storage: str | None, journal: Path, tracking_uri: str, runs_dir: Path, partition: str) -> None:
+    """Refuses stores the partition's nodes cannot share, unless every node is this machine."""
+    nodes = partition_nodes(partition)
+    if nodes <= {socket.gethostname().split(".")[0]}:
+        return  # a one-node cluster on this machine: its files and 127.0.0.1 are the same for every job
+    problems = unshared(storage, journal, tracking_uri, runs_dir)
+    if problems:
+        raise SlurmError("the compute nodes (" + ", ".join(sorted(nodes)[:5]) + (", ..." if len(nodes) > 5 else "")
+                         + ") cannot share what this launch would use: " + "; ".join(problems) + ". Use "
+                         "--storage postgresql://USER@DB-HOST/optuna and --tracking-uri http://MLFLOW-HOST:5000 "
+                         "(servers every node reaches), and run from a folder on a shared file system")
+
+
+def submit(spec: SlurmSpec, folder: Path, job_name: str, settings: list[str]) -> list[str]:
+    """One array job, a task per worker settings (JSON); returns the tasks' job ids ("123_0", ...)."""
+    import submitit  # the optional `slurm` extra: only the launcher needs it
+
+    from study.sweep.slurm_job import WorkerJob
+    executor = submitit.SlurmExecutor(folder=folder / "%j")
+    root = Path(__file__).resolve().parents[2]  # the folder holding `study`: the jobs run this checkout
+    options = {"requeue": True, **spec.sbatch}
+    executor.update_parameters(
+        job_name=job_name, time=spec.time_minutes, signal_delay_s=spec.signal_seconds,
+        cpus_per_task=spec.cpus_per_worker, array_parallelism=len(settings), additional_parameters=options,
+        setup=[f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        **{k: v for k, v in {"partition": spec.partition, "account": spec.account, "qos": spec.qos,
+                             "gpus_per_node": spec.gpus_per_worker, "mem": f"{spec.mem_gb}GB" if spec.mem_gb else ""}.items()
+           if v})
+    try:
+        jobs = executor.map_array(WorkerJob(), settings)
+    except (OSError, subprocess.SubprocessError, submitit.core.utils.FailedJobError) as exc:
+        raise SlurmError(f"sbatch refused the worker jobs: {exc}") from None
+    return [job.job_id for job in jobs]
+
+
+def job_state(job_id: str) -> tuple[str, int | None]:
+    """(state, exit code) from scontrol; ("GONE", None) once SLURM has forgotten the job (MinJobAge)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):  # no SLURM here, or it does not answer
+        return "UNKNOWN", None
+    if out.returncode:
+        return "GONE", None
+    fields = dict(re.findall(r"(\w+)=(\S+)", out.stdout.splitlines()[0]))
+    code = fields.get("ExitCode", "0:0").split(":")[0]
+    return fields.get("JobState", "UNKNOWN"), int(code) if code.isdigit() else None
+
+
+class SlurmJob:
+    """A worker job seen as the driver sees a worker process: poll(), wait(), terminate(), kill()."""
+
+    def __init__(self, job_id: str):
+        self.job_id = self.pid = job_id
+        self.returncode: int | None = None
+        self.progress_file = None  # no hang watchdog: the job's time limit bounds it
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            state, code = job_state(self.job_id)
+            if state in ENDED or state == "GONE":
+                self.returncode = (code or 0) if state in ("COMPLETED", "GONE") else (code or 1)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
+        while self.poll() is None:
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"SLURM job {self.job_id}", timeout)
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        return self.returncode
+
+    def terminate(self) -> None:  # SIGTERM: the running trial checkpoints at its next step
+        subprocess.run(["scancel", "--signal=TERM", "--full", self.job_id], capture_output=True, timeout=30)
+
+    def kill(self) -> None:
+        subprocess.run(["scancel", self.job_id], capture_output=True, timeout=30)
+
+
+def launch_file(runs_dir: Path, experiment: Experiment) -> Path:
+    return runs_dir / "slurm" / experiment.name / "launch.json"
+
+
+def record_launch(path: Path, parent_run_id: str, job_ids: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"parent_run_id": parent_run_id, "jobs": job_ids}))
+    os.replace(tmp, path)
+
+
+def recorded_launch(path: Path) -> tuple[str, list[str]] | None:
+    """(parent run id, job ids) of the latest SLURM launch of this experiment from this folder."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["parent_run_id"], saved["jobs"]
+
+
+def describe(spec: SlurmSpec) -> str:
+    return ", ".join(f"{k}={v}" for k, v in asdict(spec).items() if v)

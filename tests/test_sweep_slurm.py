@@ -1,0 +1,132 @@
+"""Sweeps on a real SLURM cluster (`--launcher slurm`): a one-node cluster on this machine, which
+.ci/start_slurm sets up. Skipped where SLURM is absent, failed under CI=1 (as the PostgreSQL tests are).
+
+SLURM holds a requeued job back for two minutes (its BeginTime); the tests release it at once with
+`scontrol update StartTime=now`, as an operator would, so that the suite does not wait."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+import sweep
+from study.sweep.slurm import job_state, unshared
+from tests.test_sweep import FOUR_POINTS, child_runs, trials, write_experiment
+
+ONE_LONG_POINT = """
+[[sweep.arms]]
+name = "dense"
+set = { method = "dense" }
+"""
+
+
+@pytest.fixture
+def slurm_cluster() -> None:
+    state = ""
+    if shutil.which("sinfo"):
+        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout
+    if not any(s in state for s in ("idle", "mix", "alloc")):
+        if os.environ.get("CI"):
+            raise AssertionError(f"no SLURM node up (sinfo: {state.strip() or 'absent'}); .ci/start_slurm starts one")
+        pytest.skip("no SLURM cluster here; .ci/start_slurm starts a one-node one")
+
+
+def _queue() -> list[tuple[str, str, str]]:
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True, check=True).stdout
+    return [tuple(line.split()) for line in out.splitlines()]
+
+
+def _wait_for_jobs(job_ids: list[str], timeout: float, during=lambda: None) -> None:
+    """Until the jobs leave the queue; a requeued job held for its BeginTime is released at once."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mine = [job for job in _queue() if job[0] in job_ids or job[0].split("_")[0] in job_ids]
+        if not mine:
+            return
+        for job_id, state, reason in mine:
+            if state == "PENDING" and reason == "BeginTime":
+                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+        during()
+        time.sleep(1)
+    subprocess.run(["scancel", *job_ids])
+    raise AssertionError(f"SLURM jobs {job_ids} still queued after {timeout:.0f} s: {_queue()}")
+
+
+def _launched_jobs(out: str) -> list[str]:
+    line = next(line for line in out.splitlines() if line.startswith("SLURM jobs "))
+    return [j.rstrip(",") for j in line.removeprefix("SLURM jobs ").split(" (")[0].split()]
+
+
+def test_a_detached_array_finishes_every_point_once(slurm_cluster, tmp_path, corpus_cache, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main([str(exp), "--launcher", "slurm", "--workers", "2", "--slurm", "cpus_per_worker=1",
+                       "--tracking-uri", uri, "--detach", "--no-analysis"]) == 0
+    jobs = _launched_jobs(capsys.readouterr().out)
+    assert len(jobs) == 2
+    _, parents = child_runs(uri)
+    assert parents[0].info.status == "RUNNING"  # the driver left; the jobs go on
+    _wait_for_jobs(jobs, timeout=240)
+    assert sweep.main([str(exp), "--tracking-uri", uri, "--status"]) == 0  # reattach: the jobs are done
+    out = capsys.readouterr().out
+    assert out.count(" COMPLETE ") == 4 and all(f"{j} COMPLETED" in out for j in jobs)
+    children, parents = child_runs(uri)
+    done = [t for t in trials("tiny_sweep", _journal(tmp_path)) if t.state.name == "COMPLETE"]
+    assert sorted(r.data.tags["grid_point"] for r in children) == sorted(t.user_attrs["point"] for t in done)
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert parents[0].info.status == "FINISHED" and parents[0].data.metrics["sweep/finished_trials"] == 4
+
+
+def _journal(folder: Path):
+    from study.sweep.optuna_storage import open_storage
+    return open_storage(None, "tiny_sweep", folder / "runs")
+
+
+def test_a_requeued_and_a_timed_out_job_resume_the_trial_in_its_run(slurm_cluster, tmp_path, corpus_cache,
+                                                                     monkeypatch, capsys):
+    """One long trial: `scontrol requeue` once it is training (SIGTERM: it checkpoints at its next step and
+    SLURM requeues the job), then the 1-minute time limit (SIGUSR2 40 s before: it checkpoints and the job
+    requeues itself). The trial ends once, in the run it began in, with every epoch trained once."""
+    monkeypatch.chdir(tmp_path)
+    epochs = 300  # about 75 s of training: past the time limit
+    exp = write_experiment(tmp_path, corpus_cache, ONE_LONG_POINT, epochs=epochs)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main([str(exp), "--launcher", "slurm", "--workers", "1", "--slurm", "cpus_per_worker=1",
+                       "--slurm", "time_minutes=1", "--slurm", "signal_seconds=40", "--tracking-uri", uri,
+                       "--detach", "--no-analysis"]) == 0
+    (job,) = _launched_jobs(capsys.readouterr().out)
+    client = mlflow.MlflowClient(uri)
+    requeued = []
+
+    def requeue_once_training() -> None:
+        children, _ = child_runs(uri)
+        if not requeued and children and client.get_metric_history(children[0].info.run_id, "train/loss"):
+            subprocess.run(["scontrol", "requeue", job], check=True)
+            requeued.append(time.monotonic())
+
+    _wait_for_jobs([job], timeout=300, during=requeue_once_training)
+    assert requeued
+    assert sweep.main([str(exp), "--tracking-uri", uri, "--status"]) == 0
+    children, parents = child_runs(uri)
+    (run,) = children  # one run: each attempt resumed it
+    assert run.info.status == "FINISHED" and parents[0].info.status == "FINISHED"
+    assert "resumed_from_step" in run.data.tags or int(run.data.tags["resumed_from_epoch"]) > 0
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in losses) == list(range(1, epochs + 1))  # every epoch once
+    log = "".join(p.read_text() for p in (tmp_path / "runs" / "slurm" / "tiny_sweep").rglob("*.out"))
+    assert "stopped by SIGTERM" in log and "time limit near" in log
+    assert job_state(job)[0] in ("COMPLETED", "GONE")
+
+
+def test_stores_the_nodes_cannot_reach_are_named_with_what_to_use(tmp_path):
+    problems = unshared(None, tmp_path / "runs" / "optuna" / "x.journal", "http://127.0.0.1:5000", tmp_path / "runs")
+    text = "; ".join(problems)
+    assert "the Optuna journal" in text and "the runs/ folder" in text and "--tracking-uri http://127.0.0.1:5000" in text
+    servers = unshared("postgresql://u@db-host/optuna", tmp_path / "x.journal", "http://mlflow-host:5000", tmp_path)
+    assert len(servers) == 1 and servers[0].startswith("the runs/ folder")  # servers elsewhere are fine
