@@ -258,14 +258,16 @@ def _fixed_setting(adl: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 
 def _bars(ax, groups: pd.DataFrame, trials: pd.DataFrame, value: str, colour: str) -> None:
-    """A bar per location subset (mean, error bar = std) with every trial as a dot on it."""
+    """A bar per location subset (mean; error bar: the bootstrap interval of test WER, else the std) with
+    every trial as a dot on it."""
     x = np.arange(len(groups))
     means = 100 * groups[f"{value}_mean"].to_numpy(dtype=float)
-    ax.bar(x, means, yerr=100 * _std(groups[f"{value}_std"]), color=colour, alpha=0.55, capsize=4, width=0.6)
+    errors = _wer_bars(groups) if value == "test_wer" else 100 * _std(groups[f"{value}_std"])
+    ax.bar(x, means, yerr=errors, color=colour, alpha=0.55, capsize=4, width=0.6)
     for i, subset in enumerate(groups["locations"]):
         points = 100 * trials.loc[trials["locations"] == subset, value].to_numpy(dtype=float)
         ax.scatter(i + np.linspace(-0.12, 0.12, len(points)) * (len(points) > 1), points, color="black", s=14, zorder=3)
-        top = max(means[i] + 100 * _std(groups[f"{value}_std"])[i], points.max(initial=means[i]))
+        top = max(means[i] + np.nan_to_num(np.atleast_2d(errors)[-1][i]), points.max(initial=means[i]))
         ax.annotate(f"{means[i]:.1f}", (i, top), xytext=(0, 4), textcoords="offset points", ha="center",
                     va="bottom", fontsize=9)
     ax.set_ylim(top=ax.get_ylim()[1] * 1.08)  # room for the value labels
@@ -273,13 +275,13 @@ def _bars(ax, groups: pd.DataFrame, trials: pd.DataFrame, value: str, colour: st
     ax.set_xlabel("locations with adaptive dropout")
 
 
-def location_ablation(frame: pd.DataFrame) -> Figure:
+def location_ablation(frame: pd.DataFrame, errors: UtteranceErrors | None = None) -> Figure:
     """Test WER and parameter reduction for each subset of {ffn, mhsa, conv} given adaptive dropout."""
     adl = frame[frame["method"] == ADL]
     if adl.empty:
         raise Skipped("no finished adaptive_dropout trials")
     trials, fixed = _fixed_setting(adl)
-    groups = seed_groups(trials, keys=("locations",))
+    groups = with_intervals(seed_groups(trials, keys=("locations",)), errors)
     groups = groups.iloc[np.argsort(locations_rank(groups["locations"]).to_numpy(), kind="stable")]
     if len(groups) < 2:
         raise Skipped(f"only one location subset ({groups['locations'].iloc[0]}) at {fixed}")
@@ -292,11 +294,12 @@ def location_ablation(frame: pd.DataFrame) -> Figure:
     _bars(red_ax, groups, trials, "reduction", "tab:green")
     red_ax.set_ylabel("parameter reduction vs dense (%)")
     red_ax.set_title("size (higher is a smaller model)")
-    fig.suptitle(f"{_experiment(frame)}: where adaptive dropout is applied ({fixed}; bars: mean ± std, dots: trials)")
+    bars = "WER: 95% bootstrap CI, reduction: ± std" if errors else "mean ± std"
+    fig.suptitle(f"{_experiment(frame)}: where adaptive dropout is applied ({fixed}; bars: {bars}; dots: trials)")
     return fig
 
 
-def hyperparameter_effect(frame: pd.DataFrame, name: str) -> Figure:
+def hyperparameter_effect(frame: pd.DataFrame, name: str, errors: UtteranceErrors | None = None) -> Figure:
     """Test WER and reduction against adl.tau or adl.alpha: one line per combination of the other
     settings (location subset, the other hyperparameter) under which it was varied."""
     adl = frame[frame["method"] == ADL]
@@ -306,7 +309,7 @@ def hyperparameter_effect(frame: pd.DataFrame, name: str) -> Figure:
     if len(values) < 2:
         raise Skipped(f"adl.{name} is {values[0]:g} in every adaptive_dropout trial that has one" if len(values)
                       else f"no adaptive_dropout trial has an adl.{name} (budget controller trials only)")
-    groups = seed_groups(adl)
+    groups = with_intervals(seed_groups(adl), errors)
     others = [k for k in ("locations", "tau", "alpha", "setting") if k != name]
     lines = [g.sort_values(name) for _, g in groups.groupby(others, dropna=False, sort=False) if g[name].nunique() > 1]
     if not lines:
@@ -316,8 +319,8 @@ def hyperparameter_effect(frame: pd.DataFrame, name: str) -> Figure:
     for i, (g, label) in enumerate(zip(lines, labels)):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
         for ax, value in ((wer_ax, "test_wer"), (red_ax, "reduction")):
-            ax.errorbar(g[name], 100 * g[f"{value}_mean"], yerr=100 * _std(g[f"{value}_std"]), marker="o",
-                        color=colour, capsize=3, label=label)
+            bars = _wer_bars(g) if value == "test_wer" else 100 * _std(g[f"{value}_std"])
+            ax.errorbar(g[name], 100 * g[f"{value}_mean"], yerr=bars, marker="o", color=colour, capsize=3, label=label)
     handles, names = wer_ax.get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=min(3, len(names)), title="adaptive dropout at")
     if (dense := _dense_line(wer_ax, frame)) is not None:
@@ -332,7 +335,8 @@ def hyperparameter_effect(frame: pd.DataFrame, name: str) -> Figure:
         ax.set_ylabel(ylabel)
     wer_ax.set_title("error rate (lower is better)")
     red_ax.set_title("size (higher is a smaller model)")
-    fig.suptitle(f"{_experiment(frame)}: effect of the {HYPERPARAMETERS[name].split(' (')[0]} (mean ± std over seeds)")
+    bars = "test WER: 95% bootstrap CI, reduction: ± std" if errors else "mean ± std over seeds"
+    fig.suptitle(f"{_experiment(frame)}: effect of the {HYPERPARAMETERS[name].split(' (')[0]} ({bars})")
     return fig
 
 
