@@ -62,6 +62,8 @@ def unshared(storage: str | None, journal: Path, tracking_uri: str, runs_dir: Pa
     files = {"the runs/ folder (checkpoints, trial folders)": runs_dir}
     if not storage:
         files["the Optuna journal"] = journal
+    elif storage.startswith("sqlite:///"):
+        files["the Optuna SQLite storage"] = Path(storage.removeprefix("sqlite:///"))
     if tracking_uri.startswith("sqlite:///"):
         files["the MLflow SQLite store"] = Path(tracking_uri.removeprefix("sqlite:///"))
     elif "://" not in tracking_uri or tracking_uri.startswith("file:"):
