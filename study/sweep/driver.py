@@ -31,7 +31,7 @@ from study.sweep.experiment_file import Experiment, FinishedRun, SlurmSpec
 from study.sweep.optuna_storage import create_studies, journal_path, open_storage, point_of, study_names
 from study.sweep.recovery import REQUEUE_SECONDS, requeue_lost
 from study.sweep.storage_retry import TRANSIENT, describe
-from study.sweep.worker import LAUNCH_ATTR, LAUNCH_FIRST_TRIAL, NO_DRIVER, WorkerSettings, settings_json
+from study.sweep.worker import LAUNCH_ATTR, LAUNCH_FIRST_TRIAL, WorkerSettings, settings_json
 from study.tracking.mlflow_runs import close_run, run_status
 from study.tracking.trial_record import recorded_run
 from study.tracking.store import ensure_experiment
@@ -256,7 +256,7 @@ def _start_workers(experiment: Experiment, overrides: dict, args: SweepArgs, sea
     spec = args.slurm
     placement = {"train.threads": spec.cpus_per_worker, **({"train.device": "cuda"} if spec.gpus_per_worker else {})}
     settings = WorkerSettings(str(experiment.path.resolve()), overrides, args.storage, args.tracking_uri,
-                              str(args.runs_dir.resolve()), placement, launch_token, NO_DRIVER)
+                              str(args.runs_dir.resolve()), placement, launch_token, cluster_job=True)
     ids = slurm.submit(spec, (args.runs_dir / "slurm" / experiment.name).resolve(), f"sweep-{experiment.name}",
                        [settings_json(settings)] * len(seats))
     return [slurm.SlurmJob(job_id) for job_id in ids]

@@ -53,10 +53,8 @@ class WorkerSettings:
     runs_dir: str
     placement: dict[str, Any] = field(default_factory=dict)  # train.threads / train.device of this worker
     launch: str = ""  # the driver's launch token: no trial before the first study carries it ("": joined, no wait)
-    driver_pid: int = 0  # the process that started this worker (0: its parent when it starts; NO_DRIVER: none)
-
-
-NO_DRIVER = -1  # a cluster job: no driver beside it, so it looks for lost trials itself while it waits
+    driver_pid: int = 0  # the process that started this worker (0: its parent when it starts)
+    cluster_job: bool = False  # a SLURM job: no driver beside it, so it looks for lost trials itself while it waits
 
 
 class TrialFailed(Exception):
@@ -220,7 +218,7 @@ class Worker:
             elif live_trials(study) and self.driver_alive():
                 progress.beat()  # waiting for the others is not a hang
                 time.sleep(PHASE_POLL_SECONDS)
-                if self.driver_pid == NO_DRIVER and time.monotonic() - last_recovery > REQUEUE_SECONDS:
+                if self.settings.cluster_job and time.monotonic() - last_recovery > REQUEUE_SECONDS:
                     requeue_lost_in(study, set(keys), self.runs_dir, mlflow.MlflowClient(self.settings.tracking_uri))
                     last_recovery = time.monotonic()
             else:
@@ -252,7 +250,7 @@ class Worker:
     def driver_alive(self) -> bool:
         """An orphaned worker (its driver killed) has nobody to report to: it takes no more work. A cluster
         job never had one: it works until the sweep is done."""
-        return self.driver_pid == NO_DRIVER or os.getppid() == self.driver_pid
+        return self.settings.cluster_job or os.getppid() == self.driver_pid
 
     def wait_for_launch(self, study_name: str) -> None:
         """The driver starts its workers before its MLflow set-up and marks the study when that is done."""
