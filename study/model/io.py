@@ -22,8 +22,13 @@ def save_model(path: str | Path, cfg: ModelConfig, model: ConformerCTC, widths: 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ConformerCTC, dict]:
     """Returns the model in eval mode and the whole saved dict (e.g. feature statistics)."""
     saved = torch.load(path, map_location=map_location, weights_only=True)
-    widths = [BlockWidths(**w) for w in saved["widths"]]
-    model_config = {"front_end": "conv2d", **saved["model_config"]}  # files from before the knob had only conv2d
-    model = ConformerCTC(ModelConfig(**model_config), saved["n_mels"], saved["vocab_size"], widths)
+    model_config, widths = saved_shapes(saved)
+    model = ConformerCTC(model_config, saved["n_mels"], saved["vocab_size"], widths)
     model.load_state_dict(saved["state_dict"])
     return model.eval(), saved
+
+
+def saved_shapes(saved: dict) -> tuple[ModelConfig, list[BlockWidths]]:
+    """The model settings and block widths a saved dict rebuilds its model with."""
+    model_config = {"front_end": "conv2d", **saved["model_config"]}  # files from before the knob had only conv2d
+    return ModelConfig(**model_config), [BlockWidths(**w) for w in saved["widths"]]

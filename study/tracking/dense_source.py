@@ -17,7 +17,7 @@ import torch
 
 from study.config import AdlConfig, Config, ModelConfig, PruneConfig, TrackingConfig
 from study.model import BlockWidths, ConformerCTC
-from study.model.io import load_model
+from study.model.io import load_model, saved_shapes
 from study.tracking.mlflow_runs import recipe_key
 
 
@@ -37,8 +37,8 @@ def find_dense_run(cfg: Config, tracking_uri: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def load_dense_model(run_id: str, tracking_uri: str, artifact: str = "model.pt") -> ConformerCTC:
-    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, tracking_uri=tracking_uri)
+def load_dense_model(run_id: str, tracking_uri: str) -> ConformerCTC:
+    path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model.pt", tracking_uri=tracking_uri)
     model, _ = load_model(path)
     return model
 
@@ -77,16 +77,17 @@ def load_architecture(source: str, tracking_uri: str, cfg: ModelConfig, n_mels: 
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"prune.source_run: {exc}") from None
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    theirs = {"front_end": "conv2d", **saved["model_config"]}
-    mine = {**{f"model.{k}": v for k, v in dataclasses.asdict(cfg).items()}, "features.n_mels": n_mels,
-            "output units": vocab_size}
-    theirs = {**{f"model.{k}": v for k, v in theirs.items()}, "features.n_mels": saved["n_mels"],
-              "output units": saved["vocab_size"]}
-    differ = {k: (v, theirs.get(k)) for k, v in mine.items() if theirs.get(k) != v}
+    their_cfg, widths = saved_shapes(saved)
+
+    def described(model_cfg: ModelConfig, mels: int, units: int) -> dict:
+        return {**{f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}, "features.n_mels": mels,
+                "output units": units}
+    mine, theirs = described(cfg, n_mels, vocab_size), described(their_cfg, saved["n_mels"], saved["vocab_size"])
+    differ = {k: (v, theirs[k]) for k, v in mine.items() if theirs[k] != v}
     if differ:
         listed = ", ".join(f"{k} = {here!r} here, {there!r} there" for k, (here, there) in differ.items())
         raise ValueError(f"prune.source_run {source} was not pruned from this trial's model: {listed}")
-    return name, [BlockWidths(**w) for w in saved["widths"]]
+    return name, widths
 
 
 def check_same_shapes(source: torch.nn.Module, target: torch.nn.Module, name: str) -> None:
