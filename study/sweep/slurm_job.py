@@ -9,7 +9,8 @@
 
 submitit installs its own handlers for these signals before it calls the job (it would checkpoint by
 pickling the callable and exit wherever the signal lands); this job replaces them with the step-boundary
-stop above.
+stop above once it runs. A signal that lands earlier, while the job still imports, meets submitit's
+handler: `checkpoint` lets it requeue the job as it is (the worker keeps no state of its own).
 """
 from __future__ import annotations
 
@@ -38,6 +39,11 @@ def this_job() -> str:
 
 class WorkerJob:
     """The callable submitit pickles into each array task; its argument is the worker's settings (JSON)."""
+
+    def checkpoint(self, settings_json: str):
+        """submitit's hook for a signal before __call__ installed its own handlers: requeue the same job."""
+        import submitit
+        return submitit.helpers.DelayedSubmission(self, settings_json)
 
     def __call__(self, settings_json: str) -> None:
         from study.sweep import worker  # imported on the node, after submitit set up the job
