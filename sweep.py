@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             _prepare_data(experiment)  # made once, not by every worker at the same time
         sweep_args = SweepArgs(workers, args.storage, resolve_tracking_uri(args.tracking_uri),
                                tuple(d for d in args.devices.split(",") if d), Path("runs"), args.join,
-                               args.max_restarts, 0 if args.launcher == "slurm" else args.hang_minutes * 60,
+                               args.max_restarts, args.hang_minutes * 60,  # SLURM jobs: no progress file, no watchdog
                                args.launcher, args.detach, slurm_spec)
         result = launch(experiment, overrides, sweep_args)
     except (ConfigError, DataError, SweepError, SlurmError) as exc:

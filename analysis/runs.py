@@ -238,7 +238,8 @@ def _sources(runs: pd.DataFrame, method: pd.Series) -> pd.Series:
     def label(run_id: str) -> str:
         name = names.get(run_id) or run_id[:8]
         return f", source {re.sub(r'-s[0-9]+$', '', name)}"
-    return pd.Series([label(s) if m == RETRAIN_PRUNED else "" for s, m in zip(source, method)], index=runs.index, dtype=object)
+    return pd.Series([label(s) if m == RETRAIN_PRUNED else "" for s, m in zip(source, method)],
+                     index=runs.index, dtype=object)
 
 
 COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "start_time", "method", "locations", "seed",

@@ -96,8 +96,8 @@ def expected_trials(experiment: Experiment) -> int:
         return experiment.spec.trials
     points = experiment.points()
     runs = [FinishedRun.planned(experiment.config(p)) for p in points]  # as the matched arms will see them
-    matched = sum(sum(r.method == arm.match and r.fits(arm.match_where) for r in runs) * len(experiment.arm_points(arm, {}))
-                  for arm in experiment.arms if arm.match)
+    matched = sum(sum(r.method == arm.match and r.fits(arm.match_where) for r in runs)
+                  * len(experiment.arm_points(arm, {})) for arm in experiment.arms if arm.match)
     return len(points) + matched
 
 
@@ -186,8 +186,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
             proc.wait()
     lost = sum(1 for proc in workers if proc.returncode) if not storage_error else 0
     try:
-        failed = sum(_failed_in_launch(s) for s in studies)
-        done = sum(len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) for s in studies)
+        done, failed = _launch_counts(studies)
     except TRANSIENT:
         failed = done = None
         storage_error = storage_error or "the Optuna storage became unreachable at the end of the launch"
@@ -228,10 +227,15 @@ def close_detached(experiment: Experiment, storage_url: str | None, runs_dir: Pa
     if all(state in slurm.ENDED | {"GONE"} for _, state in states) and run_status(parent, tracking_uri) == "RUNNING":
         storage = open_storage(storage_url, experiment.name, runs_dir)
         studies = [optuna.load_study(study_name=n, storage=storage) for n in study_names(experiment.name)]
-        failed = sum(_failed_in_launch(s) for s in studies)
-        done = sum(len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) for s in studies)
+        done, failed = _launch_counts(studies)
         close_launch(client, parent, done, failed, 0)
     return states
+
+
+def _launch_counts(studies: list[optuna.Study]) -> tuple[int, int]:
+    """(finished trials, points that failed in this launch) over the sweep's studies."""
+    done = sum(len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) for s in studies)
+    return done, sum(_failed_in_launch(s) for s in studies)
 
 
 def _next_trial_number(study: optuna.Study) -> int:
