@@ -32,6 +32,7 @@ from study.data.prepared import prepare_data
 from study.data.tokenizer import build_tokenizer
 from study.sweep.driver import SweepArgs, SweepError, close_detached, launch
 from study.sweep.experiment_file import Experiment, SlurmSpec, load_experiment
+from study.sweep import slurm
 from study.sweep.slurm import SlurmError
 from study.sweep.process import exit_now
 from study.sweep.status import pareto_front, status_table
@@ -145,10 +146,7 @@ def _slurm_spec(experiment: Experiment, args: argparse.Namespace) -> SlurmSpec:
             raise ConfigError("--launcher slurm needs submitit: pip install -e '.[slurm]' -c requirements.lock")
         if shutil.which("sbatch") is None:
             raise ConfigError("--launcher slurm: no sbatch on this machine's PATH (run it from a SLURM login node)")
-        points = experiment.points() if experiment.spec.mode == "grid" else [None]
-        if max(experiment.config(p).train.processes for p in points) > 1:
-            raise ConfigError(f"{experiment.path}: train.processes > 1 (several processes per trial) is not built for "
-                              "--launcher slurm yet: run such trials with the local launcher on one node")
+        slurm.tasks_per_node(spec, slurm.trial_ranks(experiment))  # ranks that do not split over the nodes
     return spec
 
 

@@ -5,7 +5,9 @@ torchrun starts it, on one machine or several.
 process per GPU or CPU share) and waits; each rank then runs `run_trial` again with torchrun's
 environment. Rank 0 does what a single process does (MLflow run, checkpoints, evaluation, pruning,
 export); the other ranks only train, each on its share of every global batch, and stop when training
-ends. Across machines, start the ranks yourself, with the checkpoint folder (runs/) on shared storage:
+ends. In a worker job of `sweep.py --launcher slurm` the ranks are the job's SLURM tasks instead: the
+worker starts them as a job step (srun), on one node or several, and each takes its rank from SLURM's
+environment. Across machines without SLURM, start the ranks yourself, with runs/ on shared storage:
     torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
         -m study.distributed_trial EXPERIMENT.toml --set train.processes=8 [--set KEY=VALUE ...]
 """
@@ -15,6 +17,7 @@ import ctypes
 import datetime
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 TIMEOUT = datetime.timedelta(hours=2)  # rank 0 evaluates the dev set while the others wait
+SLURM_TASKS_ENV = "STUDY_SLURM_TASKS"  # a --launcher slurm worker job's task count (study/sweep/slurm.py)
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -75,14 +79,40 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def ranks_from_slurm() -> None:
+    """In a rank started by srun: the variables torch.distributed reads, from SLURM's (the job step's tasks).
+    SIGUSR2, SLURM's time-limit warning, reaches every step: the worker that started this one acts on it,
+    and a rank would die of it (its default action) before the worker could."""
+    os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"],
+                      LOCAL_RANK=os.environ["SLURM_LOCALID"])
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
 def launch(config_path: Path, processes: int, tracking_uri: str, runs_dir: Path, tags_json: str) -> None:
-    """Runs the trial whose resolved configuration is at config_path under torchrun on this machine."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               "-m", "study.distributed_trial", "--resolved", str(config_path), "--tracking-uri", tracking_uri,
-               "--runs-dir", str(runs_dir), "--tags", tags_json]
+    """Runs the trial whose resolved configuration is at config_path with `processes` ranks: as a job step
+    over the SLURM tasks of a --launcher slurm worker job that has enough, else under torchrun here."""
+    trial = ["-m", "study.distributed_trial", "--resolved", str(config_path), "--tracking-uri", tracking_uri,
+             "--runs-dir", str(runs_dir), "--tags", tags_json]
     root = str(Path(__file__).resolve().parents[1])  # this checkout first: the ranks run the same code
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    if int(os.environ.get(SLURM_TASKS_ENV, 0)) >= processes:
+        # Rank 0 runs on the job's first node, where this worker runs (SLURM places tasks in blocks);
+        # --overlap: the step shares the cores of the worker's own step, which only waits for it.
+        env.update(MASTER_ADDR=socket.gethostname(), MASTER_PORT=str(_free_port()))
+        cpus = [f"--cpus-per-task={env['SLURM_CPUS_PER_TASK']}"] if env.get("SLURM_CPUS_PER_TASK") else []
+        command = ["srun", "--overlap", f"--ntasks={processes}", "--kill-on-bad-exit=1", *cpus,
+                   sys.executable, *trial, "--ranks-from-slurm"]
+        print(f"the trial's {processes} ranks: SLURM tasks of job {os.environ.get('SLURM_JOB_ID')} (srun)", flush=True)
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                   *trial]
     done = subprocess.run(command, env=env, preexec_fn=_die_with_parent)
     if done.returncode:
         raise RuntimeError(f"the distributed trial exited with code {done.returncode} (its ranks' output is above)")

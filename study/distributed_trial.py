@@ -24,7 +24,10 @@ def main() -> None:
     parser.add_argument("--tracking-uri", default="")
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--tags", default="{}")
+    parser.add_argument("--ranks-from-slurm", action="store_true", help="started by srun: rank from SLURM_PROCID")
     args = parser.parse_args()
+    if args.ranks_from_slurm:
+        distributed.ranks_from_slurm()
     if args.resolved:
         cfg = load_config(args.resolved)
     else:

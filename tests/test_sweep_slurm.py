@@ -15,7 +15,9 @@ import mlflow
 import pytest
 
 import sweep
-from study.sweep.slurm import job_state, unshared
+from study.sweep.experiment_file import SlurmSpec, load_experiment
+from study.sweep.slurm import SlurmError, job_state, tasks_per_node, unshared
+from study.trial import run_trial
 from tests.test_sweep import FOUR_POINTS, child_runs, trials, write_experiment
 
 ONE_LONG_POINT = """
@@ -37,20 +39,31 @@ def slurm_cluster() -> None:
 
 
 def _queue() -> list[tuple[str, str, str]]:
-    out = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True, check=True).stdout
+    # -r: one line per array task; without it pending tasks show as one "14_[0-1]" that matches no job id
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T %r"], capture_output=True, text=True, check=True).stdout
     return [tuple(line.split()) for line in out.splitlines()]
 
 
+def _node_busy_cleaning_up() -> bool:
+    return "comp" in subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout
+
+
 def _wait_for_jobs(job_ids: list[str], timeout: float, during=lambda: None) -> None:
-    """Until the jobs leave the queue; a requeued job held for its BeginTime is released at once."""
+    """Until the jobs leave the queue. A requeued job held for its BeginTime is released once the node has
+    cleaned up after its last run: started within a second of the requeue, SLURM killed it as "non-startable
+    batch job: Job credential revoked" (the old run's credential is revoked until its steps are gone)."""
     deadline = time.monotonic() + timeout
+    held_since: dict[str, float] = {}
     while time.monotonic() < deadline:
         mine = [job for job in _queue() if job[0] in job_ids or job[0].split("_")[0] in job_ids]
         if not mine:
             return
         for job_id, state, reason in mine:
             if state == "PENDING" and reason == "BeginTime":
-                subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+                held = time.monotonic() - held_since.setdefault(job_id, time.monotonic())
+                if held > 5 and not _node_busy_cleaning_up():
+                    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True)
+                    held_since.pop(job_id)
         during()
         time.sleep(1)
     subprocess.run(["scancel", *job_ids])
@@ -124,9 +137,49 @@ def test_a_requeued_and_a_timed_out_job_resume_the_trial_in_its_run(slurm_cluste
     assert job_state(job)[0] in ("COMPLETED", "GONE")
 
 
+DDP_POINT = """
+[[sweep.arms]]
+name = "ddp"
+set = { method = "dense", "train.processes" = 2, "model.dropout" = 0.0, "features.freq_masks" = 0, "features.time_masks" = 0 }
+"""
+
+
+def test_a_two_task_ddp_trial_matches_the_local_two_process_run(slurm_cluster, tmp_path, corpus_cache, monkeypatch):
+    """train.processes = 2: the worker job holds two SLURM tasks and starts the trial's ranks as a job step
+    over them (srun, ranks from SLURM_PROCID); its training follows the same trial run here under torchrun
+    (dropout and SpecAugment off, so the runs differ in nothing but where the ranks were started)."""
+    monkeypatch.chdir(tmp_path)
+    exp = write_experiment(tmp_path, corpus_cache, DDP_POINT, epochs=3)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main([str(exp), "--launcher", "slurm", "--workers", "1", "--slurm", "cpus_per_worker=1",
+                       "--tracking-uri", uri, "--no-analysis"]) == 0
+    (run,), _ = child_runs(uri)
+    assert run.info.status == "FINISHED" and run.data.params["train.processes"] == "2"
+    log = "".join(p.read_text() for p in (tmp_path / "runs" / "slurm" / "tiny_sweep").rglob("*.out"))
+    assert "ranks: SLURM tasks of job" in log
+
+    experiment = load_experiment(exp)
+    local_uri = f"sqlite:///{tmp_path / 'local.db'}"
+    local = run_trial(experiment.config(experiment.points()[0]), local_uri, runs_dir=tmp_path / "local")
+
+    def losses(tracking: str, run_id: str) -> list[float]:
+        history = mlflow.MlflowClient(tracking).get_metric_history(run_id, "train/loss")
+        return [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert len(losses(uri, run.info.run_id)) == 3
+    assert losses(uri, run.info.run_id) == pytest.approx(losses(local_uri, local.run_id), rel=1e-5)
+    assert run.data.metrics["params/total"] == local.metrics["params/total"]
+
+
 def test_stores_the_nodes_cannot_reach_are_named_with_what_to_use(tmp_path):
     problems = unshared(None, tmp_path / "runs" / "optuna" / "x.journal", "http://127.0.0.1:5000", tmp_path / "runs")
     text = "; ".join(problems)
     assert "the Optuna journal" in text and "the runs/ folder" in text and "--tracking-uri http://127.0.0.1:5000" in text
     servers = unshared("postgresql://u@db-host/optuna", tmp_path / "x.journal", "http://mlflow-host:5000", tmp_path)
     assert len(servers) == 1 and servers[0].startswith("the runs/ folder")  # servers elsewhere are fine
+
+
+def test_ranks_that_do_not_split_evenly_over_the_nodes_are_refused():
+    spec = SlurmSpec(nodes_per_worker=2)
+    assert tasks_per_node(spec, 4) == 2 and tasks_per_node(SlurmSpec(), 3) == 3
+    with pytest.raises(SlurmError, match="train.processes = 3 does not split evenly over nodes_per_worker = 2"):
+        tasks_per_node(spec, 3)

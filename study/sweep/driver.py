@@ -262,7 +262,7 @@ def _start_workers(experiment: Experiment, overrides: dict, args: SweepArgs, sea
     settings = WorkerSettings(str(experiment.path.resolve()), overrides, args.storage, args.tracking_uri,
                               str(args.runs_dir.resolve()), placement, launch_token, cluster_job=True)
     ids = slurm.submit(spec, (args.runs_dir / "slurm" / experiment.name).resolve(), f"sweep-{experiment.name}",
-                       [settings_json(settings)] * len(seats))
+                       [settings_json(settings)] * len(seats), ranks=slurm.trial_ranks(experiment))
     return [slurm.SlurmJob(job_id) for job_id in ids]
 
 

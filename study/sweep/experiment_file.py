@@ -66,8 +66,11 @@ class SlurmSpec:
                                   "step and the job is requeued", min=1)
     signal_seconds: int = knob(120, "SIGUSR2 this long before the time limit: time to finish a step and checkpoint",
                                min=1)
-    cpus_per_worker: int = knob(4, "cores per worker job (its trials' threads)", min=1)
-    gpus_per_worker: int = knob(0, "GPUs per worker job", min=0)
+    cpus_per_worker: int = knob(4, "cores per worker job (its trials' threads); per rank when trials have "
+                                   "train.processes > 1", min=1)
+    gpus_per_worker: int = knob(0, "GPUs per worker job (per node when it spans several)", min=0)
+    nodes_per_worker: int = knob(1, "nodes per worker job, over which a trial's train.processes ranks are "
+                                    "split evenly", min=1)
     mem_gb: int = knob(0, "memory per worker job in GB (0: the partition's default)", min=0)
     account: str = knob("", "sbatch --account")
     qos: str = knob("", "sbatch --qos")

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
+from study.distributed import SLURM_TASKS_ENV
 from study.sweep.experiment_file import Experiment, SlurmSpec
 
 # File systems that other machines mount too; a file anywhere else is this machine's alone.
@@ -92,18 +93,40 @@ def check_reachable(storage: str | None, journal: Path, tracking_uri: str, runs_
                          "(servers every node reaches), and run from a folder on a shared file system")
 
 
-def submit(spec: SlurmSpec, folder: Path, job_name: str, settings: list[str]) -> list[str]:
-    """One array job, a task per worker settings (JSON); returns the tasks' job ids ("123_0", ...)."""
+def trial_ranks(experiment: Experiment) -> int:
+    """The most processes (train.processes) any trial of the experiment runs: the SLURM tasks of a worker job."""
+    points = experiment.points() if experiment.spec.mode == "grid" else []
+    return max(experiment.config(p).train.processes for p in [None, *points])
+
+
+def tasks_per_node(spec: SlurmSpec, ranks: int) -> int:
+    """SLURM tasks per node of a worker job whose trials run `ranks` processes (train.processes)."""
+    if ranks % spec.nodes_per_worker:
+        raise SlurmError(f"train.processes = {ranks} does not split evenly over nodes_per_worker = "
+                         f"{spec.nodes_per_worker}: make it a multiple")
+    return ranks // spec.nodes_per_worker
+
+
+def submit(spec: SlurmSpec, folder: Path, job_name: str, settings: list[str], ranks: int = 1) -> list[str]:
+    """One array job, a task per worker settings (JSON); returns the tasks' job ids ("123_0", ...).
+
+    Each job holds `ranks` SLURM tasks (the most train.processes of the sweep's trials) but starts the
+    worker as one of them (srun --ntasks=1); a trial with several processes starts its ranks as a job
+    step over the job's tasks (study/distributed.py, launch_slurm_step)."""
     import submitit  # the optional `slurm` extra: only the launcher needs it
 
     from study.sweep.slurm_job import WorkerJob
     executor = submitit.SlurmExecutor(folder=folder / "%j")
     root = Path(__file__).resolve().parents[2]  # the folder holding `study`: the jobs run this checkout
     options = {"requeue": True, **spec.sbatch}
+    setup = [f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    if ranks > 1:  # inside the worker's own step SLURM_NTASKS is 1: the job's count is handed down here
+        setup.append(f"export {SLURM_TASKS_ENV}=$SLURM_NTASKS")
     executor.update_parameters(
         job_name=job_name, time=spec.time_minutes, signal_delay_s=spec.signal_seconds,
         cpus_per_task=spec.cpus_per_worker, array_parallelism=len(settings), additional_parameters=options,
-        setup=[f"export PYTHONPATH={root}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        setup=setup, nodes=spec.nodes_per_worker, ntasks_per_node=tasks_per_node(spec, ranks),
+        **({"srun_args": ["--ntasks=1"]} if ranks > 1 else {}),
         **{k: v for k, v in {"partition": spec.partition, "account": spec.account, "qos": spec.qos,
                              "gpus_per_node": spec.gpus_per_worker, "mem": f"{spec.mem_gb}GB" if spec.mem_gb else ""}.items()
            if v})
