@@ -44,9 +44,12 @@ def _regulariser_settings(frame: pd.DataFrame) -> pd.DataFrame:
     return seed_groups(adl[adl["setting"] == common])
 
 
-def _verdict(p: float) -> str:
+def _verdict(p: float, seeds: int) -> str:
+    """Better, worse or within noise against the centre; no effect is claimed from one seed."""
     if np.isnan(p):
         return ""
+    if seeds < 2:
+        return "one seed: not claimed"
     return "better" if p > RESOLVED else "worse" if p < 1 - RESOLVED else "within noise"
 
 
@@ -90,7 +93,7 @@ def factor_rows(frame: pd.DataFrame, errors: UtteranceErrors) -> pd.DataFrame:
                 "test": row["test_wer_mean"], "test_std": row["test_wer_std"], "low": row["test_wer_ci_low"],
                 "high": row["test_wer_ci_high"], "polarised": row["polarised_mean"],
                 "vs_centre": np.nan if is_centre else row["test_wer_mean"] - reference["test_wer_mean"],
-                "p_centre": p, "verdict": "" if is_centre else _verdict(p),
+                "p_centre": p, "verdict": "" if is_centre else _verdict(p, min(row["n"], reference["n"])),
                 "magnitude": frame.loc[frame["run_id"].isin(magnitude), "test_wer"].mean() if magnitude else np.nan,
                 "p_magnitude": bootstrap.probability_better(mine, rivals, idx) if mine and rivals else np.nan,
             })

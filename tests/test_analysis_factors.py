@@ -34,7 +34,10 @@ def test_the_centre_is_the_value_each_factor_holds_most_often(trials):
     centre = rows.iloc[0]
     assert centre["test"] == pytest.approx(0.245) and centre["n"] == 2 and np.isnan(centre["p_centre"])
     alpha = rows.iloc[-1]
-    assert alpha["vs_centre"] == pytest.approx(0.30 - 0.245) and alpha["p_centre"] < 0.05 and alpha["verdict"] == "worse"
+    assert alpha["vs_centre"] == pytest.approx(0.30 - 0.245) and alpha["p_centre"] < 0.05
+    assert alpha["n"] == 1 and alpha["verdict"] == "one seed: not claimed"  # resolved, but from one seed
+    ffn = rows.iloc[2]
+    assert ffn["n"] == 2 and ffn["p_centre"] > 0.95 and ffn["verdict"] == "better"
     for row in rows.itertuples():
         assert row.low <= row.test <= row.high  # the interval of the seed mean holds it
 
