@@ -271,7 +271,7 @@ def _bars(ax, groups: pd.DataFrame, trials: pd.DataFrame, value: str, colour: st
         ax.annotate(f"{means[i]:.1f}", (i, top), xytext=(0, 4), textcoords="offset points", ha="center",
                     va="bottom", fontsize=9)
     ax.set_ylim(top=ax.get_ylim()[1] * 1.08)  # room for the value labels
-    ax.set_xticks(x, [f"{s}\n(n={n})" for s, n in zip(groups["locations"], groups["n"])])
+    ax.set_xticks(x, [f"{s.replace('+', '+' + chr(10))}\n(n={n})" for s, n in zip(groups["locations"], groups["n"])])
     ax.set_xlabel("locations with adaptive dropout")
 
 
@@ -288,14 +288,15 @@ def location_ablation(frame: pd.DataFrame, errors: UtteranceErrors | None = None
     fig, (wer_ax, red_ax) = new_figure(ncols=2, width=11.0, height=4.8)
     _bars(wer_ax, groups, trials, "test_wer", "tab:blue")
     if (dense := _dense_line(wer_ax, frame)) is not None:
-        wer_ax.legend(handles=[dense], loc="lower right")
+        wer_ax.legend(handles=[dense], loc="upper right")
+        wer_ax.set_ylim(top=wer_ax.get_ylim()[1] * 1.12)  # the legend above the value labels
     wer_ax.set_ylabel("test WER (%)")
     wer_ax.set_title("error rate (lower is better)")
     _bars(red_ax, groups, trials, "reduction", "tab:green")
     red_ax.set_ylabel("parameter reduction vs dense (%)")
     red_ax.set_title("size (higher is a smaller model)")
     bars = "WER: 95% bootstrap CI, reduction: ± std" if errors else "mean ± std"
-    fig.suptitle(f"{_experiment(frame)}: where adaptive dropout is applied ({fixed}; bars: {bars}; dots: trials)")
+    fig.suptitle(f"{_experiment(frame)}: where adaptive dropout is applied ({fixed})\nbars: {bars}; dots: trials")
     return fig
 
 

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
-GENERATED = re.compile(r"_(table|comparisons)\.md$")  # written by `python -m analysis`, not by hand
+GENERATED = re.compile(r"_(table|comparisons|factors)\.md$")  # written by `python -m analysis`, not by hand
 
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1[ \t]*$", re.M | re.S)
 INLINE_CODE = re.compile(r"(`+)(?:(?!\1).)+?\1", re.S)
