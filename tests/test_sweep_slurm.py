@@ -107,7 +107,10 @@ def test_a_requeued_and_a_timed_out_job_resume_the_trial_in_its_run(slurm_cluste
     SLURM requeues the job), then the 1-minute time limit (SIGUSR2 40 s before: it checkpoints and the job
     requeues itself). The trial ends once, in the run it began in, with every epoch trained once."""
     monkeypatch.chdir(tmp_path)
-    epochs = 300  # about 75 s of training: past the time limit
+    # Training must outlast a run of the job after the requeue: SLURM sends the time-limit signal only
+    # from its periodic check, some time after the 20 s it is due, and a 300-epoch trial (17 epochs/s on
+    # 2 free cores) once finished first. 1200 epochs: about 70 s on free cores, 150 s on busy ones.
+    epochs = 1200
     exp = write_experiment(tmp_path, corpus_cache, ONE_LONG_POINT, epochs=epochs)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert sweep.main([str(exp), "--launcher", "slurm", "--workers", "1", "--slurm", "cpus_per_worker=1",
@@ -123,7 +126,7 @@ def test_a_requeued_and_a_timed_out_job_resume_the_trial_in_its_run(slurm_cluste
             subprocess.run(["scontrol", "requeue", job], check=True)
             requeued.append(time.monotonic())
 
-    _wait_for_jobs([job], timeout=300, during=requeue_once_training)
+    _wait_for_jobs([job], timeout=600, during=requeue_once_training)
     assert requeued
     assert sweep.main([str(exp), "--tracking-uri", uri, "--status"]) == 0
     children, parents = child_runs(uri)
