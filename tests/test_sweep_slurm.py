@@ -136,7 +136,10 @@ def test_a_requeued_and_a_timed_out_job_resume_the_trial_in_its_run(slurm_cluste
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in losses) == list(range(1, epochs + 1))  # every epoch once
     log = "".join(p.read_text() for p in (tmp_path / "runs" / "slurm" / "tiny_sweep").rglob("*.out"))
-    assert "stopped by SIGTERM" in log and "time limit near" in log
+    # The job ran again after the test's requeue and after the time limit's; it says "time limit near" when
+    # that signal came, and "stopped by SIGTERM" for a requeue alone. SLURM may send the time limit's signal
+    # in the same moment as the test's requeue (seen in CI), and then only the first message is written.
+    assert "time limit near" in log and log.count("Starting with JobEnvironment") >= 3
     assert job_state(job)[0] in ("COMPLETED", "GONE")
 
 
