@@ -112,7 +112,7 @@ def submit(spec: SlurmSpec, folder: Path, job_name: str, settings: list[str], ra
 
     Each job holds `ranks` SLURM tasks (the most train.processes of the sweep's trials) but starts the
     worker as one of them (srun --ntasks=1); a trial with several processes starts its ranks as a job
-    step over the job's tasks (study/distributed.py, launch_slurm_step)."""
+    step over the job's tasks (study/distributed.py, launch)."""
     import submitit  # the optional `slurm` extra: only the launcher needs it
 
     from study.sweep.slurm_job import WorkerJob
