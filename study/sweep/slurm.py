@@ -16,9 +16,11 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 from study.distributed import SLURM_TASKS_ENV
@@ -30,6 +32,9 @@ NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "ceph", "cephf
 LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED"}  # a preempted job that SLURM requeues shows REQUEUED, then PENDING
+NOT_STARTED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}  # held jobs are PENDING too
+GIVE_UP_SECONDS = 600.0  # scontrol failing this long in a row: poll() stops waiting and counts the job lost
+LOST_CODE = 1  # return code of a job whose end SLURM no longer reports (or cannot be asked about)
 
 
 class SlurmError(RuntimeError):
@@ -137,17 +142,37 @@ def submit(spec: SlurmSpec, folder: Path, job_name: str, settings: list[str], ra
     return [job.job_id for job in jobs]
 
 
-def job_state(job_id: str) -> tuple[str, int | None]:
-    """(state, exit code) from scontrol; ("GONE", None) once SLURM has forgotten the job (MinJobAge)."""
+class JobQuery(NamedTuple):
+    state: str  # SLURM's JobState; GONE once SLURM has forgotten the job, UNKNOWN when scontrol failed
+    code: int | None
+    error: str = ""  # why the state is UNKNOWN
+
+
+def query_job(job_id: str) -> JobQuery:
+    """The job's state from `scontrol show job`. Only "Invalid job id" means SLURM forgot the job (MinJobAge);
+    any other failure (controller unreachable, a timeout, no scontrol) says nothing about the job."""
     try:
         out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):  # no SLURM here, or it does not answer
-        return "UNKNOWN", None
+    except subprocess.TimeoutExpired:
+        return JobQuery("UNKNOWN", None, "scontrol did not answer within 30 s")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return JobQuery("UNKNOWN", None, f"cannot run scontrol: {exc}")
     if out.returncode:
-        return "GONE", None
-    fields = dict(re.findall(r"(\w+)=(\S+)", out.stdout.splitlines()[0]))
+        if "Invalid job id specified" in out.stderr:
+            return JobQuery("GONE", None)
+        return JobQuery("UNKNOWN", None, out.stderr.strip() or f"scontrol exited with code {out.returncode}")
+    lines = out.stdout.splitlines()
+    fields = dict(re.findall(r"(\w+)=(\S+)", lines[0])) if lines else {}
+    if "JobState" not in fields:
+        return JobQuery("UNKNOWN", None, f"no JobState in scontrol's answer {out.stdout.strip()[:200]!r}")
     code = fields.get("ExitCode", "0:0").split(":")[0]
-    return fields.get("JobState", "UNKNOWN"), int(code) if code.isdigit() else None
+    return JobQuery(fields["JobState"], int(code) if code.isdigit() else None)
+
+
+def job_state(job_id: str) -> tuple[str, int | None]:
+    """(state, exit code) from scontrol: GONE once SLURM has forgotten the job, UNKNOWN when scontrol failed."""
+    state, code, _ = query_job(job_id)
+    return state, code
 
 
 class SlurmJob:
@@ -157,13 +182,42 @@ class SlurmJob:
         self.job_id = self.pid = job_id
         self.returncode: int | None = None
         self.progress_file = None  # no hang watchdog: the job's time limit bounds it
+        self.state = ""  # the last state SLURM gave (empty before one)
+        self._unknown_since: float | None = None  # start of the current run of scontrol failures
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            state, code = job_state(self.job_id)
-            if state in ENDED or state == "GONE":
-                self.returncode = (code or 0) if state in ("COMPLETED", "GONE") else (code or 1)
+            self.returncode = self._return_code(query_job(self.job_id))
         return self.returncode
+
+    def _return_code(self, query: JobQuery) -> int | None:
+        """The job's return code once the query shows it ended (or lost), else None."""
+        if query.state == "UNKNOWN":
+            return self._unanswered(query.error)
+        self._unknown_since = None
+        if query.state == "GONE":
+            return self._forgotten()
+        self.state = query.state
+        if query.state not in ENDED:
+            return None
+        return (query.code or 0) if query.state == "COMPLETED" else (query.code or 1)
+
+    def _unanswered(self, error: str) -> int | None:
+        """Still running as far as anyone knows, until scontrol has failed for GIVE_UP_SECONDS in a row."""
+        now = time.monotonic()
+        if self._unknown_since is None:
+            self._unknown_since = now
+        if now - self._unknown_since < GIVE_UP_SECONDS:
+            return None
+        _warn(f"SLURM job {self.job_id}: scontrol has failed for {now - self._unknown_since:.0f} s in a row "
+              f"(last error: {error}); the job is taken as lost")
+        return LOST_CODE
+
+    def _forgotten(self) -> int:
+        """poll() records any end it sees, so a job gone from SLURM here ended unseen: its exit code is lost."""
+        _warn(f"SLURM job {self.job_id}: SLURM has forgotten the job, last seen {self.state or 'never'}; "
+              "its exit code is unknown, so it counts as failed")
+        return LOST_CODE
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = time.monotonic() + (timeout if timeout is not None else float("inf"))
@@ -173,11 +227,21 @@ class SlurmJob:
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
         return self.returncode
 
-    def terminate(self) -> None:  # SIGTERM: the running trial checkpoints at its next step
-        subprocess.run(["scancel", "--signal=TERM", "--full", self.job_id], capture_output=True, timeout=30)
+    def terminate(self) -> None:
+        """SIGTERM to a running job: its trial checkpoints at its next step. A task not started yet would
+        miss the signal and start later with nobody watching; with nothing to checkpoint, it is cancelled."""
+        self.poll()
+        if self.state in NOT_STARTED:
+            self.kill()
+        else:
+            subprocess.run(["scancel", "--signal=TERM", "--full", self.job_id], capture_output=True, timeout=30)
 
     def kill(self) -> None:
         subprocess.run(["scancel", self.job_id], capture_output=True, timeout=30)
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def launch_file(runs_dir: Path, experiment: Experiment) -> Path:
