@@ -107,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.status:
             table = status_table(experiment, args.storage, Path("runs"))
             print(table.to_string(index=False) if len(table) else f"no trials of {experiment.name} yet")
-            jobs = close_detached(experiment, args.storage, Path("runs"), resolve_tracking_uri(args.tracking_uri))
+            jobs, problems = close_detached(experiment, args.storage, Path("runs"), resolve_tracking_uri(args.tracking_uri))
             if jobs:
                 print("\nSLURM jobs of the latest launch: " + ", ".join(f"{j} {state}" for j, state in jobs))
-            return 0
+            _print_problems(problems)
+            return 1 if problems else 0
         if not args.join:  # a broken data set stops here, before any worker; corpus and features are
             _prepare_data(experiment)  # made once, not by every worker at the same time
         sweep_args = SweepArgs(workers, args.storage, resolve_tracking_uri(args.tracking_uri),
@@ -131,7 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_analysis and not args.join:
         _regenerate_figures(experiment.name, sweep_args.tracking_uri)
     _print_ui_address(experiment.name, sweep_args.tracking_uri, result.parent_run_id)
-    return 1 if result.failed else 0
+    _print_problems(result.problems)
+    return 1 if result.failed or result.problems else 0
+
+
+def _print_problems(problems: list[str]) -> None:
+    """The launch invariant's breaches: what this launch left undone (rerun the command to continue)."""
+    if problems:
+        print(f"\nthe launch did not finish every point once ({len(problems)} problem(s)); rerun the command "
+              "to continue:\n" + "\n".join(f"  {p}" for p in problems), file=sys.stderr)
 
 
 def _slurm_spec(experiment: Experiment, args: argparse.Namespace) -> SlurmSpec:

@@ -124,7 +124,7 @@ def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_c
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while not list((tmp_path / "runs/trials").glob("*/*/checkpoint.pt")):  # a trial is mid-way
-        assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint"
+        assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint" + (proc.stdout.read() if proc.poll() is not None else "")
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)  # driver and worker vanish, as with a lost machine
     proc.wait()
@@ -160,7 +160,7 @@ def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path, sig: int 
     """Waits for a trial's first checkpoint, then sends `sig` to the sweep's one worker."""
     deadline = time.time() + 180
     while not list((tmp_path / "runs/trials").glob("*/*/checkpoint.pt")):  # a trial is mid-way
-        assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint"
+        assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint" + (proc.stdout.read() if proc.poll() is not None else "")
         time.sleep(0.2)
     workers = [pid for pid in _children(proc.pid)
                if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
@@ -473,3 +473,35 @@ def test_a_storage_unreachable_past_its_retries_stops_the_workers_and_closes_the
     assert [p.info.status for p in parents] == ["FAILED"]
     assert "stayed unreachable" in parents[0].data.tags["failure_reason"]
 
+
+
+def test_a_cluster_job_of_a_superseded_or_never_marked_launch_stands_down(tmp_path, corpus_cache, monkeypatch, capsys):
+    """A job that starts after the user re-ran the command (a later launch's token), or whose driver was killed
+    before it marked its launch, used to poll the storage every 0.1 s forever, and requeue at each time limit."""
+    import threading
+
+    from study.sweep import worker as worker_module
+    from study.sweep.optuna_storage import LAUNCH_ATTR, LAUNCH_NEXT, create_studies
+    from study.sweep.worker import Worker, WorkerSettings
+    monkeypatch.setattr(worker_module, "CLUSTER_LAUNCH_POLL_SECONDS", 0.05)
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS)
+    settings = WorkerSettings(str(exp), {}, None, f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "runs"),
+                              launch="an-earlier-launch", cluster_job=True)
+    job = Worker(settings)
+    first = create_studies(job.storage, "tiny_sweep")[0]
+    first.set_user_attr(LAUNCH_NEXT, "an-earlier-launch")  # its driver is still setting up: the job waits
+    waiter = threading.Thread(target=job.run)
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive()
+    first.set_user_attr(LAUNCH_NEXT, "the-rerun")  # the user re-ran the command
+    first.set_user_attr(LAUNCH_ATTR, "the-rerun")
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and "stands down" in capsys.readouterr().out
+    assert not first.get_trials()  # it took nothing
+
+    monkeypatch.setattr(worker_module, "CLUSTER_LAUNCH_WAIT_SECONDS", 0.3)
+    never_marked = Worker(WorkerSettings(**{**settings.__dict__, "launch": "the-rerun-2"}))
+    first.set_user_attr(LAUNCH_NEXT, "the-rerun-2")  # submitted, then its driver was killed
+    assert never_marked.wait_for_launch("tiny_sweep") is False
+    assert "was not marked within" in capsys.readouterr().out

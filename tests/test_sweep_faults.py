@@ -121,3 +121,43 @@ def test_a_point_requeued_on_a_machine_without_its_runs_folder_starts_over_and_c
     closed = [r for r in children if r.info.run_id == old_run.info.run_id][0]
     assert closed.data.tags["failure_reason"].startswith("superseded")
     check_grid_ran_once(uri, storage, failing=False, points=1)
+
+
+# Waits shortened for the subprocesses (study/sweep/timing.py keeps them consistent): a trial nobody took
+# up is settled 6 s after it started, instead of 5 minutes.
+QUICK_TIMING = {"SWEEP_RETRY_SECONDS": "2", "SWEEP_HEARTBEAT_SECONDS": "0.5", "SWEEP_STALE_SECONDS": "6",
+                "SWEEP_REQUEUE_SECONDS": "1", "SWEEP_PHASE_POLL_SECONDS": "0.5"}
+
+
+def test_answers_lost_after_the_commit_leave_nothing_running_and_no_point_untrained(tmp_path, corpus_cache, request):
+    """Each worker's first trial creation and first pop of a queued trial commit, then lose their answer.
+    The retries leave a RUNNING trial that nobody owns (one with a point, for the pop); the launch used to
+    end FINISHED with them RUNNING and the popped point never trained. Now they are settled once they are
+    stale, the point is queued again and trained in the same launch."""
+    import os
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from study.sweep.experiment_file import load_experiment
+    from study.sweep.optuna_storage import create_studies
+    storage = sweep_storage("postgresql", tmp_path, request)
+    exp = write_experiment(tmp_path, corpus_cache, TWO_POINTS)
+    first_point = load_experiment(exp).points()[0].key
+    study = create_studies(optuna.storages.RDBStorage(storage), "tiny_sweep")[0]  # a lost attempt from before:
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"point": first_point}))  # queued at launch
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, **QUICK_TIMING, "SWEEP_TEST_LOST_ANSWERS": "create,pop",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "faults"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(sweep_command(exp, uri, "--storage", storage, "--workers", "2"), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    logs = "".join(p.read_text() for p in (tmp_path / "runs/logs").rglob("*.log"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + logs[-3000:]
+    assert logs.count("connection dropped after the commit") >= 3  # both creations and the pop
+    check_grid_ran_once(uri, storage, failing=False, points=2)  # nothing RUNNING, each point once
+    trials = optuna.load_study(study_name="tiny_sweep", storage=storage).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    orphans = [t for t in trials if "never taken up" in t.user_attrs.get("skipped", "")]
+    assert len(orphans) >= 2  # each worker's lost creation, set aside
+    popped = [t for t in trials if "nobody took it up" in t.user_attrs.get("failure_reason", "")]
+    assert [t.user_attrs["point"] for t in popped] == [first_point]

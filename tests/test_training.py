@@ -162,7 +162,7 @@ def test_a_kill_between_done_and_the_runs_end_closes_the_run_without_training_ag
 def test_trial_key_changes_with_the_training_code(tiny_config, monkeypatch):
     from study.tracking import trial_record
     before = trial_record.trial_key(tiny_config)
-    monkeypatch.setattr(trial_record, "LOADED_SOURCE_HASH", "0" * 16)
+    monkeypatch.setattr(trial_record, "LOADED_PACKAGE_HASH", "0" * 16)
     assert trial_record.trial_key(tiny_config) != before
 
 

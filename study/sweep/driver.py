@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,15 +29,26 @@ from tqdm import tqdm
 from study import progress
 from study.sweep import slurm
 from study.sweep.experiment_file import Experiment, FinishedRun, SlurmSpec
-from study.sweep.optuna_storage import create_studies, journal_path, open_storage, point_of, study_names
-from study.sweep.recovery import REQUEUE_SECONDS, requeue_lost
+from study.sweep.launch_check import check_launch, summary
+from study.sweep.optuna_storage import (
+    LAUNCH_ATTR,
+    LAUNCH_FIRST_TRIAL,
+    LAUNCH_NEXT,
+    create_studies,
+    journal_path,
+    open_storage,
+    point_of,
+    study_names,
+)
+from study.sweep.recovery import reconcile_all
 from study.sweep.storage_retry import TRANSIENT, describe
-from study.sweep.worker import LAUNCH_ATTR, LAUNCH_FIRST_TRIAL, WorkerSettings, settings_json
+from study.sweep.timing import REQUEUE_SECONDS
+from study.sweep.worker import WorkerSettings, settings_json
 from study.tracking.mlflow_runs import close_run, run_status
-from study.tracking.trial_record import recorded_run
 from study.tracking.store import ensure_experiment
 
 POLL_SECONDS = 2
+STOP_SECONDS = 120  # a stopped worker has this long to checkpoint and exit before it is killed
 
 
 @dataclass
@@ -106,6 +118,7 @@ class LaunchResult:
     failed: int  # trials of this launch that failed
     parent_run_id: str  # the sweep's MLflow parent run
     detached: bool = False  # the worker jobs still run; `--status` reports them
+    problems: list[str] = field(default_factory=list)  # breaches of the launch invariant (launch_check.py)
 
 
 def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchResult:
@@ -126,6 +139,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
     else:
         studies = create_studies(storage, experiment.name)
         token = uuid.uuid4().hex
+        studies[0].set_user_attr(LAUNCH_NEXT, token)  # the workers of any earlier launch now stand down
     seats = placements(experiment, args)
     workers = _start_workers(experiment, overrides, args, seats, token)
     client = mlflow.MlflowClient(args.tracking_uri)  # a fresh SQLite store takes over a second to set up
@@ -133,7 +147,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         try:  # while the workers import: lost trials, the parent run, then the token that lets them begin
             # trials numbered from here on are this launch's (no clocks compared), its queued retries included
             first_trials = [_next_trial_number(study) for study in studies]
-            requeue_lost(studies, grid, args.runs_dir, client, launch_start=True)
+            reconcile_all(studies, grid, args.runs_dir, client, launch_start=True)
             _close_previous_parent(studies[0], client)
             parent = _start_parent_run(experiment, args, total)
             for study, first in zip(studies, first_trials):
@@ -161,7 +175,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         again; a fresh worker takes the seat, while the restart budget lasts, and resumes that trial
         from its last checkpoint in the same MLflow run."""
         nonlocal restarts
-        requeue_lost(studies, grid, args.runs_dir, client)
+        reconcile_all(studies, grid, args.runs_dir, client)
         if restarts >= args.max_restarts:
             return None
         restarts += 1
@@ -169,38 +183,57 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
 
     def requeue() -> None:
         """Trials whose heartbeat went stale during the launch (a worker on another machine lost)."""
-        if requeue_lost(studies, grid, args.runs_dir, client):
+        if reconcile_all(studies, grid, args.runs_dir, client):
             print("trials of lost workers queued again: a live worker resumes them", flush=True)
 
-    interrupted, storage_error = False, None
+    interrupted, error = False, None
     try:
         _monitor(experiment.name, total, studies, workers, replace, args.hang_seconds, requeue)
     except KeyboardInterrupt:
         interrupted = True
     except TRANSIENT as exc:  # the storage stayed unreachable past its retries
-        storage_error = f"the Optuna storage stayed unreachable ({describe(exc)})"
-    if interrupted or storage_error:  # no worker outlives its driver
-        for proc in workers:
-            proc.terminate()
-        for proc in workers:
-            proc.wait()
-    lost = sum(1 for proc in workers if proc.returncode) if not storage_error else 0
-    try:
-        done, failed = _launch_counts(studies)
-    except TRANSIENT:
-        failed = done = None
-        storage_error = storage_error or "the Optuna storage became unreachable at the end of the launch"
+        error = f"the Optuna storage stayed unreachable ({describe(exc)})"
+    except Exception as exc:  # the tracking store down, a replacement job refused: no worker is left orphaned
+        traceback.print_exc()
+        error = f"the sweep driver failed ({describe(exc)})"
+    if interrupted or error:  # no worker outlives its driver
+        stop_workers(workers)
+    lost = sum(1 for proc in workers if proc.returncode) if not error else 0
+    done = failed = None
+    problems: list[str] = []
+    if not (interrupted or error):
+        try:  # what the workers left: lost trials settled for the next launch, then the invariant
+            reconcile_all(studies, grid, args.runs_dir, client)
+            done, failed = _launch_counts(studies)
+            problems = [] if args.join else check_launch(experiment, studies, args.tracking_uri, parent)
+        except TRANSIENT as exc:
+            error = f"the Optuna storage became unreachable at the end of the launch ({describe(exc)})"
     if not args.join:
-        reason = storage_error or (f"{lost} worker(s) exited with an error after {restarts} replacement(s)" if lost else "")
+        reason = error or (f"{lost} worker(s) exited with an error after {restarts} replacement(s)" if lost else "")
+        reason = "; ".join(filter(None, [reason, summary(problems) if problems else ""]))
         close_launch(client, parent, done, failed, restarts, "" if interrupted else reason, interrupted)
     if interrupted:
         raise KeyboardInterrupt
-    if storage_error:
-        raise SweepError(f"{storage_error}: the workers were stopped and the parent run closed; rerun the "
+    if error:
+        raise SweepError(f"{error}: the workers were stopped and the parent run closed; rerun the "
                          "command to continue (finished trials are kept)")
     if lost:
-        raise SweepError(f"a worker exited with an error ({restarts} replaced); see {args.runs_dir / 'logs' / experiment.name}")
-    return LaunchResult(failed, parent)
+        raise SweepError(f"a worker exited with an error ({restarts} replaced); see {args.runs_dir / 'logs' / experiment.name}"
+                         + (f". {summary(problems)}" if problems else ""))
+    return LaunchResult(failed, parent, problems=problems)
+
+
+def stop_workers(workers: list) -> None:
+    """SIGTERM to each (a training step checkpoints), then a kill for any still there after STOP_SECONDS."""
+    for proc in workers:
+        proc.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for proc in workers:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
 
 
 def close_launch(client: mlflow.MlflowClient, parent: str, done: int | None, failed: int | None, restarts: int,
@@ -215,21 +248,27 @@ def close_launch(client: mlflow.MlflowClient, parent: str, done: int | None, fai
     client.set_terminated(parent, status="KILLED" if interrupted else "FAILED" if reason else "FINISHED")
 
 
-def close_detached(experiment: Experiment, storage_url: str | None, runs_dir: Path, tracking_uri: str) -> list[tuple[str, str]]:
-    """`--status` of a detached SLURM launch: its jobs' states; once every job has ended, the launch's
-    parent run is closed as the driver would have closed it."""
+def close_detached(experiment: Experiment, storage_url: str | None, runs_dir: Path,
+                   tracking_uri: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """`--status` of a detached SLURM launch: its jobs' states and, once every job has ended, the launch
+    invariant's breaches; the launch's parent run is then closed as the driver would have closed it:
+    FINISHED only when every planned point finished once."""
     recorded = slurm.recorded_launch(slurm.launch_file(runs_dir, experiment))
     if recorded is None:
-        return []
+        return [], []
     parent, job_ids = recorded
     states = [(job_id, slurm.job_state(job_id)[0]) for job_id in job_ids]
-    client = mlflow.MlflowClient(tracking_uri)
-    if all(state in slurm.ENDED | {"GONE"} for _, state in states) and run_status(parent, tracking_uri) == "RUNNING":
-        storage = open_storage(storage_url, experiment.name, runs_dir)
-        studies = [optuna.load_study(study_name=n, storage=storage) for n in study_names(experiment.name)]
+    if not all(state in slurm.ENDED | {"GONE"} for _, state in states):
+        return states, []
+    storage = open_storage(storage_url, experiment.name, runs_dir)
+    studies = [optuna.load_study(study_name=n, storage=storage) for n in study_names(experiment.name)]
+    problems = check_launch(experiment, studies, tracking_uri, parent)
+    if run_status(parent, tracking_uri) == "RUNNING":
         done, failed = _launch_counts(studies)
-        close_launch(client, parent, done, failed, 0)
-    return states
+        bad_jobs = [f"job {job} {state}" for job, state in states if state not in ("COMPLETED", "GONE")]
+        reason = "; ".join(filter(None, [", ".join(bad_jobs), summary(problems) if problems else ""]))
+        close_launch(mlflow.MlflowClient(tracking_uri), parent, done, failed, 0, reason)
+    return states, problems
 
 
 def _launch_counts(studies: list[optuna.Study]) -> tuple[int, int]:

@@ -1,55 +1,131 @@
-"""Lost trials (a worker killed, hung or preempted elsewhere) marked FAIL, their MLflow runs closed, and
-their points queued again so that a live worker resumes them from their checkpoints: the driver does
-it every REQUEUE_SECONDS, and cluster workers with no driver beside them do it while they wait."""
+"""Where each grid point stands, and the one place trials are declared lost.
+
+A trial is lost when nobody runs it any more (optuna_storage.lost_trials says why). `reconcile` is the
+only code that acts on it, whoever calls it (the driver at a launch's start and every REQUEUE_SECONDS,
+a worker waiting for others, a cluster job with no driver): the trial goes FAIL, marked lost, its MLflow
+run is closed FAILED for the rerun to resume, and its point is queued again. Trials that Optuna's own
+stale check failed before an `ask` (no reason recorded) are lost too, and settled by the same pass.
+Every step is idempotent and decided from the storage's state, so a process that dies halfway through
+leaves work that the next pass finishes.
+"""
 from __future__ import annotations
 
+from collections import defaultdict
 from pathlib import Path
 
 import mlflow
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from study.sweep.optuna_storage import fail_stale_trials, point_of
+from study.sweep.optuna_storage import lost_trials, point_of
+from study.sweep.timing import REQUEUE_SECONDS  # noqa: F401 (the callers' cadence, named here for them)
 from study.tracking.mlflow_runs import close_run, run_status
 from study.tracking.trial_record import recorded_run
 
-REQUEUE_SECONDS = 30  # how often the driver, or a driverless worker while it waits, looks for lost trials
+LOST_ATTR = "lost"  # a trial failed because its worker was lost, not by an error of its own
 
 
-def mark_lost_runs(lost: list[optuna.trial.FrozenTrial], client: mlflow.MlflowClient) -> None:
-    """The MLflow run of a lost trial (which its worker recorded on the trial, wherever it ran) is closed as
-    FAILED; its rerun resumes it."""
-    for trial in lost:  # a distributed trial's run is known only to its folder
-        run_id = trial.user_attrs.get("mlflow_run_id") or recorded_run(trial.user_attrs.get("trial_dir", "/nonexistent"))
-        if run_id and run_status(run_id, client.tracking_uri) == "RUNNING":
-            close_run(client, run_id, "worker lost (stale trial); rerun resumes this run")
+def is_lost(trial: FrozenTrial) -> bool:
+    """A FAIL trial that did not fail by its own error: marked lost here, or failed by Optuna's stale
+    check, a signal or a crash (a trial that raised records its `failure_reason` before it fails)."""
+    return trial.state == TrialState.FAIL and (LOST_ATTR in trial.user_attrs or "failure_reason" not in trial.user_attrs)
 
 
-def enqueue_retries(study: optuna.Study, keys: set[str] | None, only: set[str] | None = None) -> int:
-    """Points whose every attempt failed are queued again (the grid sampler counts a failed point as
-    visited and would never draw it again): at a launch's start every such point of the current grid
-    (`keys`, if known), during the launch only the points of trials just found lost (`only`)."""
-    by_point: dict[str, list[TrialState]] = {}
+def point_status(trials: list[FrozenTrial]) -> str:
+    """One point's standing from its trials: finished, running, queued, lost (its last attempt's worker
+    was lost: to be queued again), failed (its last attempt raised), or new (never attempted; yielded
+    duplicates do not count)."""
+    states = {t.state for t in trials}
+    for state, status in ((TrialState.COMPLETE, "finished"), (TrialState.RUNNING, "running"),
+                          (TrialState.WAITING, "queued")):
+        if state in states:
+            return status
+    attempts = [t for t in trials if t.state == TrialState.FAIL]
+    if not attempts:
+        return "new"
+    return "lost" if is_lost(max(attempts, key=lambda t: t.number)) else "failed"
+
+
+def trials_by_point(study: optuna.Study) -> dict[str, list[FrozenTrial]]:
+    by_point = defaultdict(list)
     for t in study.get_trials(deepcopy=False):
-        by_point.setdefault(point_of(t), []).append(t.state)
-    retries = [k for k, states in by_point.items() if k is not None and (keys is None or k in keys)
-               and (only is None or k in only) and TrialState.FAIL in states
-               and not {TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING} & set(states)]
-    for key in retries:  # the worker reads the point from the user attribute
-        study.enqueue_trial({}, user_attrs={"point": key}, skip_if_exists=False)
-    return len(retries)
+        key = point_of(t)
+        if key is not None:
+            by_point[key].append(t)
+    return by_point
 
 
-def requeue_lost(studies: list[optuna.Study], grid: set[str], runs_dir: Path, client: mlflow.MlflowClient,
-                 launch_start: bool = False) -> int:
-    """Lost trials marked FAIL (their MLflow runs FAILED) and their points queued again, so a live worker
-    resumes them in this launch; at the launch's start every failed point is queued. The first study's
-    points are the grid, the matched study's are known only later. Returns the points queued."""
-    return sum(requeue_lost_in(study, keys, runs_dir, client, launch_start) for study, keys in zip(studies, (grid, None)))
+def pending(study: optuna.Study, keys: list[str], first: int) -> list[str]:
+    """Points still to run in this launch: new, queued, lost, or failed only in an earlier launch (trials
+    numbered before `first`)."""
+    by_point = trials_by_point(study)
+    def to_run(key: str) -> bool:
+        status = point_status(by_point[key])
+        return status in ("new", "queued", "lost") or (
+            status == "failed" and max(t.number for t in by_point[key]) < first)
+    return [k for k in keys if to_run(k)]
 
 
-def requeue_lost_in(study: optuna.Study, keys: set[str] | None, runs_dir: Path, client: mlflow.MlflowClient,
-                    launch_start: bool = False) -> int:
-    lost = fail_stale_trials(study, runs_dir)
-    mark_lost_runs(lost, client)
-    return enqueue_retries(study, keys, None if launch_start else {point_of(t) for t in lost})
+def settle(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Marks one lost trial: FAIL with its reason, or PRUNED when it never had a point (a creation whose
+    answer was lost: nothing to rerun). False when another process settled it first (the state change is
+    the arbiter: exactly one process's lands)."""
+    storage = study._storage
+    has_point = point_of(trial) is not None
+    try:
+        if has_point:
+            storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, True)
+            storage.set_trial_user_attr(trial._trial_id, "failure_reason", f"worker lost: {reason}")
+        else:
+            storage.set_trial_user_attr(trial._trial_id, "skipped", f"orphan trial, never taken up: {reason}")
+        return storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL if has_point else TrialState.PRUNED)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # another process got there first, or the trial ended meanwhile
+
+
+def close_lost_runs(study: optuna.Study, client: mlflow.MlflowClient, first: int) -> int:
+    """The MLflow runs of lost trials (from trial `first` on) that are still RUNNING are closed FAILED, unless
+    a later attempt already resumed them. A distributed trial's run is known only to its folder."""
+    closed = 0
+    for trials in trials_by_point(study).values():
+        if point_status(trials) in ("running", "finished"):
+            continue  # a later attempt resumed the run (or its rerun finished it)
+        for trial in trials:
+            if trial.number < first or not is_lost(trial):
+                continue
+            run_id = trial.user_attrs.get("mlflow_run_id") or recorded_run(trial.user_attrs.get("trial_dir", "/nonexistent"))
+            if run_id and run_status(run_id, client.tracking_uri) == "RUNNING":
+                close_run(client, run_id, f"{trial.user_attrs.get('failure_reason', 'worker lost')}; "
+                          "the rerun of its point resumes this run")
+                closed += 1
+    return closed
+
+
+def enqueue_retries(study: optuna.Study, keys: set[str] | None, launch_start: bool = False) -> int:
+    """Queues again each point whose last attempt was lost; at a launch's start also each point whose
+    last attempt failed (the grid sampler counts a failed point as visited and would never draw it
+    again). `keys`: the grid's points, when known (a point dropped from the grid is left alone)."""
+    retry = ("lost", "failed") if launch_start else ("lost",)
+    queued = 0
+    for key, trials in trials_by_point(study).items():
+        if (keys is None or key in keys) and point_status(trials) in retry:
+            study.enqueue_trial({}, user_attrs={"point": key}, skip_if_exists=False)  # the worker reads the point
+            queued += 1
+    return queued
+
+
+def reconcile(study: optuna.Study, keys: set[str] | None, runs_dir: Path, client: mlflow.MlflowClient,
+              launch_start: bool = False) -> int:
+    """Lost trials settled, their runs closed and their points queued (at a launch's start, failed points
+    too). Returns the points queued."""
+    for trial, reason in lost_trials(study, runs_dir):
+        settle(study, trial, reason)
+    close_lost_runs(study, client, 0 if launch_start else study.user_attrs.get("launch_first_trial", 0))
+    return enqueue_retries(study, keys, launch_start)
+
+
+def reconcile_all(studies: list[optuna.Study], grid: set[str], runs_dir: Path, client: mlflow.MlflowClient,
+                  launch_start: bool = False) -> int:
+    """`reconcile` over the sweep's studies: the first study's points are the grid, the matched study's are
+    known only later."""
+    return sum(reconcile(study, keys, runs_dir, client, launch_start) for study, keys in zip(studies, (grid, None)))

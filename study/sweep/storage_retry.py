@@ -1,9 +1,12 @@
 """Optuna storage calls that ride through an outage: a database restart, a network blip, an NFS hiccup.
 
 Every call on an RDB storage (ask, tell, attributes, the driver's polls, the heartbeats, and the private
-methods Optuna's cache calls directly) is retried on a transient error with a capped backoff, about three minutes in all, each retry logged
-on stderr; past that the error is raised as before. A state change that a retry finds already made
-(its first attempt committed, the answer was lost) counts as done. RDB connections are checked out
+methods Optuna's cache calls directly) is retried on a transient error with a capped backoff,
+RETRY_SECONDS in all (3 minutes; study/sweep/timing.py), each retry logged on stderr; past that the error
+is raised as before. A state change that a retry finds already made (its first attempt committed, the
+answer was lost) counts as done. Two lost answers cannot be told apart from another process's work and
+leave a RUNNING trial that nobody took up: a pop (WAITING -> RUNNING) and an insert; study/sweep/recovery.py
+settles those once they are STALE_SECONDS old. RDB connections are checked out
 with `pool_pre_ping`, so a pool that outlived a restart reconnects instead of failing once per
 stale connection. The journal file is not wrapped: a retried append after a partial write would
 leave a torn record inside the file (a torn last record is repaired when the journal is opened).
@@ -20,8 +23,8 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-# Seconds between attempts: 1 + 2 + 4 + 8 + 15 + 5 x 30 = 180 s, then the error is raised.
-RETRY_DELAYS = (1, 2, 4, 8, 15, 30, 30, 30, 30, 30)
+from study.sweep.timing import RETRY_DELAYS  # 1 + 2 + 4 + 8 + 15 + 5 x 30 = 180 s by default
+
 # What an outage raises: Optuna wraps the database's errors inside a session; connecting (refused, the
 # server closed the connection) raises SQLAlchemy's own. Not retried: integrity errors and the like.
 TRANSIENT = (optuna.exceptions.StorageInternalError, OperationalError, InterfaceError)
@@ -77,8 +80,8 @@ def with_retries(cls: type, delays: tuple[float, ...] = RETRY_DELAYS) -> type:
 class ResilientRDBStorage(with_retries(RDBStorage)):
     """RDBStorage with retries, connections tested before use (Optuna sets pool_pre_ping for MySQL only;
     after a PostgreSQL restart every pooled connection is dead), and heartbeats that never stop: Optuna's
-    heartbeat thread ends at its first error, and 120 s later another process would fail a trial that
-    is still training."""
+    heartbeat thread ends at its first error, and STALE_SECONDS later another process would fail a trial
+    that is still training."""
 
     def __init__(self, url: str, **kwargs: Any):
         super().__init__(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)

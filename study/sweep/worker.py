@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,13 @@ import optuna
 from optuna.trial import TrialState
 
 from study import progress, stop_request
-from study.sweep.experiment_file import Experiment, FinishedRun, Point, load_experiment
+from study.sweep.experiment_file import Experiment, Point, load_experiment
+from study.sweep.launch_check import finished_runs, search_runs
 from study.sweep.optuna_storage import (
+    LAUNCH_ATTR,
+    LAUNCH_FIRST_TRIAL,
+    LAUNCH_NEXT,
     Heartbeat,
-    fail_stale_trials,
     heartbeat_path,
     open_storage,
     point_of,
@@ -31,17 +33,17 @@ from study.sweep.optuna_storage import (
     worker_id,
 )
 from study.sweep.process import exit_now
-from study.sweep.recovery import REQUEUE_SECONDS, requeue_lost_in
+from study.sweep.recovery import pending, reconcile, trials_by_point, point_status
+from study.sweep.timing import PHASE_POLL_SECONDS, REQUEUE_SECONDS
 from study.tracking.mlflow_runs import close_run, run_label, run_status
 from study.tracking.trial_record import recorded_run, trial_dir
 from study.trial import run_trial
 
 REPORTED = ("dev/wer", "test/wer", "test/cer", "params/total", "params/reduction", "flops/encoder_10s",
             "latency/ms_b1_10s")
-PHASE_POLL_SECONDS = 3
-LAUNCH_POLL_SECONDS = 0.1
-LAUNCH_ATTR = "launch"  # the first study's user attribute: the token of the launch whose workers may begin
-LAUNCH_FIRST_TRIAL = "launch_first_trial"  # each study's: the number of the launch's first trial
+LAUNCH_POLL_SECONDS = 0.1  # a local worker waits for its driver's set-up (about a second)
+CLUSTER_LAUNCH_POLL_SECONDS = 2.0  # a cluster job may wait in the queue past its launch: no busy polling
+CLUSTER_LAUNCH_WAIT_SECONDS = 600.0  # a job whose launch was never marked (its driver killed) then gives up
 
 
 @dataclass
@@ -68,25 +70,10 @@ def point_param(keys: list[str]) -> str:
     return "point_" + hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:8]
 
 
-def pending(study: optuna.Study, keys: list[str], first: int) -> list[str]:
-    """Points still to run: never finished, not running, not already failed in this launch (trials
-    numbered from `first` on; unless queued again: the driver queues the trial of a lost worker)."""
-    states = defaultdict(list)
-    for t in study.get_trials(deepcopy=False):
-        states[point_of(t)].append(t)
-    def settled(key: str) -> bool:
-        if any(t.state == TrialState.WAITING for t in states[key]):
-            return False
-        return any(t.state in (TrialState.COMPLETE, TrialState.RUNNING)
-                   or (t.state == TrialState.FAIL and t.number >= first)
-                   for t in states[key])
-    return [k for k in keys if not settled(k)]
-
-
 def live_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """RUNNING trials that a worker took up (it records itself at once); a trial created by an insert whose
-    answer an outage lost, and retried, would otherwise be waited for forever."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if "worker" in t.user_attrs]
+    """RUNNING trials: a worker runs them, or they are lost and `reconcile` queues their points again
+    (one that nobody took up, once it is STALE_SECONDS old)."""
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
 def _taken_by_another(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
@@ -166,6 +153,8 @@ class Worker:
                     "optuna.trial_number": str(trial.number),
                     "grid_point": point.key if points is not None else json.dumps(chosen, sort_keys=True)}
             if points is not None:
+                if (reused := self.finished_run_of(study, trial, point.key)) is not None:
+                    return reused
                 self.supersede_earlier_attempt(study, trial, point.key, trial_dir(cfg, self.runs_dir))
             with Heartbeat(heartbeat_path(self.runs_dir, study, trial.number)):
                 try:
@@ -183,6 +172,23 @@ class Worker:
                 trial.set_user_attr(name, result.metrics[name])
             return result.metrics["dev/wer"], result.metrics["params/total"]
         return run
+
+    def finished_run_of(self, study: optuna.Study, trial: optuna.Trial, key: str) -> tuple[float, float] | None:
+        """An earlier attempt whose run FINISHED but whose trial did not complete (a signal at the tell, an
+        outage, a crash) is not trained again, on any machine: its run's figures complete this trial."""
+        runs = search_runs(mlflow.MlflowClient(self.settings.tracking_uri), self.experiment.name,
+                           f"attributes.status = 'FINISHED' and tags.`optuna.study_name` = '{study.study_name}'")
+        done = [r for r in runs if r.data.tags.get("grid_point") == key and set(REPORTED) <= set(r.data.metrics)]
+        if not done:
+            return None
+        run = done[0]
+        print(f"{trial.user_attrs.get('run_name', key)}: its run {run.info.run_id} finished in an earlier attempt; "
+              "taking its figures instead of training again", flush=True)
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        trial.set_user_attr("reused_finished_run", True)
+        for name in REPORTED:
+            trial.set_user_attr(name, run.data.metrics[name])
+        return run.data.metrics["dev/wer"], run.data.metrics["params/total"]
 
     def supersede_earlier_attempt(self, study: optuna.Study, trial: optuna.Trial, key: str, folder: Path) -> None:
         """A point whose earlier attempt was lost resumes from that attempt's checkpoint when its trial folder
@@ -207,22 +213,34 @@ class Worker:
 
     def run_grid(self, study: optuna.Study, points: list[Point]) -> None:
         """Takes pending points until none is left; then waits while other trials run, since one whose
-        worker is lost is queued again (by the driver) and this worker resumes it."""
+        worker is lost is queued again and this worker resumes it."""
         keys = [p.key for p in points]
         first = study.user_attrs[LAUNCH_FIRST_TRIAL]
         objective = self.objective(study, points)
         last_recovery = time.monotonic()
         while True:
-            if pending(study, keys, first):
+            todo = pending(study, keys, first)
+            if todo:
+                self.queue_lost_points(study, set(keys), todo)
                 study.optimize(objective, n_trials=1, catch=(TrialFailed,))
             elif live_trials(study) and self.driver_alive():
                 progress.beat()  # waiting for the others is not a hang
                 time.sleep(PHASE_POLL_SECONDS)
-                if self.settings.cluster_job and time.monotonic() - last_recovery > REQUEUE_SECONDS:
-                    requeue_lost_in(study, set(keys), self.runs_dir, mlflow.MlflowClient(self.settings.tracking_uri))
+                if time.monotonic() - last_recovery > REQUEUE_SECONDS:
+                    self.reconcile(study, set(keys))
                     last_recovery = time.monotonic()
             else:
                 return
+
+    def reconcile(self, study: optuna.Study, keys: set[str] | None) -> None:
+        reconcile(study, keys, self.runs_dir, mlflow.MlflowClient(self.settings.tracking_uri))
+
+    def queue_lost_points(self, study: optuna.Study, keys: set[str], todo: list[str]) -> None:
+        """A lost point not queued yet (its settler died, or Optuna's stale check failed it) is queued here
+        rather than left to the grid sampler, which has visited it and would draw it only by chance."""
+        by_point = trials_by_point(study)
+        if any(point_status(by_point[k]) == "lost" for k in todo):
+            self.reconcile(study, keys)
 
     def run_search(self, study: optuna.Study) -> None:
         objective = self.objective(study, None)
@@ -234,38 +252,42 @@ class Worker:
     def wait_until_settled(self, study: optuna.Study) -> None:
         """Matched points need every result of the first phase, so wait for the other workers."""
         while live_trials(study):
-            fail_stale_trials(study, self.runs_dir)
+            self.reconcile(study, None)
             progress.beat()  # waiting for the others is not a hang
             time.sleep(PHASE_POLL_SECONDS)
-
-    def finished_runs(self, study: optuna.Study) -> list[FinishedRun]:
-        """This sweep's finished trial runs, read from MLflow, for the matched arms."""
-        mlflow.set_tracking_uri(self.settings.tracking_uri)
-        runs = mlflow.search_runs(experiment_names=[self.experiment.name], output_format="list",
-                                  filter_string=f"attributes.status = 'FINISHED' and "
-                                                f"tags.`optuna.study_name` = '{study.study_name}'")
-        return [FinishedRun(r.data.tags["method"], int(r.data.metrics["params/total"]), r.info.run_id, r.data.params)
-                for r in runs]
 
     def driver_alive(self) -> bool:
         """An orphaned worker (its driver killed) has nobody to report to: it takes no more work. A cluster
         job never had one: it works until the sweep is done."""
         return self.settings.cluster_job or os.getppid() == self.driver_pid
 
-    def wait_for_launch(self, study_name: str) -> None:
-        """The driver starts its workers before its MLflow set-up and marks the study when that is done."""
+    def wait_for_launch(self, study_name: str) -> bool:
+        """The driver starts its workers before its MLflow set-up and marks the study when that is done.
+        False for a cluster job whose launch is over: a later launch started (the user re-ran the command),
+        or its driver never marked it (killed first); such a job has nothing to do."""
         if not self.settings.launch:
-            return
+            return True
         study_id = self.storage.get_study_id_from_name(study_name)
-        while self.storage.get_study_user_attrs(study_id).get(LAUNCH_ATTR) != self.settings.launch:
+        started = time.monotonic()
+        while (attrs := self.storage.get_study_user_attrs(study_id)).get(LAUNCH_ATTR) != self.settings.launch:
             if not self.driver_alive():
                 raise SystemExit(f"the sweep driver (pid {self.driver_pid}) exited before its launch began")
-            time.sleep(LAUNCH_POLL_SECONDS)
+            if self.settings.cluster_job:
+                if attrs.get(LAUNCH_NEXT) not in (None, self.settings.launch):
+                    print("a later launch of this sweep has started: this job of an earlier one stands down", flush=True)
+                    return False
+                if time.monotonic() - started > CLUSTER_LAUNCH_WAIT_SECONDS:
+                    print(f"this job's launch was not marked within {CLUSTER_LAUNCH_WAIT_SECONDS:.0f} s (its driver "
+                          "was stopped before it finished setting up): nothing to do", flush=True)
+                    return False
+            time.sleep(CLUSTER_LAUNCH_POLL_SECONDS if self.settings.cluster_job else LAUNCH_POLL_SECONDS)
+        return True
 
     def run(self) -> None:
         progress.beat()  # imported and started: the watchdog's clock restarts here
         first, matched = study_names(self.experiment.name)
-        self.wait_for_launch(first)
+        if not self.wait_for_launch(first):
+            return
         if self.experiment.spec.mode == "search":
             self.run_search(self.load(first, optuna.samplers.TPESampler()))
             return
@@ -275,7 +297,7 @@ class Worker:
         if not any(arm.match for arm in self.experiment.arms):
             return
         self.wait_until_settled(grid)
-        matched_points = self.experiment.matched_points(self.finished_runs(grid))
+        matched_points = self.experiment.matched_points(finished_runs(self.experiment.name, grid.study_name, self.settings.tracking_uri))
         if matched_points:
             self.run_grid(self.load(matched, grid_sampler(matched_points)), matched_points)
 

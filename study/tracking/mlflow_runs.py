@@ -4,9 +4,12 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from study.config import Config, flatten, identity, to_dict
 from study.tracking.store import ensure_experiment
@@ -38,18 +41,31 @@ def run_params(cfg: Config) -> dict[str, str]:
     return params
 
 
-def recipe_source_hash() -> str:
-    """sha256 (16 hex digits) of RECIPE_SOURCES as they are on disk."""
+def _source_hash(root: Path, relatives: Iterable[str]) -> str:
+    """sha256 (16 hex digits) of the files `relatives` under `root` as they are on disk."""
     digest = hashlib.sha256()
-    for relative in RECIPE_SOURCES:
-        digest.update(relative.encode() + b"\0" + (PACKAGE_ROOT / relative).read_bytes())
+    for relative in relatives:
+        digest.update(relative.encode() + b"\0" + (root / relative).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def recipe_source_hash() -> str:
+    """The hash of RECIPE_SOURCES: the code a dense model depends on."""
+    return _source_hash(PACKAGE_ROOT, RECIPE_SOURCES)
+
+
+def package_source_hash(root: Path = PACKAGE_ROOT) -> str:
+    """The hash of every .py file of the package at `root`: the code a trial's result depends on."""
+    files = sorted(path.relative_to(root).as_posix() for path in root.rglob("*.py")
+                   if path.is_file())  # not an editor's dangling lock link
+    return _source_hash(root, files)
 
 
 # Taken when this process imports the code, not when a trial first asks: a worker that started before
 # the files were edited runs the old code and must say so (it used to hash the edited files and retrain
 # a dense model that its own code had already trained).
 LOADED_SOURCE_HASH = recipe_source_hash()
+LOADED_PACKAGE_HASH = package_source_hash()
 
 
 def recipe_key(cfg: Config) -> str:
@@ -116,9 +132,18 @@ def close_run(client: mlflow.MlflowClient, run_id: str, reason: str, status: str
     client.set_terminated(run_id, status=status)
 
 
+# What a store answers for a run it does not hold: the SQL, file and REST stores say the run does not
+# exist; a malformed id (a damaged record) is refused before any store is asked.
+NOT_IN_STORE = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
+
+
 def run_status(run_id: str, tracking_uri: str) -> str | None:
-    """RUNNING, FINISHED, FAILED, KILLED; None when the run is not in this store."""
+    """RUNNING, FINISHED, FAILED, KILLED; None when the run is not in this store. Any other error (the
+    store unreachable, a database fault) is raised: read as "no such run", it would train a finished
+    trial again or start a new run beside the one to resume."""
     try:
         return mlflow.MlflowClient(tracking_uri).get_run(run_id).info.status
-    except mlflow.exceptions.MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in NOT_IN_STORE:
+            return None
+        raise

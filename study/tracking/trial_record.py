@@ -15,7 +15,7 @@ import mlflow
 
 from study import progress
 from study.config import Config, identity
-from study.tracking.mlflow_runs import LOADED_SOURCE_HASH, run_status
+from study.tracking.mlflow_runs import LOADED_PACKAGE_HASH, run_status
 
 
 LOCK_POLL_SECONDS = 1.0
@@ -28,10 +28,11 @@ class TrialResult:
 
 
 def trial_key(cfg: Config) -> str:
-    """Same resolved configuration and same training code -> same key -> same checkpoint folder (resume
-    after a crash), whatever the device or thread count it resumes on. Edited training code gives a new
-    key: a DONE folder of the old code is not reused (as recipe_key does for dense sources)."""
-    tree = {"config": identity(cfg), "source": LOADED_SOURCE_HASH}
+    """Same resolved configuration and same code -> same key -> same checkpoint folder (resume after a
+    crash), whatever the device or thread count it resumes on. An edit to any file of the study package
+    (a method, the trial, the evaluation, not only the dense recipe) gives a new key: a DONE folder of
+    the old code is not reused (the code a worker loaded: see LOADED_PACKAGE_HASH)."""
+    tree = {"config": identity(cfg), "package": LOADED_PACKAGE_HASH}
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 
