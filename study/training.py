@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import random
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from study.data.features import SpecAugment
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer
 from study.distributed import rank_and_world
+from study.durable import replace_durably
 from study.method.distillation import Distiller
 from study.model import output_lengths
 
@@ -191,7 +193,14 @@ class Trainer:
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.is_file():
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        try:
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:  # unreadable: would fail every attempt
+            aside = self.checkpoint_path.with_name(self.checkpoint_path.name + ".corrupt")
+            self.checkpoint_path.replace(aside)
+            print(f"{self.checkpoint_path}: unreadable ({type(exc).__name__}: {str(exc)[:200]}); moved to {aside.name}, "
+                  "training starts over", flush=True)
+            return False
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -205,11 +214,10 @@ class Trainer:
     def save_checkpoint(self, partial: dict | None = None) -> None:
         """`partial`: where in an unfinished epoch training stopped (see `_stop_mid_epoch`)."""
         self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(), "history": self.history, "partial": partial,
-                    "extra": {name: tensor.detach().clone() for name, tensor in self.checkpointed.items()}}, tmp)
-        tmp.replace(self.checkpoint_path)  # atomic on POSIX: never a torn checkpoint
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "history": self.history, "partial": partial,
+                 "extra": {name: tensor.detach().clone() for name, tensor in self.checkpointed.items()}}
+        replace_durably(self.checkpoint_path, lambda tmp: torch.save(state, tmp))  # never a torn checkpoint
 
     def _stop_mid_epoch(self, epoch: int, steps_done: int, sums: torch.Tensor, utterances: int, seconds: float) -> None:
         """SIGTERM arrived: checkpoint after `steps_done` steps of `epoch`, then stop."""

@@ -142,7 +142,7 @@ def test_answers_lost_after_the_commit_leave_nothing_running_and_no_point_untrai
     from study.sweep.experiment_file import load_experiment
     from study.sweep.optuna_storage import create_studies
     storage = sweep_storage("postgresql", tmp_path, request)
-    exp = write_experiment(tmp_path, corpus_cache, TWO_POINTS)
+    exp = write_experiment(tmp_path, corpus_cache, TWO_POINTS.replace('grid = { "model.ffn_dim" = [32, 64] }', ""))
     first_point = load_experiment(exp).points()[0].key
     study = create_studies(optuna.storages.RDBStorage(storage), "tiny_sweep")[0]  # a lost attempt from before:
     study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"point": first_point}))  # queued at launch

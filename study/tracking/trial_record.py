@@ -15,6 +15,7 @@ import mlflow
 
 from study import progress
 from study.config import Config, identity
+from study.durable import replace_durably
 from study.tracking.mlflow_runs import LOADED_PACKAGE_HASH, run_status
 
 
@@ -84,9 +85,8 @@ def finished_result(folder: Path, tracking_uri: str) -> TrialResult | None:
 def record_done(folder: Path, result: TrialResult) -> None:
     """DONE written whole or not at all (a temporary file renamed into place): a full disk or a kill
     leaves no empty or torn DONE behind."""
-    tmp = folder / "DONE.tmp"
-    tmp.write_text(json.dumps({"run_id": result.run_id, "metrics": result.metrics}))
-    tmp.replace(folder / "DONE")
+    record = json.dumps({"run_id": result.run_id, "metrics": result.metrics})
+    replace_durably(folder / "DONE", lambda tmp: tmp.write_text(record))
 
 
 def recorded_run(folder: Path) -> str | None:
