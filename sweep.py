@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import shutil
-import signal
 import sys
 import tomllib
 from dataclasses import asdict
@@ -27,10 +26,12 @@ import mlflow
 
 from study.config import ConfigError, build
 from study.data.manifest import DataError
-from study.environment import installed_version
+from study.runtime import stop_request
+from study.runtime.environment import installed_version
 from study.data.prepared import prepare_data
 from study.data.tokenizer import build_tokenizer
-from study.sweep.driver import SweepArgs, SweepError, close_detached, launch
+from study.sweep.driver import SweepArgs, SweepError, launch
+from study.sweep.launchers.slurm import close_detached
 from study.sweep.experiment_file import Experiment, SlurmSpec, load_experiment
 from study.sweep import slurm
 from study.sweep.slurm import SlurmError
@@ -51,10 +52,6 @@ def parse_overrides(pairs: list[str]) -> dict:
         except tomllib.TOMLDecodeError:
             overrides[key] = raw
     return overrides
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -94,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         print("environment ok: " + ", ".join(f"{n} {installed_version(n)}" for n in ("torch", "torchaudio")))
         return 0
     # `kill` (SIGTERM) unwinds like Ctrl-C: workers stop, runs close as KILLED, never left RUNNING.
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_request.clear()
+    stop_request.install()  # once: a second signal (Ctrl-C reaches the group, then `kill`) cannot cut the clean-up short
     try:
         overrides = parse_overrides(args.overrides)
         experiment = load_experiment(args.experiment, overrides)

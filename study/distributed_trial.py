@@ -1,5 +1,5 @@
 """One trial as one rank of a distributed run: `python -m study.distributed_trial`, started by torchrun
-(see study/distributed.py). Either a resolved configuration (--resolved, what run_trial writes when it
+(see study/runtime/distributed.py). Either a resolved configuration (--resolved, what run_trial writes when it
 relaunches itself) or an experiment file with overrides (several machines, started by hand)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from study import distributed
+from study.runtime import distributed
 from study.config import load_config
 from study.sweep.experiment_file import load_experiment
 from study.tracking.store import resolve_tracking_uri

@@ -2,7 +2,7 @@
 
 A checkpoint is written atomically after every epoch; `fit` resumes from it when present, with
 the same batches and dropout draws as an uninterrupted run (both are seeded by epoch). SIGTERM
-(study/stop_request.py) writes one at the next step boundary instead, holding the random generators'
+(study/runtime/stop_request.py) writes one at the next step boundary instead, holding the random generators'
 states, the epoch's running sums and any state carried within the epoch (the ADL noise pool), so the
 resumed run skips the steps already taken and goes on with exactly the draws it would have made.
 """
@@ -22,14 +22,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from study import progress, stop_request
+from study.runtime import progress, stop_request
 from study.config import Config
 from study.data.batching import Batch, make_batches, normalise, pad_batch, prefetch
 from study.data.features import SpecAugment
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer
-from study.distributed import rank_and_world
 from study.durable import replace_durably
+from study.runtime.distributed import rank_and_world
 from study.method.distillation import Distiller
 from study.model import output_lengths
 

@@ -16,12 +16,12 @@ from typing import Callable
 import mlflow
 import torch
 
-from study import distributed, progress
+from study.runtime import distributed, progress
 from study.config import Config, ModelConfig, dumps_toml, to_dict
 from study.data.features import mean_std
 from study.data.prepared import prepare_data
 from study.data.tokenizer import build_tokenizer
-from study.distributed import rank_and_world
+from study.runtime.distributed import rank_and_world
 from study.evaluation.accounting import device_name, size_metrics
 from study.evaluation.error_rates import utterance_word_errors
 from study.method import baselines

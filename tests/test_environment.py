@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from study.environment import check_environment, drift_message, exact_pins, project_requirements
+from study.runtime.environment import check_environment, drift_message, exact_pins, project_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 

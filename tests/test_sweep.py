@@ -457,9 +457,10 @@ def test_a_storage_unreachable_past_its_retries_stops_the_workers_and_closes_the
     from sqlalchemy.exc import OperationalError
 
     from study.sweep import driver
+    from study.sweep.launchers.local import LocalLauncher
     started = []
-    real_start = driver._start_worker
-    monkeypatch.setattr(driver, "_start_worker", lambda *a: started.append(real_start(*a)) or started[-1])
+    real_start = LocalLauncher._start_one
+    monkeypatch.setattr(LocalLauncher, "_start_one", lambda *a: started.append(real_start(*a)) or started[-1])
     def outage(*args):
         raise OperationalError("select", {}, ConnectionRefusedError("connection refused"))
     monkeypatch.setattr(driver, "_monitor", outage)

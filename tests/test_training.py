@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import torch
 
-from study import stop_request
+from study.runtime import stop_request
 from study.training import Trainer, TrainingError
 from study.trial import run_trial
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from study import progress
+from study.runtime import progress
 from study.data.batching import make_batches, normalise, pad_batch, prefetch
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer

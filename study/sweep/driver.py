@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import traceback
 import uuid
@@ -26,25 +25,23 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from study import progress
-from study.sweep import slurm
+from study.runtime import progress
 from study.sweep.experiment_file import Experiment, FinishedRun, SlurmSpec
 from study.sweep.launch_check import check_launch, summary
+from study.sweep.parent_run import close_launch, close_previous_parent, launch_counts
 from study.sweep.optuna_storage import (
     LAUNCH_ATTR,
     LAUNCH_FIRST_TRIAL,
     LAUNCH_NEXT,
     create_studies,
-    journal_path,
     open_storage,
-    point_of,
     study_names,
 )
 from study.sweep.recovery import reconcile_all
 from study.sweep.storage_retry import TRANSIENT, describe
 from study.sweep.timing import REQUEUE_SECONDS
-from study.sweep.worker import WorkerSettings, settings_json
-from study.tracking.mlflow_runs import close_run, run_status
+from study.sweep.launchers import LAUNCHERS
+from study.sweep.worker import WorkerSettings
 from study.tracking.store import ensure_experiment
 
 POLL_SECONDS = 2
@@ -61,7 +58,7 @@ class SweepArgs:
     join: bool = False
     max_restarts: int = 3  # lost workers replaced per launch (out of memory, a preempted node, a kill)
     hang_seconds: float = 1800.0  # a worker with no progress for this long is killed and replaced (0 = never)
-    launcher: str = "local"  # local: worker processes here; slurm: a job array (study/sweep/slurm.py)
+    launcher: str = "local"  # a key of LAUNCHERS: local worker processes, or a SLURM job array (study/sweep/launchers/)
     detach: bool = False  # slurm: submit, then leave the jobs running (`--status` closes the launch)
     slurm: SlurmSpec = field(default_factory=SlurmSpec)
 
@@ -79,13 +76,6 @@ def placements(experiment: Experiment, args: SweepArgs) -> list[dict]:
         return devices
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return [{**d, "train.threads": max(1, cores // args.workers)} for d in devices]
-
-
-def _close_previous_parent(study: optuna.Study, client: mlflow.MlflowClient) -> None:
-    """A driver that was killed left its parent run RUNNING; this launch takes over."""
-    previous = study.user_attrs.get("parent_run_id")
-    if previous and run_status(previous, client.tracking_uri) == "RUNNING":
-        close_run(client, previous, "sweep driver lost; a later launch continued the sweep")
 
 
 def _start_parent_run(experiment: Experiment, args: SweepArgs, n_points: int) -> str:
@@ -123,9 +113,9 @@ class LaunchResult:
 
 def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchResult:
     """Runs (or continues, or joins) the sweep."""
-    if args.launcher == "slurm":  # before anything is created: stores the nodes cannot reach are refused
-        slurm.check_reachable(args.storage, journal_path(args.runs_dir, experiment.name), args.tracking_uri,
-                              args.runs_dir, args.slurm.partition)
+    launcher = LAUNCHERS[args.launcher](experiment, args.runs_dir, storage=args.storage, tracking_uri=args.tracking_uri,
+                                        spec=args.slurm, detach=args.detach)
+    launcher.check()  # before anything is created: stores the workers cannot reach are refused
     storage = open_storage(args.storage, experiment.name, args.runs_dir)
     total = expected_trials(experiment)
     grid = {p.key for p in experiment.points()}
@@ -141,14 +131,16 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         token = uuid.uuid4().hex
         studies[0].set_user_attr(LAUNCH_NEXT, token)  # the workers of any earlier launch now stand down
     seats = placements(experiment, args)
-    workers = _start_workers(experiment, overrides, args, seats, token)
+    settings = WorkerSettings(str(experiment.path), overrides, args.storage, args.tracking_uri, str(args.runs_dir),
+                              launch=token)
+    workers = launcher.start(settings, seats)
     client = mlflow.MlflowClient(args.tracking_uri)  # a fresh SQLite store takes over a second to set up
     if not args.join:
         try:  # while the workers import: lost trials, the parent run, then the token that lets them begin
             # trials numbered from here on are this launch's (no clocks compared), its queued retries included
             first_trials = [_next_trial_number(study) for study in studies]
             reconcile_all(studies, grid, args.runs_dir, client, launch_start=True)
-            _close_previous_parent(studies[0], client)
+            close_previous_parent(studies[0], client)
             parent = _start_parent_run(experiment, args, total)
             for study, first in zip(studies, first_trials):
                 study.set_user_attr("parent_run_id", parent)
@@ -158,16 +150,13 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
             for proc in workers:
                 proc.kill()
             raise
-    logs = args.runs_dir / ("slurm" if args.launcher == "slurm" else "logs") / experiment.name
     print(f"sweep {experiment.name}: {total} trials, {args.workers} worker(s); "
-          f"MLflow parent run {parent}; worker logs in {logs}")
-    if args.launcher == "slurm":
-        slurm.record_launch(slurm.launch_file(args.runs_dir, experiment), parent, [job.job_id for job in workers])
-        print(f"SLURM jobs {', '.join(job.job_id for job in workers)} ({slurm.describe(args.slurm)})", flush=True)
-        if args.detach:
-            print(f"detached: the jobs go on without this process; `python sweep.py {experiment.path} --status` "
-                  "shows where they are (and closes the launch when they are done)")
-            return LaunchResult(0, parent, detached=True)
+          f"MLflow parent run {parent}; worker logs in {launcher.log_dir}")
+    launcher.started(parent, workers)
+    if launcher.detach:
+        print(f"detached: the workers go on without this process; `python sweep.py {experiment.path} --status` "
+              "shows where they are (and closes the launch when they are done)")
+        return LaunchResult(0, parent, detached=True)
     restarts = 0
 
     def replace(i: int, proc: subprocess.Popen) -> subprocess.Popen | None:
@@ -179,7 +168,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         if restarts >= args.max_restarts:
             return None
         restarts += 1
-        return _start_workers(experiment, overrides, args, [seats[i]], token)[0]
+        return launcher.start(settings, [seats[i]])[0]
 
     def requeue() -> None:
         """Trials whose heartbeat went stale during the launch (a worker on another machine lost)."""
@@ -204,7 +193,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
     if not (interrupted or error):
         try:  # what the workers left: lost trials settled for the next launch, then the invariant
             reconcile_all(studies, grid, args.runs_dir, client)
-            done, failed = _launch_counts(studies)
+            done, failed = launch_counts(studies)
             problems = [] if args.join else check_launch(experiment, studies, args.tracking_uri, parent)
         except TRANSIENT as exc:
             error = f"the Optuna storage became unreachable at the end of the launch ({describe(exc)})"
@@ -218,7 +207,7 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
         raise SweepError(f"{error}: the workers were stopped and the parent run closed; rerun the "
                          "command to continue (finished trials are kept)")
     if lost:
-        raise SweepError(f"a worker exited with an error ({restarts} replaced); see {args.runs_dir / 'logs' / experiment.name}"
+        raise SweepError(f"a worker exited with an error ({restarts} replaced); see {launcher.log_dir}"
                          + (f". {summary(problems)}" if problems else ""))
     return LaunchResult(failed, parent, problems=problems)
 
@@ -236,94 +225,8 @@ def stop_workers(workers: list) -> None:
             proc.wait(timeout=30)
 
 
-def close_launch(client: mlflow.MlflowClient, parent: str, done: int | None, failed: int | None, restarts: int,
-                 reason: str = "", interrupted: bool = False) -> None:
-    """The parent run's last figures, and its end: KILLED (interrupted), FAILED (with the reason) or FINISHED."""
-    if done is not None:
-        client.log_metric(parent, "sweep/finished_trials", done)
-        client.log_metric(parent, "sweep/failed_trials", failed)
-    client.log_metric(parent, "sweep/worker_restarts", restarts)
-    if reason:
-        client.set_tag(parent, "failure_reason", f"{reason}; rerun the command to continue")
-    client.set_terminated(parent, status="KILLED" if interrupted else "FAILED" if reason else "FINISHED")
-
-
-def close_detached(experiment: Experiment, storage_url: str | None, runs_dir: Path,
-                   tracking_uri: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """`--status` of a detached SLURM launch: its jobs' states and, once every job has ended, the launch
-    invariant's breaches; the launch's parent run is then closed as the driver would have closed it:
-    FINISHED only when every planned point finished once."""
-    recorded = slurm.recorded_launch(slurm.launch_file(runs_dir, experiment))
-    if recorded is None:
-        return [], []
-    parent, job_ids = recorded
-    states = [(job_id, slurm.job_state(job_id)[0]) for job_id in job_ids]
-    if not all(state in slurm.ENDED | {"GONE"} for _, state in states):
-        return states, []
-    storage = open_storage(storage_url, experiment.name, runs_dir)
-    studies = [optuna.load_study(study_name=n, storage=storage) for n in study_names(experiment.name)]
-    problems = check_launch(experiment, studies, tracking_uri, parent)
-    if run_status(parent, tracking_uri) == "RUNNING":
-        done, failed = _launch_counts(studies)
-        bad_jobs = [f"job {job} {state}" for job, state in states if state not in ("COMPLETED", "GONE")]
-        reason = "; ".join(filter(None, [", ".join(bad_jobs), summary(problems) if problems else ""]))
-        close_launch(mlflow.MlflowClient(tracking_uri), parent, done, failed, 0, reason)
-    return states, problems
-
-
-def _launch_counts(studies: list[optuna.Study]) -> tuple[int, int]:
-    """(finished trials, points that failed in this launch) over the sweep's studies."""
-    done = sum(len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) for s in studies)
-    return done, sum(_failed_in_launch(s) for s in studies)
-
-
 def _next_trial_number(study: optuna.Study) -> int:
     return max((t.number for t in study.get_trials(deepcopy=False)), default=-1) + 1
-
-
-def _failed_in_launch(study: optuna.Study) -> int:
-    """Points whose trial failed in this launch and that no later trial finished (a lost worker's
-    trial, resumed by its replacement, is not a failure)."""
-    first = study.user_attrs[LAUNCH_FIRST_TRIAL]
-    trials = study.get_trials(deepcopy=False)
-    key = lambda t: point_of(t) or f"search trial {t.number}"  # noqa: E731 (search trials have no point)
-    finished = {key(t) for t in trials if t.state == TrialState.COMPLETE}
-    return len({key(t) for t in trials if t.state == TrialState.FAIL and t.number >= first and key(t) not in finished})
-
-
-def _start_workers(experiment: Experiment, overrides: dict, args: SweepArgs, seats: list[dict],
-                   launch_token: str) -> list:
-    """Worker processes on this machine, or SLURM jobs, one per seat."""
-    if args.launcher != "slurm":
-        return [_start_worker(experiment, overrides, args, i, seat, launch_token) for i, seat in enumerate(seats)]
-    spec = args.slurm
-    placement = {"train.threads": spec.cpus_per_worker, **({"train.device": "cuda"} if spec.gpus_per_worker else {})}
-    settings = WorkerSettings(str(experiment.path.resolve()), overrides, args.storage, args.tracking_uri,
-                              str(args.runs_dir.resolve()), placement, launch_token, cluster_job=True)
-    ids = slurm.submit(spec, (args.runs_dir / "slurm" / experiment.name).resolve(), f"sweep-{experiment.name}",
-                       [settings_json(settings)] * len(seats), ranks=slurm.trial_ranks(experiment))
-    return [slurm.SlurmJob(job_id) for job_id in ids]
-
-
-def _start_worker(experiment: Experiment, overrides: dict, args: SweepArgs, seat: int,
-                  placement: dict, launch_token: str) -> subprocess.Popen:
-    log_dir = args.runs_dir / "logs" / experiment.name
-    log_dir.mkdir(parents=True, exist_ok=True)
-    settings = WorkerSettings(str(experiment.path), overrides, args.storage, args.tracking_uri,
-                              str(args.runs_dir), placement, launch_token, os.getpid())
-    progress_file = log_dir / f"worker-{os.getpid()}-{seat}.progress"
-    progress_file.touch()  # the watchdog's clock starts now
-    with open(log_dir / f"worker-{os.getpid()}-{seat}.log", "a") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "study.sweep.worker", settings_json(settings)],
-                                stdout=log, stderr=subprocess.STDOUT, env={**_worker_env(), progress.ENV: str(progress_file)})
-    proc.progress_file = progress_file
-    return proc
-
-
-def _worker_env() -> dict[str, str]:
-    """This checkout first on the path, so workers run the same code whatever the working directory."""
-    root = str(Path(__file__).resolve().parents[2])  # the folder holding `study`
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def _trial_line(trial: optuna.trial.FrozenTrial) -> str:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlparse
 
-from study.distributed import SLURM_TASKS_ENV
+from study.runtime.distributed import SLURM_TASKS_ENV
 from study.sweep.experiment_file import Experiment, SlurmSpec
 
 # File systems that other machines mount too; a file anywhere else is this machine's alone.
@@ -117,7 +117,7 @@ def submit(spec: SlurmSpec, folder: Path, job_name: str, settings: list[str], ra
 
     Each job holds `ranks` SLURM tasks (the most train.processes of the sweep's trials) but starts the
     worker as one of them (srun --ntasks=1); a trial with several processes starts its ranks as a job
-    step over the job's tasks (study/distributed.py, launch)."""
+    step over the job's tasks (study/runtime/distributed.py, launch)."""
     import submitit  # the optional `slurm` extra: only the launcher needs it
 
     from study.sweep.slurm_job import WorkerJob

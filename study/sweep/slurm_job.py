@@ -1,7 +1,7 @@
 """One SLURM worker job: the sweep's worker loop, made to survive what a cluster does to jobs.
 
 - Preemption, `scontrol requeue`, `scancel --signal=TERM`: SIGTERM. The running trial checkpoints at its
-  next step (study/stop_request.py) and its point is queued again; SLURM requeues the job (`--requeue`),
+  next step (study/runtime/stop_request.py) and its point is queued again; SLURM requeues the job (`--requeue`),
   and the job, or any other worker of the launch, resumes the trial from that checkpoint in the same
   MLflow run.
 - The time limit: SLURM sends SIGUSR2 `signal_seconds` before it (`--signal`). The trial checkpoints the
@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 
-from study import stop_request
+from study.runtime import stop_request
 
 _time_limit_near = False
 

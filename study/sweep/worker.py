@@ -18,7 +18,7 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
-from study import progress, stop_request
+from study.runtime import progress, stop_request
 from study.sweep.experiment_file import Experiment, Point, load_experiment
 from study.sweep.launch_check import finished_runs, search_runs
 from study.sweep.optuna_storage import (
@@ -160,13 +160,17 @@ class Worker:
                 try:
                     result = run_trial(cfg, self.settings.tracking_uri, self.runs_dir, tags,
                                        on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
-                except Exception as exc:
-                    trial.set_user_attr("failure_reason", f"{type(exc).__name__}: {exc}"[:2000])
-                    raise TrialFailed(str(exc)) from exc
-                except KeyboardInterrupt:  # SIGTERM (a scheduler's preemption or requeue) or Ctrl-C: the
-                    if points is not None:  # point is queued again, for this launch's next free worker
+                except (Exception, KeyboardInterrupt) as exc:
+                    if not (isinstance(exc, KeyboardInterrupt) or stop_request.requested()):
+                        trial.set_user_attr("failure_reason", f"{type(exc).__name__}: {exc}"[:2000])
+                        raise TrialFailed(str(exc)) from exc
+                    # SIGTERM (a preemption, a requeue) or Ctrl-C, or an error while stopping (the checkpoint
+                    # hit a full disk): the point is queued again for the next free worker; this one stops
+                    if points is not None:
                         study.enqueue_trial({}, user_attrs={"point": point.key}, skip_if_exists=False)
-                    raise
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    raise KeyboardInterrupt(f"stopping: {type(exc).__name__}: {exc}") from exc
             trial.set_user_attr("mlflow_run_id", result.run_id)
             for name in REPORTED:
                 trial.set_user_attr(name, result.metrics[name])

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import mlflow
 
-from study import progress
+from study.runtime import progress
 from study.config import Config, identity
 from study.durable import replace_durably
 from study.tracking.mlflow_runs import LOADED_PACKAGE_HASH, run_status

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 _polite_depth = 0  # > 0 while a loop that polls requested() runs
 _requested = False
+_unwinding = False  # a signal has raised KeyboardInterrupt: the process is closing its runs
 
 
 class Stopped(KeyboardInterrupt):
@@ -22,18 +23,26 @@ class Stopped(KeyboardInterrupt):
 
 
 def install() -> None:
-    """Handles SIGTERM in this process (the main thread: Python runs handlers there)."""
+    """Handles SIGTERM and SIGINT in this process (the main thread: Python runs handlers there)."""
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
 
 def on_signal(signum: int, frame: object) -> None:
-    global _requested
-    if _polite_depth:
+    """SIGTERM inside a polite block: stop at the next step. Otherwise, and for SIGINT (Ctrl-C) anywhere:
+    KeyboardInterrupt at once, and only once. Ctrl-C reaches a worker twice (SIGINT to the terminal's
+    process group, then its driver's SIGTERM); a second KeyboardInterrupt would land inside the first's
+    clean-up and leave its MLflow run RUNNING."""
+    global _requested, _unwinding
+    if _unwinding:
+        return
+    if _polite_depth and signum != signal.SIGINT:  # SIGTERM, or SIGUSR2 before a time limit
         if not _requested:  # a second SIGTERM (the driver passing the scheduler's on) changes nothing
             print(f"{signal.Signals(signum).name}: checkpointing at the end of this step, then stopping",
                   file=sys.stderr, flush=True)
         _requested = True
         return
+    _requested = _unwinding = True
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -53,5 +62,5 @@ def requested() -> bool:
 
 
 def clear() -> None:
-    global _requested
-    _requested = False
+    global _requested, _unwinding
+    _requested = _unwinding = False

@@ -49,7 +49,7 @@ def project_requirements() -> list[str]:
     try:
         return metadata.requires(PROJECT) or []
     except metadata.PackageNotFoundError:
-        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
         return tomllib.loads(pyproject.read_text())["project"]["dependencies"]
 
 

@@ -99,7 +99,7 @@ def launch(config_path: Path, processes: int, tracking_uri: str, runs_dir: Path,
     over the SLURM tasks of a --launcher slurm worker job that has enough, else under torchrun here."""
     trial = ["-m", "study.distributed_trial", "--resolved", str(config_path), "--tracking-uri", tracking_uri,
              "--runs-dir", str(runs_dir), "--tags", tags_json]
-    root = str(Path(__file__).resolve().parents[1])  # this checkout first: the ranks run the same code
+    root = str(Path(__file__).resolve().parents[2])  # this checkout first: the ranks run the same code
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
            "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     if int(os.environ.get(SLURM_TASKS_ENV, 0)) >= processes:

@@ -1,0 +1,47 @@
+"""Workers as processes on this machine, each with its log and progress file under runs/logs/."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from study.runtime import progress
+from study.sweep.experiment_file import Experiment
+from study.sweep.worker import WorkerSettings, settings_json
+
+
+class LocalLauncher:
+    detach = False
+
+    def __init__(self, experiment: Experiment, runs_dir: Path, **_: object):
+        self.log_dir = Path(runs_dir) / "logs" / experiment.name
+        self.seats_started = 0
+
+    def check(self) -> None:
+        pass  # this machine reaches whatever the driver reaches
+
+    def start(self, settings: WorkerSettings, seats: list[dict]) -> list[subprocess.Popen]:
+        return [self._start_one(replace(settings, placement=seat, driver_pid=os.getpid())) for seat in seats]
+
+    def started(self, parent_run_id: str, workers: list) -> None:
+        pass
+
+    def _start_one(self, settings: WorkerSettings) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        name = f"worker-{os.getpid()}-{self.seats_started}"
+        self.seats_started += 1
+        progress_file = self.log_dir / f"{name}.progress"
+        progress_file.touch()  # the watchdog's clock starts now
+        with open(self.log_dir / f"{name}.log", "a") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "study.sweep.worker", settings_json(settings)], stdout=log,
+                                    stderr=subprocess.STDOUT, env={**worker_env(), progress.ENV: str(progress_file)})
+        proc.progress_file = progress_file
+        return proc
+
+
+def worker_env() -> dict[str, str]:
+    """This checkout first on the path, so workers run the same code whatever the working directory."""
+    root = str(Path(__file__).resolve().parents[3])  # the folder holding `study`
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
