@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -10,6 +11,16 @@ from pathlib import Path
 from study.runtime import progress
 from study.sweep.experiment_file import Experiment
 from study.sweep.worker import WorkerSettings, settings_json
+
+
+class WorkerProcess(subprocess.Popen):
+    """A worker process whose stop reaches it even when it is stopped (SIGSTOP, a job-control stop): the
+    SIGTERM waits in a stopped process until a SIGCONT lets it run its handler."""
+
+    def terminate(self) -> None:
+        super().terminate()
+        if self.poll() is None:
+            self.send_signal(signal.SIGCONT)
 
 
 class LocalLauncher:
@@ -35,7 +46,7 @@ class LocalLauncher:
         progress_file = self.log_dir / f"{name}.progress"
         progress_file.touch()  # the watchdog's clock starts now
         with open(self.log_dir / f"{name}.log", "a") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "study.sweep.worker", settings_json(settings)], stdout=log,
+            proc = WorkerProcess([sys.executable, "-m", "study.sweep.worker", settings_json(settings)], stdout=log,
                                     stderr=subprocess.STDOUT, env={**worker_env(), progress.ENV: str(progress_file)})
         proc.progress_file = progress_file
         return proc

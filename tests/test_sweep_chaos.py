@@ -1,0 +1,81 @@
+"""A seeded schedule of faults over one 8-point sweep with 3 workers on the journal: a worker killed
+(SIGKILL), a worker stopped (SIGSTOP: found by the hang watchdog, or stopped with its driver), the
+driver stopped (SIGTERM) mid-launch and launched again. After the second launch the launch invariant
+holds: every point COMPLETE once, one FINISHED run per point, nothing RUNNING, the last parent
+FINISHED. The waits are shortened so that the schedule plays out in about a minute; more schedules:
+SWEEP_CHAOS_SEEDS=1,2,3 python -m pytest tests/test_sweep_chaos.py."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.test_sweep import FOUR_POINTS, _children, check_grid_ran_once, child_runs, sweep_storage, write_experiment
+from tests.test_sweep_faults import QUICK_TIMING, sweep_command
+
+EIGHT_POINTS = FOUR_POINTS.replace('"train.seed" = [0, 1]', '"train.seed" = [0, 1, 2, 3]')
+
+
+def _workers(driver: subprocess.Popen) -> list[int]:
+    return [pid for pid in _children(driver.pid) if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def _training(folder: Path, driver: subprocess.Popen, at_least: int, deadline: float) -> None:
+    """Waits until `at_least` trials have checkpointed (they are mid-training)."""
+    while len(list(folder.glob("runs/trials/*/*/checkpoint.pt"))) < at_least:
+        assert driver.poll() is None and time.time() < deadline, "the sweep ended before the faults"
+        time.sleep(0.2)
+
+
+def _faults(seed: int, folder: Path, driver: subprocess.Popen) -> list[str]:
+    """The seeded schedule, in the first launch: SIGKILL and SIGSTOP of random workers in a random order,
+    then SIGTERM to the driver. Returns what was done, for the failure message."""
+    rng, done, deadline = random.Random(seed), [], time.time() + 120
+    _training(folder, driver, 1, deadline)
+    for fault in rng.sample(["kill", "stop"], 2):
+        time.sleep(rng.uniform(0.5, 2.5))
+        workers = _workers(driver)
+        if not workers:
+            break
+        victim = rng.choice(workers)
+        os.kill(victim, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+        done.append(f"{fault} worker {victim}")
+    time.sleep(rng.uniform(1, 25))  # the hung one is found (18 s) and replaced, or not yet
+    if driver.poll() is None:
+        driver.send_signal(signal.SIGTERM)
+        done.append("SIGTERM driver")
+    return done
+
+
+@pytest.mark.parametrize("seed", [int(s) for s in os.environ.get("SWEEP_CHAOS_SEEDS", "0").split(",")])
+def test_a_seeded_schedule_of_faults_leaves_every_point_finished_once(tmp_path, corpus_cache, seed, request):
+    storage = sweep_storage("journal", tmp_path, request)
+    exp = write_experiment(tmp_path, corpus_cache, EIGHT_POINTS, epochs=25)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, **QUICK_TIMING}
+    command = sweep_command(exp, uri, "--workers", "3", "--hang-minutes", "0.3", "--max-restarts", "6")
+    with open(tmp_path / "launch-1.log", "w") as log:
+        driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    schedule = _faults(seed, tmp_path, driver)
+    try:
+        driver.wait(timeout=180)  # stops its workers (a stopped one too) and closes its runs
+    except subprocess.TimeoutExpired:
+        for pid in [*_workers(driver), driver.pid]:
+            os.kill(pid, signal.SIGKILL)
+        raise AssertionError(f"the driver did not stop: {schedule}") from None
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    logs = "\n".join(p.read_text()[-1500:] for p in (tmp_path / "runs/logs").rglob("*.log"))
+    assert second.returncode == 0, f"{schedule}\n{second.stdout[-2000:]}{second.stderr[-2000:]}{logs}"
+    check_grid_ran_once(uri, storage, failing=False, points=8)
+    trials = optuna.load_study(study_name="tiny_sweep", storage=storage).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING], schedule
+    _, parents = child_runs(uri)
+    last = max(parents, key=lambda p: p.info.start_time)
+    assert last.info.status == "FINISHED", schedule
