@@ -197,10 +197,16 @@ def launch(experiment: Experiment, overrides: dict, args: SweepArgs) -> LaunchRe
             problems = [] if args.join else check_launch(experiment, studies, args.tracking_uri, parent)
         except TRANSIENT as exc:
             error = f"the Optuna storage became unreachable at the end of the launch ({describe(exc)})"
+        except Exception as exc:  # e.g. the tracking store down: the launch cannot be checked
+            traceback.print_exc()
+            error = f"the launch could not be checked at its end ({describe(exc)})"
     if not args.join:
         reason = error or (f"{lost} worker(s) exited with an error after {restarts} replacement(s)" if lost else "")
         reason = "; ".join(filter(None, [reason, summary(problems) if problems else ""]))
-        close_launch(client, parent, done, failed, restarts, "" if interrupted else reason, interrupted)
+        try:
+            close_launch(client, parent, done, failed, restarts, "" if interrupted else reason, interrupted)
+        except Exception as exc:  # the parent stays RUNNING; the next launch closes it
+            error = error or f"the parent run {parent} could not be closed ({describe(exc)})"
     if interrupted:
         raise KeyboardInterrupt
     if error:
