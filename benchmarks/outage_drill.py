@@ -6,7 +6,7 @@ enough epochs that both trials still train when the database comes back; `sweep.
 started, the server is stopped (`pg_ctlcluster ... stop`) once both trials have a checkpoint, and started
 again OUTAGE seconds later. Needs root, a local PostgreSQL cluster and the database of
 $SWEEP_TEST_POSTGRES (as the tests; .ci/run sets them up). Also counts the server connections the
-sweep holds just before the outage (driver and workers), for docs/sweeps.md.
+sweep's processes hold just before the outage (the driver's and each worker's), for docs/sweeps.md.
 
     python benchmarks/outage_drill.py --outages 60 150
 
@@ -27,10 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
-import sqlalchemy  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from tests.test_sweep import FOUR_POINTS, POSTGRES_URL, write_experiment  # noqa: E402
+from tests.test_sweep import FOUR_POINTS, POSTGRES_URL, _children, write_experiment  # noqa: E402
 
 TWO_POINTS = FOUR_POINTS.replace('grid = { "train.seed" = [0, 1] }', "")
 
@@ -40,20 +39,20 @@ def cluster() -> list[str]:
     return ["pg_ctlcluster", version, "main"]
 
 
-def connections(url: str) -> int:
-    engine = sqlalchemy.create_engine(url)
-    database = sqlalchemy.engine.make_url(url).database
-    with engine.connect() as conn:
-        count = conn.execute(sqlalchemy.text("select count(*) from pg_stat_activity where datname = :d"),
-                             {"d": database}).scalar()
-    engine.dispose()
-    return int(count) - 1  # this query's own connection
+def connections(driver_pid: int) -> dict[str, list[int]]:
+    """Open connections to PostgreSQL's port per process of the sweep (from `ss -tnp`): the driver's and
+    each worker's, so that this script's own connections are not counted."""
+    listing = subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout.splitlines()
+    count = lambda pid: sum(":5432" in line and f"pid={pid}," in line for line in listing)  # noqa: E731
+    workers = [pid for pid in _children(driver_pid)
+               if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    return {"driver": [count(driver_pid)], "workers": [count(pid) for pid in workers]}
 
 
 def drill(outage: float, folder: Path, cache: Path) -> dict:
     for name in optuna.get_all_study_names(POSTGRES_URL):
         optuna.delete_study(study_name=name, storage=POSTGRES_URL)
-    exp = write_experiment(folder, cache, TWO_POINTS, epochs=int(outage * 10) + 100)
+    exp = write_experiment(folder, cache, TWO_POINTS, epochs=int(outage * 20) + 300)
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     command = [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
                "--storage", POSTGRES_URL, "--workers", "2"]
@@ -63,7 +62,7 @@ def drill(outage: float, folder: Path, cache: Path) -> dict:
         if proc.poll() is not None:
             raise SystemExit(f"the sweep ended before both trials checkpointed: {(folder / 'driver.log').read_text()[-2000:]}")
         time.sleep(0.5)
-    held = connections(POSTGRES_URL)
+    held = connections(proc.pid)
     subprocess.run([*cluster(), "stop"], check=True)
     stopped = time.time()
     time.sleep(outage)
