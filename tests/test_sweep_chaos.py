@@ -1,15 +1,21 @@
-"""A seeded schedule of faults over one 8-point sweep with 3 workers on the journal: a worker killed
-(SIGKILL), a worker stopped (SIGSTOP: found by the hang watchdog, or stopped with its driver), the
-driver stopped (SIGTERM) mid-launch and launched again. After the second launch the launch invariant
-holds: every point COMPLETE once, one FINISHED run per point, nothing RUNNING, the last parent
-FINISHED. The waits are shortened so that the schedule plays out in about a minute; more schedules:
-SWEEP_CHAOS_SEEDS=1,2,3 python -m pytest tests/test_sweep_chaos.py."""
+"""A seeded schedule of faults over one 8-point sweep with 3 workers: a worker killed (SIGKILL), a
+worker stopped (SIGSTOP: found by the hang watchdog, or stopped with its driver), the driver stopped
+(SIGTERM) mid-launch and launched again. After the second launch the launch invariant holds: every
+point COMPLETE once, one FINISHED run per point, nothing RUNNING, the last parent FINISHED.
+
+The short form (the journal, about a minute) runs in the suite. The long form adds PostgreSQL stopped
+for a while and, in every process, the first trial creation and the first pop of a queued trial
+answered with a dropped connection after the commit:
+
+    SWEEP_CHAOS_LONG=1 SWEEP_CHAOS_SEEDS=0,1,2 python -m pytest tests/test_sweep_chaos.py
+"""
 from __future__ import annotations
 
 import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -17,10 +23,23 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.test_sweep import FOUR_POINTS, _children, check_grid_ran_once, child_runs, sweep_storage, write_experiment
+from tests.test_sweep import (
+    FOUR_POINTS,
+    ROOT,
+    _children,
+    check_grid_ran_once,
+    child_runs,
+    sweep_storage,
+    write_experiment,
+)
+from tests.test_storage_retry import _restartable_postgres
 from tests.test_sweep_faults import QUICK_TIMING, sweep_command
 
 EIGHT_POINTS = FOUR_POINTS.replace('"train.seed" = [0, 1]', '"train.seed" = [0, 1, 2, 3]')
+SEEDS = [int(s) for s in os.environ.get("SWEEP_CHAOS_SEEDS", "0").split(",")]
+# PostgreSQL: the retries must outlast the outage (10 s at most) and staleness outlast both (timing.py)
+POSTGRES_TIMING = {**QUICK_TIMING, "SWEEP_RETRY_SECONDS": "12", "SWEEP_HEARTBEAT_SECONDS": "1",
+                   "SWEEP_STALE_SECONDS": "25"}
 
 
 def _workers(driver: subprocess.Popen) -> list[int]:
@@ -34,13 +53,32 @@ def _training(folder: Path, driver: subprocess.Popen, at_least: int, deadline: f
         time.sleep(0.2)
 
 
-def _faults(seed: int, folder: Path, driver: subprocess.Popen) -> list[str]:
-    """The seeded schedule, in the first launch: SIGKILL and SIGSTOP of random workers in a random order,
-    then SIGTERM to the driver. Returns what was done, for the failure message."""
+def _outage(seconds: float) -> threading.Thread:
+    _, version = _restartable_postgres()
+    cluster = ["pg_ctlcluster", version, "main"]
+    def stop_then_start() -> None:
+        subprocess.run([*cluster, "stop"], check=True)
+        time.sleep(seconds)
+        subprocess.run([*cluster, "start"], check=True)
+    thread = threading.Thread(target=stop_then_start)
+    thread.start()
+    return thread
+
+
+def _faults(seed: int, folder: Path, driver: subprocess.Popen, outage: bool) -> list[str]:
+    """The seeded schedule, in the first launch: SIGKILL and SIGSTOP of random workers (and, with `outage`,
+    the database stopped for 5-10 s) in a random order, then SIGTERM to the driver. Returns what was done,
+    for the failure message."""
     rng, done, deadline = random.Random(seed), [], time.time() + 120
     _training(folder, driver, 1, deadline)
-    for fault in rng.sample(["kill", "stop"], 2):
+    restart = None
+    for fault in rng.sample(["kill", "stop", *(["outage"] if outage else [])], 3 if outage else 2):
         time.sleep(rng.uniform(0.5, 2.5))
+        if fault == "outage":
+            seconds = rng.uniform(5, 10)
+            restart = _outage(seconds)
+            done.append(f"database stopped for {seconds:.1f} s")
+            continue
         workers = _workers(driver)
         if not workers:
             break
@@ -51,26 +89,43 @@ def _faults(seed: int, folder: Path, driver: subprocess.Popen) -> list[str]:
     if driver.poll() is None:
         driver.send_signal(signal.SIGTERM)
         done.append("SIGTERM driver")
+    if restart:
+        restart.join()
     return done
 
 
-@pytest.mark.parametrize("seed", [int(s) for s in os.environ.get("SWEEP_CHAOS_SEEDS", "0").split(",")])
+@pytest.mark.parametrize("seed", SEEDS)
 def test_a_seeded_schedule_of_faults_leaves_every_point_finished_once(tmp_path, corpus_cache, seed, request):
-    storage = sweep_storage("journal", tmp_path, request)
+    run_schedule(seed, "journal", tmp_path, corpus_cache, request)
+
+
+@pytest.mark.skipif(not os.environ.get("SWEEP_CHAOS_LONG"), reason="the long form: SWEEP_CHAOS_LONG=1")
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_long_schedule_on_postgresql_with_an_outage_and_lost_answers(tmp_path, corpus_cache, seed, request):
+    run_schedule(seed, "postgresql", tmp_path, corpus_cache, request)
+
+
+def run_schedule(seed: int, storage_kind: str, tmp_path: Path, corpus_cache: Path, request) -> None:
+    storage = sweep_storage(storage_kind, tmp_path, request)
     exp = write_experiment(tmp_path, corpus_cache, EIGHT_POINTS, epochs=25)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    options = ["--workers", "3", "--hang-minutes", "0.3", "--max-restarts", "6"]
     env = {**os.environ, **QUICK_TIMING}
-    command = sweep_command(exp, uri, "--workers", "3", "--hang-minutes", "0.3", "--max-restarts", "6")
+    if storage_kind == "postgresql":
+        options += ["--storage", storage]
+        env = {**os.environ, **POSTGRES_TIMING, "SWEEP_TEST_LOST_ANSWERS": "create,pop",
+               "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "faults"), os.environ.get("PYTHONPATH", "")])}
+    command = sweep_command(exp, uri, *options)
     with open(tmp_path / "launch-1.log", "w") as log:
         driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    schedule = _faults(seed, tmp_path, driver)
+    schedule = _faults(seed, tmp_path, driver, outage=storage_kind == "postgresql")
     try:
         driver.wait(timeout=180)  # stops its workers (a stopped one too) and closes its runs
     except subprocess.TimeoutExpired:
         for pid in [*_workers(driver), driver.pid]:
             os.kill(pid, signal.SIGKILL)
         raise AssertionError(f"the driver did not stop: {schedule}") from None
-    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     logs = "\n".join(p.read_text()[-1500:] for p in (tmp_path / "runs/logs").rglob("*.log"))
     assert second.returncode == 0, f"{schedule}\n{second.stdout[-2000:]}{second.stderr[-2000:]}{logs}"
     check_grid_ran_once(uri, storage, failing=False, points=8)

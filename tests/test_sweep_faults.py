@@ -160,4 +160,4 @@ def test_answers_lost_after_the_commit_leave_nothing_running_and_no_point_untrai
     orphans = [t for t in trials if "never taken up" in t.user_attrs.get("skipped", "")]
     assert len(orphans) >= 2  # each worker's lost creation, set aside
     popped = [t for t in trials if "nobody took it up" in t.user_attrs.get("failure_reason", "")]
-    assert [t.user_attrs["point"] for t in popped] == [first_point]
+    assert popped and {t.user_attrs["point"] for t in popped} == {first_point}  # once per worker that popped it

@@ -58,8 +58,12 @@ def close_detached(experiment: Experiment, storage_url: str | None, runs_dir: Pa
     studies = [optuna.load_study(study_name=n, storage=storage) for n in study_names(experiment.name)]
     problems = check_launch(experiment, studies, tracking_uri, parent)
     if run_status(parent, tracking_uri) == "RUNNING":
+        client = mlflow.MlflowClient(tracking_uri)
+        # A job's end state alone decides nothing: the last run of a job that finished its work can still end
+        # FAILED (SLURM's time-limit signal reaching its batch script); the invariant decides, jobs are noted
+        client.set_tag(parent, "slurm_jobs", ", ".join(f"{job} {state}" for job, state in states))
         done, failed = launch_counts(studies)
         bad_jobs = [f"job {job} {state}" for job, state in states if state not in ("COMPLETED", "GONE")]
-        reason = "; ".join(filter(None, [", ".join(bad_jobs), summary(problems) if problems else ""]))
-        close_launch(mlflow.MlflowClient(tracking_uri), parent, done, failed, 0, reason)
+        reason = "; ".join(filter(None, [", ".join(bad_jobs), summary(problems)])) if problems else ""
+        close_launch(client, parent, done, failed, 0, reason)
     return states, problems
