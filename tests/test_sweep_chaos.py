@@ -23,12 +23,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.test_sweep import (
+from tests.test_sweep import (  # noqa: F401 (postgres_storage is a fixture)
     FOUR_POINTS,
     ROOT,
     _children,
     check_grid_ran_once,
     child_runs,
+    postgres_storage,
     sweep_storage,
     write_experiment,
 )

@@ -171,7 +171,7 @@ class Worker:
                     if isinstance(exc, KeyboardInterrupt):
                         raise
                     raise KeyboardInterrupt(f"stopping: {type(exc).__name__}: {exc}") from exc
-            trial.set_user_attr("mlflow_run_id", result.run_id)
+            self.claim_run(trial, result.run_id)
             for name in REPORTED:
                 trial.set_user_attr(name, result.metrics[name])
             return result.metrics["dev/wer"], result.metrics["params/total"]
@@ -188,11 +188,17 @@ class Worker:
         run = done[0]
         print(f"{trial.user_attrs.get('run_name', key)}: its run {run.info.run_id} finished in an earlier attempt; "
               "taking its figures instead of training again", flush=True)
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        self.claim_run(trial, run.info.run_id)
         trial.set_user_attr("reused_finished_run", True)
         for name in REPORTED:
             trial.set_user_attr(name, run.data.metrics[name])
         return run.data.metrics["dev/wer"], run.data.metrics["params/total"]
+
+    def claim_run(self, trial: optuna.Trial, run_id: str) -> None:
+        """Trial and run name each other, also when the run was finished by an earlier attempt whose tell was
+        lost (its DONE folder, or its FINISHED run, completes this trial)."""
+        trial.set_user_attr("mlflow_run_id", run_id)
+        mlflow.MlflowClient(self.settings.tracking_uri).set_tag(run_id, "optuna.trial_number", str(trial.number))
 
     def supersede_earlier_attempt(self, study: optuna.Study, trial: optuna.Trial, key: str, folder: Path) -> None:
         """A point whose earlier attempt was lost resumes from that attempt's checkpoint when its trial folder
