@@ -53,6 +53,9 @@ class WorkerJob:
               flush=True)
         try:
             worker.main([settings_json])
+            # Done: the time limit's SIGUSR2 may still come while submitit writes the result, and the handler
+            # above would raise inside it; the job would end FAILED (exit 140) with its work done.
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
         except KeyboardInterrupt:
             if _time_limit_near:
                 print(f"time limit near: the trial checkpointed; requeueing job {this_job()}", flush=True)
