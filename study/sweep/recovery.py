@@ -18,7 +18,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from study.sweep.optuna_storage import lost_trials, point_of
-from study.sweep.timing import REQUEUE_SECONDS  # noqa: F401 (the callers' cadence, named here for them)
 from study.tracking.mlflow_runs import close_run, run_status
 from study.tracking.trial_record import recorded_run
 
