@@ -3,6 +3,8 @@ cluster needed): each shim records its arguments, one line a call, and answers w
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -111,3 +113,28 @@ def test_terminate_cancels_pending_task_and_signals_running_one(shims: Shims, st
     shims.answer("scontrol", stdout=show_job(state, task=task))
     SlurmJob(f"14_{task}").terminate()
     assert shims.calls("scancel") == [scancel]
+
+
+JOB_STARTS_UNDER_SUBMITIT = """
+import importlib.abc, json, os, signal, sys
+signal.signal(signal.SIGTERM, lambda signum, frame: print("Bypassing signal SIGTERM"))  # submitit's handler
+class SigtermAtWorkerImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "study.sweep.worker":  # scancel lands while the job imports its heavy modules
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+sys.meta_path.insert(0, SigtermAtWorkerImport())
+from study.sweep.slurm_job import WorkerJob
+WorkerJob()(json.dumps({"experiment": "never-read.toml"}))
+print("the worker ran")
+"""
+
+
+def test_a_sigterm_while_the_job_imports_stops_it_instead_of_being_ignored(tmp_path: Path):
+    """submitit's own handler ignores SIGTERM; the job's handlers are in place before its imports, so a job
+    cancelled in its first seconds stops (exit 143) instead of going on to take a trial."""
+    env = {**os.environ, "SLURM_JOB_ID": "77", "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-c", JOB_STARTS_UNDER_SUBMITIT], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 143, result.stdout + result.stderr
+    assert "stopped by SIGTERM" in result.stdout and "Bypassing" not in result.stdout

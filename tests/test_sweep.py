@@ -156,6 +156,11 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def worker_pids(driver: subprocess.Popen) -> list[int]:
+    """The driver's worker processes."""
+    return [pid for pid in _children(driver.pid) if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
 def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path, sig: int = signal.SIGKILL) -> None:
     """Waits for a trial's first checkpoint, then sends `sig` to the sweep's one worker."""
     deadline = time.time() + 180

@@ -26,11 +26,11 @@ from optuna.trial import TrialState
 from tests.test_sweep import (  # noqa: F401 (postgres_storage is a fixture)
     FOUR_POINTS,
     ROOT,
-    _children,
     check_grid_ran_once,
     child_runs,
     postgres_storage,
     sweep_storage,
+    worker_pids,
     write_experiment,
 )
 from tests.test_storage_retry import _restartable_postgres
@@ -41,10 +41,6 @@ SEEDS = [int(s) for s in os.environ.get("SWEEP_CHAOS_SEEDS", "0").split(",")]
 # PostgreSQL: the retries must outlast the outage (10 s at most) and staleness outlast both (timing.py)
 POSTGRES_TIMING = {**QUICK_TIMING, "SWEEP_RETRY_SECONDS": "12", "SWEEP_HEARTBEAT_SECONDS": "1",
                    "SWEEP_STALE_SECONDS": "25"}
-
-
-def _workers(driver: subprocess.Popen) -> list[int]:
-    return [pid for pid in _children(driver.pid) if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def _training(folder: Path, driver: subprocess.Popen, at_least: int, deadline: float) -> None:
@@ -80,7 +76,7 @@ def _faults(seed: int, folder: Path, driver: subprocess.Popen, outage: bool) -> 
             restart = _outage(seconds)
             done.append(f"database stopped for {seconds:.1f} s")
             continue
-        workers = _workers(driver)
+        workers = worker_pids(driver)
         if not workers:
             break
         victim = rng.choice(workers)
@@ -123,7 +119,7 @@ def run_schedule(seed: int, storage_kind: str, tmp_path: Path, corpus_cache: Pat
     try:
         driver.wait(timeout=180)  # stops its workers (a stopped one too) and closes its runs
     except subprocess.TimeoutExpired:
-        for pid in [*_workers(driver), driver.pid]:
+        for pid in [*worker_pids(driver), driver.pid]:
             os.kill(pid, signal.SIGKILL)
         raise AssertionError(f"the driver did not stop: {schedule}") from None
     second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -3,14 +3,20 @@ mid-trial, a relaunch on a machine that does not share runs/. Each checks the en
 FINISHED once, nothing left RUNNING, no point trained twice."""
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
+import pytest
 import torch
+from optuna.trial import TrialState
 
 from tests.test_storage_retry import _restartable_postgres
 from tests.test_sweep import (  # noqa: F401 (postgres_storage is a fixture)
@@ -20,6 +26,7 @@ from tests.test_sweep import (  # noqa: F401 (postgres_storage is a fixture)
     child_runs,
     postgres_storage,
     sweep_storage,
+    worker_pids,
     write_experiment,
 )
 
@@ -161,3 +168,64 @@ def test_answers_lost_after_the_commit_leave_nothing_running_and_no_point_untrai
     assert len(orphans) >= 2  # each worker's lost creation, set aside
     popped = [t for t in trials if "nobody took it up" in t.user_attrs.get("failure_reason", "")]
     assert popped and {t.user_attrs["point"] for t in popped} == {first_point}  # once per worker that popped it
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, megabytes: int) -> Iterator[Path]:
+    """A tmpfs of `megabytes` mounted at `folder`: a disk that can really fill up. Needs root (skipped
+    otherwise, failed under CI=1, where .ci/run runs as root)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        if os.environ.get("CI"):
+            raise AssertionError(f"cannot mount a tmpfs at {folder}: {mounted.stderr.strip()}")
+        pytest.skip(f"mounting a tmpfs needs root ({mounted.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Writes a file into `folder` until its file system has no byte left."""
+    filler, block = folder / "filler", b"\0" * (1 << 16)
+    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as out:
+        while True:
+            out.write(block)
+    with contextlib.suppress(OSError), open(filler, "ab", buffering=0) as out:
+        while True:  # the last partial block, byte by byte
+            out.write(b"\0")
+    return filler
+
+
+def test_a_full_disk_at_the_sigterm_checkpoint_queues_the_point_again_and_loses_nothing(tmp_path, corpus_cache):
+    """The disk fills up just before SIGTERM: the stop's checkpoint cannot be written. The half-written file
+    is removed, the last good checkpoint stays, the point is queued again, the worker and the driver stop,
+    and once there is room the next launch resumes the point and finishes it once."""
+    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=6)  # stopped after its first epoch
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    storage = sweep_storage("journal", tmp_path, request=None)
+    with small_disk(tmp_path / "runs/trials", 32) as disk:
+        with open(tmp_path / "driver.log", "w") as log:
+            driver = subprocess.Popen(sweep_command(exp, uri), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        checkpoint = wait_for_checkpoint(tmp_path, driver)
+        (worker,) = worker_pids(driver)
+        os.kill(worker, signal.SIGSTOP)  # held still while the disk fills: no epoch ends in between
+        filler = fill(disk)
+        driver.send_signal(signal.SIGTERM)  # passed on to the worker with SIGCONT
+        driver.wait(timeout=60)
+        worker_log = next((tmp_path / "runs/logs/tiny_sweep").glob("worker-*.log")).read_text()
+        assert "No space left on device" in worker_log, worker_log[-3000:]
+        assert not list(disk.rglob("*.tmp"))  # the torn write gave its space back
+        state = torch.load(checkpoint, weights_only=False)  # the last good checkpoint is whole
+        trials = optuna.load_study(study_name="tiny_sweep", storage=storage).get_trials()
+        assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # stopped, and queued again
+        assert trials[1].user_attrs["point"] == trials[0].user_attrs["point"]
+        filler.unlink()
+
+        result = subprocess.run(sweep_command(exp, uri), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:]
+        check_grid_ran_once(uri, storage, failing=False, points=1)
+        children, _ = child_runs(uri)
+        assert len(children) == 1 and children[0].data.tags["resumed_from_epoch"] == str(state["history"].epoch)

@@ -9,8 +9,9 @@
 
 submitit installs its own handlers for these signals before it calls the job (it would checkpoint by
 pickling the callable and exit wherever the signal lands); this job replaces them with the step-boundary
-stop above once it runs. A signal that lands earlier, while the job still imports, meets submitit's
-handler: `checkpoint` lets it requeue the job as it is (the worker keeps no state of its own).
+stop above as the first thing it does, before its imports: submitit's handler ignores SIGTERM, and a
+cancelled job would go on importing and then start a trial. A SIGUSR2 that lands earlier meets
+submitit's handler: `checkpoint` lets it requeue the job as it is (the worker keeps no state of its own).
 """
 from __future__ import annotations
 
@@ -46,12 +47,13 @@ class WorkerJob:
         return submitit.helpers.DelayedSubmission(self, settings_json)
 
     def __call__(self, settings_json: str) -> None:
-        from study.sweep import worker  # imported on the node, after submitit set up the job
+        # Our handlers first: submitit's ignores SIGTERM, and the imports below take seconds
         stop_request.install()
         signal.signal(signal.SIGUSR2, _on_usr2)
         print(f"SLURM job {this_job()} on {os.uname().nodename}: worker of {json.loads(settings_json)['experiment']}",
               flush=True)
         try:
+            from study.sweep import worker  # imported on the node, after submitit set up the job
             worker.main([settings_json])
             # Done: the time limit's SIGUSR2 may still come while submitit writes the result, and the handler
             # above would raise inside it; the job would end FAILED (exit 140) with its work done.
