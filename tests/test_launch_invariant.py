@@ -4,6 +4,9 @@ nobody runs are each found, settled and named, on a real RDB storage (SQLite fil
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from study.sweep import optuna_storage, timing
 from study.sweep.experiment_file import load_experiment
 from study.sweep.launch_check import check_launch
 from study.sweep.optuna_storage import LAUNCH_FIRST_TRIAL, create_studies, open_storage, point_of
-from study.sweep.recovery import pending, reconcile
+from study.sweep.recovery import pending, reconcile, searched
 from study.sweep.storage_retry import with_retries
 from tests.test_sweep import FOUR_POINTS, write_experiment
 
@@ -45,6 +48,13 @@ def commits_then_drops(method: str, when=lambda *args, **kwargs: True) -> type:
 
 def rdb(tmp_path: Path, storage_class: type = RDBStorage) -> RDBStorage:
     return storage_class(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=60, grace_period=STALE)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", ""])
+    proc.wait()
+    return proc.pid
 
 
 def ask_as_a_worker(study: optuna.Study, host_pid: str = "elsewhere:1") -> optuna.Trial:
@@ -125,6 +135,23 @@ def test_a_trial_that_raised_is_not_retried_within_its_launch_but_at_the_next(tm
     assert reconcile(study, {"p1"}, tmp_path, client) == 0
     assert pending(study, ["p1"], first=0) == [] and pending(study, ["p1"], first=1) == ["p1"]
     assert reconcile(study, {"p1"}, tmp_path, client, launch_start=True) == 1
+
+
+def test_a_lost_search_trial_has_its_run_closed_and_does_not_count_toward_the_budget(tmp_path):
+    """A search trial has no point: lost, it is a failure of its worker (not an orphan), its run is closed,
+    and the search draws another trial in its place."""
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("e"))
+    study = optuna.create_study(storage=rdb(tmp_path))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.1))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"failure_reason": "BudgetError"}))
+    lost = ask_as_a_worker(study, host_pid=f"{socket.gethostname()}:{dead_pid()}")  # its worker is gone
+    lost.set_user_attr("mlflow_run_id", run.info.run_id)
+    assert searched(study) == 3
+    reconcile(study, None, tmp_path, client)
+    assert study.trials[lost.number].state == TrialState.FAIL and study.trials[lost.number].user_attrs["lost"]
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    assert searched(study) == 2
 
 
 def test_the_timing_rule_refuses_a_grace_shorter_than_an_outage_the_retries_ride_through(monkeypatch):

@@ -1,11 +1,12 @@
 """A seeded schedule of faults over one 8-point sweep with 3 workers: a worker killed (SIGKILL), a
-worker stopped (SIGSTOP: found by the hang watchdog, or stopped with its driver), the driver stopped
-(SIGTERM) mid-launch and launched again. After the second launch the launch invariant holds: every
-point COMPLETE once, one FINISHED run per point, nothing RUNNING, the last parent FINISHED.
+worker stopped (SIGSTOP: found by the hang watchdog, or stopped with its driver), the checkpoint folder
+filled up (a tmpfs, where the tests run as root), the driver stopped (SIGTERM) mid-launch and launched
+again. After the second launch the launch invariant holds: every point COMPLETE once, one FINISHED run
+per point, nothing RUNNING, the last parent FINISHED.
 
 The short form (the journal, about a minute) runs in the suite. The long form adds PostgreSQL stopped
-for a while and, in every process, the first trial creation and the first pop of a queued trial
-answered with a dropped connection after the commit:
+for 150 s (SWEEP_CHAOS_OUTAGE_SECONDS) under the default retries and, in every process, the first trial
+creation and the first pop of a queued trial answered with a dropped connection after the commit:
 
     SWEEP_CHAOS_LONG=1 SWEEP_CHAOS_SEEDS=0,1,2 python -m pytest tests/test_sweep_chaos.py
 """
@@ -34,13 +35,15 @@ from tests.test_sweep import (  # noqa: F401 (postgres_storage is a fixture)
     write_experiment,
 )
 from tests.test_storage_retry import _restartable_postgres
-from tests.test_sweep_faults import QUICK_TIMING, sweep_command
+from tests.test_sweep_faults import QUICK_TIMING, fill, small_disk, sweep_command
 
 EIGHT_POINTS = FOUR_POINTS.replace('"train.seed" = [0, 1]', '"train.seed" = [0, 1, 2, 3]')
 SEEDS = [int(s) for s in os.environ.get("SWEEP_CHAOS_SEEDS", "0").split(",")]
-# PostgreSQL: the retries must outlast the outage (10 s at most) and staleness outlast both (timing.py)
-POSTGRES_TIMING = {**QUICK_TIMING, "SWEEP_RETRY_SECONDS": "12", "SWEEP_HEARTBEAT_SECONDS": "1",
-                   "SWEEP_STALE_SECONDS": "25"}
+OUTAGE_SECONDS = float(os.environ.get("SWEEP_CHAOS_OUTAGE_SECONDS", "150"))
+# PostgreSQL: the default 180 s of retries outlast the outage; heartbeats come faster than by default, so
+# that staleness (which must outlast retries, their longest pause and two beats: timing.py) stays short
+POSTGRES_TIMING = {**QUICK_TIMING, "SWEEP_RETRY_SECONDS": "180", "SWEEP_HEARTBEAT_SECONDS": "5",
+                   "SWEEP_STALE_SECONDS": "230"}
 
 
 def _training(folder: Path, driver: subprocess.Popen, at_least: int, deadline: float) -> None:
@@ -62,19 +65,23 @@ def _outage(seconds: float) -> threading.Thread:
     return thread
 
 
-def _faults(seed: int, folder: Path, driver: subprocess.Popen, outage: bool) -> list[str]:
-    """The seeded schedule, in the first launch: SIGKILL and SIGSTOP of random workers (and, with `outage`,
-    the database stopped for 5-10 s) in a random order, then SIGTERM to the driver. Returns what was done,
-    for the failure message."""
+def _faults(seed: int, folder: Path, driver: subprocess.Popen, outage: bool, disk: Path | None) -> list[str]:
+    """The seeded schedule, in the first launch: SIGKILL and SIGSTOP of random workers, the checkpoint
+    disk filled (with `disk`) and the database stopped for OUTAGE_SECONDS (with `outage`), in a random
+    order, then SIGTERM to the driver. Returns what was done, for the failure message."""
     rng, done, deadline = random.Random(seed), [], time.time() + 120
     _training(folder, driver, 1, deadline)
     restart = None
-    for fault in rng.sample(["kill", "stop", *(["outage"] if outage else [])], 3 if outage else 2):
+    faults = ["kill", "stop", *(["full"] if disk else []), *(["outage"] if outage else [])]
+    for fault in rng.sample(faults, len(faults)):
         time.sleep(rng.uniform(0.5, 2.5))
         if fault == "outage":
-            seconds = rng.uniform(5, 10)
-            restart = _outage(seconds)
-            done.append(f"database stopped for {seconds:.1f} s")
+            restart = _outage(OUTAGE_SECONDS)
+            done.append(f"database stopped for {OUTAGE_SECONDS:.0f} s")
+            continue
+        if fault == "full":
+            fill(disk)
+            done.append("checkpoint disk filled")
             continue
         workers = worker_pids(driver)
         if not workers:
@@ -103,6 +110,11 @@ def test_the_long_schedule_on_postgresql_with_an_outage_and_lost_answers(tmp_pat
 
 
 def run_schedule(seed: int, storage_kind: str, tmp_path: Path, corpus_cache: Path, request) -> None:
+    with small_disk(tmp_path / "runs/trials", 64, optional=True) as disk:  # no disk to fill without root
+        _run_schedule(seed, storage_kind, tmp_path, corpus_cache, request, disk)
+
+
+def _run_schedule(seed: int, storage_kind: str, tmp_path: Path, corpus_cache: Path, request, disk: Path | None) -> None:
     storage = sweep_storage(storage_kind, tmp_path, request)
     exp = write_experiment(tmp_path, corpus_cache, EIGHT_POINTS, epochs=25)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -115,14 +127,17 @@ def run_schedule(seed: int, storage_kind: str, tmp_path: Path, corpus_cache: Pat
     command = sweep_command(exp, uri, *options)
     with open(tmp_path / "launch-1.log", "w") as log:
         driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    schedule = _faults(seed, tmp_path, driver, outage=storage_kind == "postgresql")
+    schedule = _faults(seed, tmp_path, driver, outage=storage_kind == "postgresql", disk=disk)
     try:
-        driver.wait(timeout=180)  # stops its workers (a stopped one too) and closes its runs
+        # stops its workers (a stopped one too) and closes its runs, once the database is back
+        driver.wait(timeout=180 + (OUTAGE_SECONDS if storage_kind == "postgresql" else 0))
     except subprocess.TimeoutExpired:
         for pid in [*worker_pids(driver), driver.pid]:
             os.kill(pid, signal.SIGKILL)
         raise AssertionError(f"the driver did not stop: {schedule}") from None
-    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    if disk:
+        (disk / "filler").unlink(missing_ok=True)
+    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     logs = "\n".join(p.read_text()[-1500:] for p in (tmp_path / "runs/logs").rglob("*.log"))
     assert second.returncode == 0, f"{schedule}\n{second.stdout[-2000:]}{second.stderr[-2000:]}{logs}"
     check_grid_ran_once(uri, storage, failing=False, points=8)

@@ -16,7 +16,9 @@ import pytest
 
 import sweep
 from study.sweep.experiment_file import SlurmSpec, load_experiment
-from study.sweep.slurm import SlurmError, tasks_per_node, unshared
+from study.sweep import shared_files
+from study.sweep.shared_files import unshared
+from study.sweep.slurm import SlurmError, tasks_per_node
 from study.trial import run_trial
 from tests.test_sweep import FOUR_POINTS, child_runs, trials, write_experiment
 
@@ -184,6 +186,20 @@ def test_stores_the_nodes_cannot_reach_are_named_with_what_to_use(tmp_path):
     assert "the Optuna journal" in text and "the runs/ folder" in text and "--tracking-uri http://127.0.0.1:5000" in text
     servers = unshared("postgresql://u@db-host/optuna", tmp_path / "x.journal", "http://mlflow-host:5000", tmp_path)
     assert len(servers) == 1 and servers[0].startswith("the runs/ folder")  # servers elsewhere are fine
+
+
+def test_sqlite_and_locks_that_a_network_file_system_breaks_are_refused(tmp_path, monkeypatch):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("/dev/sda1 / ext4 rw,relatime 0 0\n"
+                      "filer:/home /shared nfs4 rw,relatime,vers=4.2,local_lock=none 0 0\n"
+                      "filer:/scratch /scratch nfs rw,vers=3,nolock 0 0\n")
+    monkeypatch.setattr(shared_files, "MOUNTS", mounts)
+    assert unshared(None, Path("/shared/runs/optuna/x.journal"), "http://mlflow-host:5000", Path("/shared/runs")) == []
+    sqlite = unshared("sqlite:////shared/optuna.db", Path("/shared/x.journal"), "sqlite:////shared/runs/mlflow.db",
+                      Path("/shared/runs"))
+    assert len(sqlite) == 2 and all("SQLite's locks fail" in p for p in sqlite)
+    (no_lock,) = unshared(None, Path("/shared/x.journal"), "http://mlflow-host:5000", Path("/scratch/runs"))
+    assert no_lock.startswith("the runs/ folder") and "nolock" in no_lock
 
 
 def test_ranks_that_do_not_split_evenly_over_the_nodes_are_refused():

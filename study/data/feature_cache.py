@@ -29,6 +29,7 @@ from tqdm import tqdm
 from study.config import FeatureConfig
 from study.data.audio import SAMPLE_RATE, load_audio
 from study.data.logmel import LogMel
+from study.runtime import progress
 
 SHARD_UTTERANCES = 2000
 
@@ -141,12 +142,14 @@ def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder
         for job in jobs:
             results.append(_extract_shard(job))
             bar.update(len(job[0]))
+            progress.beat()  # a long corpus's extraction is not a hang
     else:
         with extraction_pool(workers) as pool:
             results = []
             for frames in pool.imap(_extract_shard, jobs):
                 results.append(frames)
                 bar.update(len(frames))
+                progress.beat()
     bar.close()
     where = [[k, start, n] for k, frames in enumerate(results)  # start: the utterance's first row in its shard
              for start, n in zip(itertools.accumulate(frames, initial=0), frames)]

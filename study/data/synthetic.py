@@ -37,6 +37,7 @@ from study.data import espeak
 from study.data.audio import SAMPLE_RATE, resample
 from study.data.manifest import DataError, Utterance, read_manifest, write_manifest
 from study.data.sentences import generate_sentences
+from study.runtime import progress
 
 CORPUS_FORMAT_VERSION = 1  # bump when the rendering below changes, so old caches are not reused
 COMPLETE_MARKER = "COMPLETE"
@@ -216,6 +217,7 @@ def _generate(cfg: SyntheticConfig, root: Path, workers: int) -> dict[str, list[
         with context.Pool(workers, initializer=_init_worker) as pool:
             for n_samples in pool.imap(_render, jobs, chunksize=4):
                 lengths.append(n_samples)
+                progress.beat()  # generating a large corpus is not a hang
                 if len(lengths) % PROGRESS_EVERY == 0:
                     print(f"synthetic corpus: {len(lengths)}/{len(jobs)} utterances "
                           f"({time.perf_counter() - start:.1f} s)", file=sys.stderr, flush=True)

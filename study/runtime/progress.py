@@ -1,7 +1,7 @@
 """Proof of life for the sweep driver's watchdog: a worker touches its progress file as it works.
 
 A sweep worker gets the file's path in $STUDY_PROGRESS_FILE; training steps, decoding batches and
-waits on another trial call `beat()`, which touches it at most every BEAT_SECONDS. A worker whose
+waits on another trial, and the data preparation before them, call `beat()`, which touches it at most every BEAT_SECONDS. A worker whose
 file has not moved for the driver's `--hang-minutes` made no progress (stopped, deadlocked, stuck
 on a dead file system): the driver kills and replaces it. Outside a sweep `beat()` does nothing.
 """
@@ -29,9 +29,21 @@ def beat() -> None:
         pass
 
 
-def idle_seconds(path: Path) -> float:
-    """Seconds since the progress file last moved (0 when it is missing: not started yet)."""
-    try:
-        return max(0.0, time.time() - path.stat().st_mtime)
-    except OSError:
-        return 0.0
+class Watch:
+    """How long a progress file has not moved, by the watcher's own clock: the file's mtime is only
+    compared with its previous value, never with this machine's time (a file server's clock may differ)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._seen: int | None = None
+        self._since = time.monotonic()
+
+    def idle_seconds(self) -> float:
+        try:
+            mtime = self.path.stat().st_mtime_ns
+        except OSError:
+            mtime = None
+        now = time.monotonic()
+        if mtime != self._seen:
+            self._seen, self._since = mtime, now
+        return now - self._since

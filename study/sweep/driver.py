@@ -254,14 +254,15 @@ def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[s
     replaced like a lost one. Every REQUEUE_SECONDS `requeue` looks for trials lost elsewhere."""
     last_requeue = time.monotonic()
     handled: set[int] = set()
+    watches: dict[int, progress.Watch] = {}  # by pid
     seen = {(s.study_name, t.number) for s in studies for t in s.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
     already = sum(1 for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     bar = tqdm(total=max(total, already), initial=already, unit="trial", desc=name, dynamic_ncols=True)
     while True:
         for i, proc in enumerate(workers):
-            if (hang_seconds and proc.progress_file is not None and proc.poll() is None
-                    and progress.idle_seconds(proc.progress_file) > hang_seconds):
+            if (hang_seconds and proc.progress_file is not None and proc.poll() is None and watches.setdefault(
+                    proc.pid, progress.Watch(proc.progress_file)).idle_seconds() > hang_seconds):
                 bar.write(f"worker {i} made no progress for {hang_seconds:.0f} s (hung or stopped): killed")
                 proc.kill()
                 proc.wait()

@@ -66,18 +66,18 @@ def pending(study: optuna.Study, keys: list[str], first: int) -> list[str]:
 
 
 def settle(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
-    """Marks one lost trial: FAIL with its reason, or PRUNED when it never had a point (a creation whose
-    answer was lost: nothing to rerun). False when another process settled it first (the state change is
+    """Marks one lost trial: FAIL with its reason, or PRUNED when nobody ever took it up (no point, no
+    worker: a creation whose answer was lost, nothing to rerun). False when another process settled it first (the state change is
     the arbiter: exactly one process's lands)."""
     storage = study._storage
-    has_point = point_of(trial) is not None
+    taken_up = point_of(trial) is not None or "worker" in trial.user_attrs  # a search trial has no point
     try:
-        if has_point:
+        if taken_up:
             storage.set_trial_user_attr(trial._trial_id, LOST_ATTR, True)
             storage.set_trial_user_attr(trial._trial_id, "failure_reason", f"worker lost: {reason}")
         else:
             storage.set_trial_user_attr(trial._trial_id, "skipped", f"orphan trial, never taken up: {reason}")
-        return storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL if has_point else TrialState.PRUNED)
+        return storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL if taken_up else TrialState.PRUNED)
     except optuna.exceptions.UpdateFinishedTrialError:
         return False  # another process got there first, or the trial ended meanwhile
 
@@ -85,19 +85,26 @@ def settle(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
 def close_lost_runs(study: optuna.Study, client: mlflow.MlflowClient, first: int) -> int:
     """The MLflow runs of lost trials (from trial `first` on) that are still RUNNING are closed FAILED, unless
     a later attempt already resumed them. A distributed trial's run is known only to its folder."""
-    closed = 0
-    for trials in trials_by_point(study).values():
-        if point_status(trials) in ("running", "finished"):
+    closed, by_point = 0, trials_by_point(study)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number < first or not is_lost(trial):
+            continue
+        key = point_of(trial)
+        if key is not None and point_status(by_point[key]) in ("running", "finished"):
             continue  # a later attempt resumed the run (or its rerun finished it)
-        for trial in trials:
-            if trial.number < first or not is_lost(trial):
-                continue
-            run_id = trial.user_attrs.get("mlflow_run_id") or recorded_run(trial.user_attrs.get("trial_dir", "/nonexistent"))
-            if run_id and run_status(run_id, client.tracking_uri) == "RUNNING":
-                close_run(client, run_id, f"{trial.user_attrs.get('failure_reason', 'worker lost')}; "
-                          "the rerun of its point resumes this run")
-                closed += 1
+        run_id = trial.user_attrs.get("mlflow_run_id") or recorded_run(trial.user_attrs.get("trial_dir", "/nonexistent"))
+        if run_id and run_status(run_id, client.tracking_uri) == "RUNNING":
+            close_run(client, run_id, f"{trial.user_attrs.get('failure_reason', 'worker lost')}; " + (
+                "the rerun of its point resumes this run" if key is not None else "the search goes on without it"))
+            closed += 1
     return closed
+
+
+def searched(study: optuna.Study) -> int:
+    """Trials that count toward a search's budget: those finished, failed by their own error, or running. A
+    lost one does not count: its worker died, the search draws another in its place."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (TrialState.COMPLETE, TrialState.RUNNING) or (t.state == TrialState.FAIL and not is_lost(t)))
 
 
 def enqueue_retries(study: optuna.Study, keys: set[str] | None, launch_start: bool = False) -> int:

@@ -21,15 +21,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlparse
 
 from study.runtime.distributed import SLURM_TASKS_ENV
 from study.sweep.experiment_file import Experiment, SlurmSpec
+from study.sweep.shared_files import unshared
 
-# File systems that other machines mount too; a file anywhere else is this machine's alone.
-NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "beegfs", "ceph", "cephfs", "cifs", "smb3", "glusterfs",
-                       "fuse.glusterfs", "panfs", "wekafs", "fuse.sshfs", "9p", "virtiofs"}
-LOOPBACK = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "PREEMPTED"}  # a preempted job that SLURM requeues shows REQUEUED, then PENDING
 NOT_STARTED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"}  # held jobs are PENDING too
@@ -49,40 +45,6 @@ def partition_nodes(partition: str) -> set[str]:
     except (OSError, subprocess.SubprocessError) as exc:
         raise SlurmError(f"cannot list the nodes of SLURM partition {partition or '(default)'}: {exc}") from None
     return {line.split(".")[0] for line in out.split()}
-
-
-def filesystem_type(path: Path) -> str:
-    """The type of the mount holding `path` (the longest mount point above it), from /proc/mounts."""
-    path, best, kind = path.resolve(), "", "unknown"
-    for line in Path("/proc/mounts").read_text().splitlines():
-        _, mount, fstype, *_ = line.split()
-        mount = mount.replace("\\040", " ")
-        if (path == Path(mount) or Path(mount) in path.parents) and len(mount) > len(best):
-            best, kind = mount, fstype
-    return kind
-
-
-def unshared(storage: str | None, journal: Path, tracking_uri: str, runs_dir: Path) -> list[str]:
-    """What compute nodes on other machines could not reach, each said with what to use instead."""
-    problems = []
-    files = {"the runs/ folder (checkpoints, trial folders)": runs_dir}
-    if not storage:
-        files["the Optuna journal"] = journal
-    elif storage.startswith("sqlite:///"):
-        files["the Optuna SQLite storage"] = Path(storage.removeprefix("sqlite:///"))
-    if tracking_uri.startswith("sqlite:///"):
-        files["the MLflow SQLite store"] = Path(tracking_uri.removeprefix("sqlite:///"))
-    elif "://" not in tracking_uri or tracking_uri.startswith("file:"):
-        files["the MLflow file store"] = Path(tracking_uri.removeprefix("file://"))
-    for what, path in files.items():
-        kind = filesystem_type(path.parent if not path.exists() else path)
-        if kind not in NETWORK_FILESYSTEMS:
-            problems.append(f"{what} {path} is on this machine's {kind} file system")
-    for what, url in (("--storage", storage or ""), ("--tracking-uri", tracking_uri)):
-        host = urlparse(url).hostname if "://" in url else None
-        if host and (host in LOOPBACK or host.startswith("127.")):
-            problems.append(f"{what} {url} points at {host}, which is each node itself")
-    return problems
 
 
 def check_reachable(storage: str | None, journal: Path, tracking_uri: str, runs_dir: Path, partition: str) -> None:

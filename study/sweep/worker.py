@@ -33,7 +33,7 @@ from study.sweep.optuna_storage import (
     worker_id,
 )
 from study.sweep.process import exit_now
-from study.sweep.recovery import pending, reconcile, trials_by_point, point_status
+from study.sweep.recovery import pending, point_status, reconcile, searched, trials_by_point
 from study.sweep.timing import PHASE_POLL_SECONDS, REQUEUE_SECONDS
 from study.tracking.mlflow_runs import close_run, run_label, run_status
 from study.tracking.trial_record import recorded_run, trial_dir
@@ -255,8 +255,7 @@ class Worker:
     def run_search(self, study: optuna.Study) -> None:
         objective = self.objective(study, None)
         budget = self.experiment.spec.trials
-        while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING,
-                                                            TrialState.FAIL))) < budget:
+        while searched(study) < budget:
             study.optimize(objective, n_trials=1, catch=(TrialFailed,))
 
     def wait_until_settled(self, study: optuna.Study) -> None:
