@@ -1,27 +1,48 @@
-"""Shared fixtures: a tiny built-in corpus (generated once per session) and a tiny recipe."""
+"""Shared fixtures: a tiny built-in corpus (generated once per session), a tiny recipe, and the services
+(PostgreSQL, an MLflow tracking server, SLURM); tests that need PostgreSQL or SLURM are marked so and
+run one at a time, on one xdist worker (they share the database and the cluster)."""
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import optuna
 import pytest
 
-from study.config import Config, build
+# A worker with nothing to take looks again every half second instead of every 3 (subprocesses inherit it)
+os.environ.setdefault("SWEEP_PHASE_POLL_SECONDS", "0.5")
 
-TINY_RECIPE = {
-    "data": {"synthetic": {"train_utterances": 24, "dev_utterances": 4, "test_utterances": 4,
-                           "min_words": 3, "max_words": 5, "rate_min": 150, "rate_max": 180}},
-    "text": {"units": "char"},  # 24 utterances: too few for a BPE vocabulary (tests that need one set it)
-    "model": {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "conv_channels": 32, "conv_kernel": 5,
-              "num_blocks": 1, "subsampling": 4, "front_end": "conv2d", "subsampling_channels": 8, "dropout": 0.1},
-    "train": {"epochs": 3, "batch_seconds": 12.0, "lr": 3e-3, "warmup_fraction": 0.1, "threads": 1},
-    "tracking": {"experiment": "tiny"},
-}
+from study.config import Config, build  # noqa: E402 (after the environment it reads)
+from tests.helpers import TINY_RECIPE  # noqa: E402
+from tests.services import free_port, postgres_url, slurm_up  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def corpus_cache(tmp_path_factory) -> Path:
     """One cache folder for the session, so the tiny corpus and its features are made once."""
     return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def empty_mlflow_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store migrated once per session (migrating one from nothing takes about a second)."""
+    import mlflow
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(autouse=True)
+def migrated_mlflow_store(request, empty_mlflow_store: Path) -> None:
+    """A test's `tmp_path/mlflow.db`, the store most tests and their sweeps use, starts migrated and empty."""
+    if "tmp_path" in request.fixturenames:
+        shutil.copyfile(empty_mlflow_store, request.getfixturevalue("tmp_path") / "mlflow.db")
 
 
 @pytest.fixture
@@ -33,3 +54,49 @@ def tiny_config(corpus_cache: Path) -> Config:
 @pytest.fixture
 def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        for service, fixture in (("postgres", "postgres_storage"), ("slurm", "slurm_cluster")):
+            if fixture in item.fixturenames:
+                item.add_marker(getattr(pytest.mark, service))
+            if item.get_closest_marker(service):
+                item.add_marker(pytest.mark.xdist_group(service))
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.slow)  # jobs start in seconds at best
+
+
+@pytest.fixture
+def postgres_storage(tmp_path) -> str:
+    url = postgres_url()
+    for name in optuna.get_all_study_names(url):
+        if name.startswith("tiny_sweep"):
+            optuna.delete_study(study_name=name, storage=url)
+    return url
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                               "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
+            time.sleep(0.5)
+    yield uri
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+@pytest.fixture
+def slurm_cluster() -> None:
+    slurm_up()

@@ -120,6 +120,7 @@ def test_polarised_share_counts_units_outside_the_band():
     assert polarised_share(torch.tensor([0.01, 0.04, 0.05, 0.5, 0.95, 0.96, 0.999, 0.3])) == pytest.approx(4 / 8)
 
 
+@pytest.mark.slow
 def test_logits_keep_their_learning_rate_when_the_weights_decay(tiny_config, tmp_path):
     """adl.lr_schedule = "constant": after their warm-up the logits' rate stays at adl.lr to the last
     step, where the weights' cosine has reached zero; "shared" decays both. The logits' warm-up is the
@@ -180,6 +181,7 @@ def test_batch_norm_recalibration_uses_evaluation_activations_and_changes_no_wei
     assert model.training and conv.batch_norm.training and conv.gate.training
 
 
+@pytest.mark.slow
 def test_recalibration_sample_spans_the_corpus_lengths_not_its_shortest(tiny_config, tmp_path):
     """Batches in length order would hand recalibration the shortest utterances only; the seeded random
     sample follows the corpus's length distribution, and the same seed gives the same sample."""
@@ -206,6 +208,7 @@ def test_recalibration_sample_spans_the_corpus_lengths_not_its_shortest(tiny_con
     assert everything == corpus  # asked for more than there are: every utterance once
 
 
+@pytest.mark.slow
 def test_adaptive_dropout_trial_prunes_logs_and_saves_a_reloadable_model(tiny_config, tracking_uri, tmp_path):
     from study.trial import run_trial
     cfg = tiny_config

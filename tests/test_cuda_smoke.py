@@ -13,7 +13,7 @@ import torch
 
 from study.trial import run_trial
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 ADL = {"method": "adaptive_dropout", "adl.beta0": 0.0, "adl.c0": -4.0, "adl.alpha": 1.0, "adl.lr": 0.5}  # prunes in one epoch
 VARIANTS = {

@@ -15,6 +15,8 @@ from study.config import dumps_toml, to_dict
 from study.tracking.trial_record import trial_dir
 from study.trial import run_trial
 
+pytestmark = pytest.mark.slow  # processes started, trials trained end to end
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from study.durable import replace_durably
 from study.tracking.trial_record import trial_dir
 from study.trial import run_trial
-from tests.test_training import finished_run
+from tests.helpers import finished_run
 
 
 def test_the_data_and_the_rename_are_flushed_before_the_file_counts(tmp_path: Path, monkeypatch):

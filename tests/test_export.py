@@ -37,6 +37,7 @@ def pruned_model_file(tmp_path: Path, cfg: ModelConfig) -> tuple[Path, Conformer
     return path, pruned, mean, std
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("front_end, subsampling, input_norm", [("conv2d", 4, "none"), ("conv1d", 8, "utterance")])
 def test_onnx_export_runs_in_onnx_runtime_alone_and_matches_pytorch(tmp_path, front_end, subsampling, input_norm):
     cfg = ModelConfig(**{**CFG.__dict__, "front_end": front_end, "subsampling": subsampling, "input_norm": input_norm})
@@ -67,6 +68,7 @@ assert not any(m.startswith(("study", "torch")) for m in sys.modules)  # the run
         assert torch.allclose(got[b, :n], expected[b, :n], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_torch_export_program_and_a_missing_file(tmp_path, capsys):
     from study.export import main
     path, pruned, mean, std = pruned_model_file(tmp_path, CFG)

@@ -42,6 +42,7 @@ def test_parallel_shards_hold_exactly_the_features_of_each_utterance(tiny_config
     assert torch.equal(again[7], parallel[7])
 
 
+@pytest.mark.slow
 def test_a_reader_maps_the_shards_instead_of_copying_them(tiny_config, tmp_path):
     """Touching every feature of a mapped cache adds file-backed pages (shared between workers),
     not private memory; the private memory of a process that copies the features grows by their size."""

@@ -23,7 +23,7 @@ from study.sweep.launch_check import check_launch
 from study.sweep.optuna_storage import LAUNCH_FIRST_TRIAL, create_studies, open_storage, point_of
 from study.sweep.recovery import pending, reconcile, searched
 from study.sweep.storage_retry import with_retries
-from tests.test_sweep import FOUR_POINTS, write_experiment
+from tests.helpers import FOUR_POINTS, write_experiment
 
 STALE = 2.0  # seconds: lost trials play out quickly (SQLite stamps heartbeats to the second)
 

@@ -19,13 +19,20 @@ from mlflow.tracking import MlflowClient
 
 from study.tracking.store import runs_url
 from tests.analysis_store import PARENT_NAME, Store, build_store
+from tests.services import missing_service
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
 SERVER_START_S = 180  # the server imports most of MLflow before it answers: slow on a busy 2-core machine
 
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium at /usr/bin/chromium "
-                                "(apt-get install -y chromium)")
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def chromium() -> None:
+    if not CHROMIUM.exists():
+        missing_service("needs Chromium at /usr/bin/chromium (apt-get install -y chromium; .ci/run installs it)")
+
 sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (pip install -e '.[test]')")
 
 

@@ -18,7 +18,7 @@ from study.model.io import save_model
 from study.model import dense_widths
 from study.trial import run_trial
 from study.trial_context import build_model
-from tests.conftest import TINY_RECIPE
+from tests.helpers import TINY_RECIPE
 
 CONTROLLER_FROM_DENSE = {"method": "adaptive_dropout", "adl.gate": "hard_concrete", "adl.tau": 0.6667,
                          "adl.target_reduction": 0.3, "adl.init": "dense", "adl.pruning_epochs": 1}

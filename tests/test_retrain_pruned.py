@@ -15,7 +15,7 @@ from study.model.io import load_model, save_model
 from study.tracking.dense_source import load_architecture
 from study.trial import run_trial
 from study.trial_context import build_model
-from tests.conftest import TINY_RECIPE
+from tests.helpers import TINY_RECIPE
 
 UNEQUAL = [BlockWidths(ffn1=40, ffn2=24, query_dims=[16, 5], value_dims=[16, 9], conv=20)]  # one block, pruned
 

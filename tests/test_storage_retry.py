@@ -3,7 +3,6 @@ committed count as done, heartbeats keep beating; and a real PostgreSQL restart 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -16,6 +15,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import OperationalError
 
 from study.sweep.storage_retry import with_retries
+from tests.services import restartable_postgres
 
 
 def outage(calls: int) -> type:
@@ -84,20 +84,11 @@ def test_file_heartbeat_keeps_beating_after_an_error(tmp_path: Path, monkeypatch
     assert "stale NFS file handle" in capsys.readouterr().err
 
 
-def _restartable_postgres() -> tuple[str, str]:
-    """The test database's URL and the local cluster's version, or a skip."""
-    from tests.test_sweep import _postgres_or_skip
-    url = _postgres_or_skip()
-    versions = sorted(Path("/usr/lib/postgresql").glob("*")) if Path("/usr/lib/postgresql").is_dir() else []
-    if os.geteuid() != 0 or not shutil.which("pg_ctlcluster") or not versions:
-        pytest.skip("restarting PostgreSQL needs root and pg_ctlcluster (as in .ci/run)")
-    return url, versions[-1].name
-
-
+@pytest.mark.postgres
 def test_a_trial_told_during_a_postgresql_restart_is_recorded():
     """The server is stopped while a trial runs and started 6 s later: the pooled connection is dead
     (pool_pre_ping replaces it) and the tell is retried until the server is back."""
-    url, version = _restartable_postgres()
+    url, version = restartable_postgres()
     from study.sweep.optuna_storage import open_storage
     storage = open_storage(url, "unused", Path("."))
     name = f"restart-{os.getpid()}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,69 +16,32 @@ import pytest
 from optuna.trial import TrialState
 
 import sweep
-from study.config import dumps_toml
 from study.sweep.optuna_storage import point_of
-from tests.conftest import TINY_RECIPE
-
-ROOT = Path(__file__).resolve().parent.parent
-POSTGRES_URL = os.environ.get("SWEEP_TEST_POSTGRES", "postgresql://postgres:postgres@127.0.0.1:5432/sweep_test")
-
-
-def write_experiment(folder: Path, cache: Path, sweep_toml: str, epochs: int = 1) -> Path:
-    recipe = {**TINY_RECIPE, "data": {**TINY_RECIPE["data"], "cache_dir": str(cache)},
-              "train": {**TINY_RECIPE["train"], "epochs": epochs}}
-    recipe.pop("tracking")
-    path = folder / "tiny_sweep.toml"
-    path.write_text(dumps_toml(recipe) + "\n" + sweep_toml)
-    return path
+from tests.helpers import (
+    FOUR_POINTS,
+    FOUR_POINTS_AND_A_FAILURE,
+    ROOT,
+    check_grid_ran_once,
+    child_runs,
+    children_of,
+    sweep_storage,
+    trials,
+    write_experiment,
+)
 
 
-FOUR_POINTS = """
-[sweep]
-grid = { "train.seed" = [0, 1] }
-[[sweep.arms]]
-name = "dense"
-set = { method = "dense" }
-grid = { "model.ffn_dim" = [32, 64] }
-"""
-FOUR_POINTS_AND_A_FAILURE = FOUR_POINTS + """[[sweep.arms]]
-name = "impossible"   # no dense shape has 10 parameters: this trial raises
-set = { method = "small_dense", "prune.target_params" = 10, "train.seed" = 0 }
-"""
 
 
-def trials(name: str, storage) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=storage).get_trials()
 
 
-def child_runs(tracking_uri: str, experiment: str = "tiny_sweep"):
-    client = mlflow.MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id])
-    return ([r for r in runs if r.data.tags.get("sweep.role") == "trial"],
-            [r for r in runs if r.data.tags.get("sweep.role") == "parent"])
 
 
-def check_grid_ran_once(tracking_uri: str, storage, failing: bool = True, points: int = 4) -> None:
-    done = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
-    expected, points = points, [point_of(t) for t in done]
-    assert len(points) == len(set(points)) == expected  # every point exactly once
-    children, parents = child_runs(tracking_uri)
-    finished = [r for r in children if r.info.status == "FINISHED"]
-    assert sorted(r.data.tags["grid_point"] for r in finished) == sorted(points)
-    assert not [r for r in children + parents if r.info.status == "RUNNING"]
-    assert all(r.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents} for r in children)
-    for t in done:  # each side finds the other
-        run = mlflow.MlflowClient(tracking_uri).get_run(t.user_attrs["mlflow_run_id"])
-        assert run.data.tags["optuna.trial_number"] == str(t.number)
-        assert run.data.metrics["test/wer"] == pytest.approx(t.user_attrs["test/wer"])
-    if failing:
-        failed = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.FAIL]
-        assert len(failed) == 1 and "BudgetError" in failed[0].user_attrs["failure_reason"]
-        failed_runs = [r for r in children if r.info.status == "FAILED"]
-        assert len(failed_runs) == 1 and "3%" in failed_runs[0].data.tags["failure_reason"]
 
 
+
+
+
+@pytest.mark.slow
 def test_grid_with_two_workers_runs_each_point_once_and_records_a_failure(tmp_path, corpus_cache, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE)
@@ -110,7 +72,8 @@ def test_grid_with_two_workers_runs_each_point_once_and_records_a_failure(tmp_pa
     assert table.count("COMPLETE") == 6 and table.count("FAIL") == 2 and "dense-s1" in table
 
 
-@pytest.mark.parametrize("storage_kind", ["journal", "postgresql"])
+@pytest.mark.slow
+@pytest.mark.parametrize("storage_kind", ["journal", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_cache, storage_kind, request):
     """Relaunched at once: on PostgreSQL the lost trial's heartbeat is still fresh (its grace period is 120 s),
     but its worker's process is gone from this machine, so it is resumed in this launch."""
@@ -143,22 +106,8 @@ def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_c
     assert len(lost) == 1 and "worker lost" in lost[0].user_attrs["failure_reason"]
 
 
-def _children(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
-def worker_pids(driver: subprocess.Popen) -> list[int]:
-    """The driver's worker processes."""
-    return [pid for pid in _children(driver.pid) if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 
 def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path, sig: int = signal.SIGKILL) -> None:
@@ -167,26 +116,22 @@ def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path, sig: int 
     while not list((tmp_path / "runs/trials").glob("*/*/checkpoint.pt")):  # a trial is mid-way
         assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint" + (proc.stdout.read() if proc.poll() is not None else "")
         time.sleep(0.2)
-    workers = [pid for pid in _children(proc.pid)
+    workers = [pid for pid in children_of(proc.pid)
                if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert len(workers) == 1
     os.kill(workers[0], sig)  # SIGKILL: out of memory, a preempted node: the worker alone vanishes
 
 
-def sweep_storage(kind: str, tmp_path: Path, request) -> object:
-    """The Optuna storage a test's sweep uses: its journal file, or the PostgreSQL test database (emptied)."""
-    if kind == "postgresql":
-        return request.getfixturevalue("postgres_storage")
-    (tmp_path / "runs/optuna").mkdir(parents=True, exist_ok=True)  # the backend opens (creates) its file at once
-    return optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, options, notice, storage_kind", [
     (signal.SIGKILL, [], "worker 0 lost (exit code -9)", "journal"),  # out of memory, a preempted node
-    (signal.SIGKILL, [], "worker 0 lost (exit code -9)", "postgresql"),  # its heartbeat still fresh
+    pytest.param(signal.SIGKILL, [], "worker 0 lost (exit code -9)", "postgresql",  # its heartbeat still fresh
+                 marks=pytest.mark.postgres),
     # stopped: heartbeats and progress stop but the process stays; the watchdog kills it
-    (signal.SIGSTOP, ["--hang-minutes", "0.5"], "worker 0 made no progress for 30 s", "journal"),
+    # (beats every 0.5 s; the limit outlasts a worker's imports on a busy machine)
+    (signal.SIGSTOP, ["--hang-minutes", "0.25"], "worker 0 made no progress for 15 s", "journal"),
 ])
 def test_a_lost_or_hung_worker_is_replaced_and_its_trial_resumes_in_the_same_launch(tmp_path, corpus_cache, sig,
                                                                                       options, notice, storage_kind, request):
@@ -197,7 +142,8 @@ def test_a_lost_or_hung_worker_is_replaced_and_its_trial_resumes_in_the_same_lau
     if storage_kind == "postgresql":
         options = [*options, "--storage", storage]
     proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
-                             *options], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             *options], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "SWEEP_PROGRESS_BEAT_SECONDS": "0.5"})
     _kill_the_worker_mid_trial(proc, tmp_path, sig)
     output, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, output[-2000:]
@@ -212,6 +158,7 @@ def test_a_lost_or_hung_worker_is_replaced_and_its_trial_resumes_in_the_same_lau
     assert [p.info.status for p in parents] == ["FINISHED"] and parents[0].data.metrics["sweep/worker_restarts"] == 1
 
 
+@pytest.mark.slow
 def test_a_launch_whose_workers_are_all_lost_ends_its_parent_run_failed(tmp_path, corpus_cache):
     exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]\nname = \"impossible\"")[0],
                            epochs=5)
@@ -227,55 +174,7 @@ def test_a_launch_whose_workers_are_all_lost_ends_its_parent_run_failed(tmp_path
     assert "worker lost" in children[0].data.tags["failure_reason"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _postgres_or_skip() -> str:
-    import sqlalchemy
-    try:
-        engine = sqlalchemy.create_engine(POSTGRES_URL)
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("select 1"))
-    except Exception as exc:  # no server: a developer machine without PostgreSQL
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"no PostgreSQL server at {POSTGRES_URL} ({type(exc).__name__}); .ci/run starts one")
-    return POSTGRES_URL
-
-
-@pytest.fixture
-def postgres_storage(tmp_path) -> str:
-    url = _postgres_or_skip()
-    for name in optuna.get_all_study_names(url):
-        if name.startswith("tiny_sweep"):
-            optuna.delete_study(study_name=name, storage=url)
-    return url
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-                               "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
-            time.sleep(0.5)
-    yield uri
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
-
-
+@pytest.mark.slow
 def test_the_grid_on_postgresql_and_a_tracking_server(tmp_path, corpus_cache, monkeypatch, postgres_storage, mlflow_server):
     monkeypatch.chdir(tmp_path)
     exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE)
@@ -307,6 +206,7 @@ def test_bad_experiment_files_are_rejected_before_any_trial(tmp_path, corpus_cac
     assert not (tmp_path / "runs" / "optuna").exists()  # nothing started
 
 
+@pytest.mark.slow
 def test_search_mode_runs_its_budget_and_prints_the_pareto_front(tmp_path, corpus_cache, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exp = write_experiment(tmp_path, corpus_cache, """
@@ -327,6 +227,7 @@ trials = 2
     assert all(16 <= c["model.ffn_dim"] <= 64 and 0.0 <= c["model.dropout"] <= 0.2 for c in chosen)
 
 
+@pytest.mark.slow
 def test_matched_arm_prunes_the_swept_dense_model_to_each_adaptive_runs_size(tmp_path, corpus_cache, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exp = write_experiment(tmp_path, corpus_cache, """

@@ -8,7 +8,7 @@ The short form (the journal, about a minute) runs in the suite. The long form ad
 for 150 s (SWEEP_CHAOS_OUTAGE_SECONDS) under the default retries and, in every process, the first trial
 creation and the first pop of a queued trial answered with a dropped connection after the commit:
 
-    SWEEP_CHAOS_LONG=1 SWEEP_CHAOS_SEEDS=0,1,2 python -m pytest tests/test_sweep_chaos.py
+    SWEEP_CHAOS_SEEDS=0,1,2 python -m pytest -m long tests/test_sweep_chaos.py
 """
 from __future__ import annotations
 
@@ -24,18 +24,22 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.test_sweep import (  # noqa: F401 (postgres_storage is a fixture)
+from tests.services import restartable_postgres
+from tests.helpers import (
     FOUR_POINTS,
+    QUICK_TIMING,
     ROOT,
     check_grid_ran_once,
     child_runs,
-    postgres_storage,
+    fill,
+    small_disk,
+    sweep_command,
     sweep_storage,
     worker_pids,
     write_experiment,
 )
-from tests.test_storage_retry import _restartable_postgres
-from tests.test_sweep_faults import QUICK_TIMING, fill, small_disk, sweep_command
+
+pytestmark = pytest.mark.slow  # processes started, trials trained end to end
 
 EIGHT_POINTS = FOUR_POINTS.replace('"train.seed" = [0, 1]', '"train.seed" = [0, 1, 2, 3]')
 SEEDS = [int(s) for s in os.environ.get("SWEEP_CHAOS_SEEDS", "0").split(",")]
@@ -54,7 +58,7 @@ def _training(folder: Path, driver: subprocess.Popen, at_least: int, deadline: f
 
 
 def _outage(seconds: float) -> threading.Thread:
-    _, version = _restartable_postgres()
+    _, version = restartable_postgres()
     cluster = ["pg_ctlcluster", version, "main"]
     def stop_then_start() -> None:
         subprocess.run([*cluster, "stop"], check=True)
@@ -103,7 +107,8 @@ def test_a_seeded_schedule_of_faults_leaves_every_point_finished_once(tmp_path, 
     run_schedule(seed, "journal", tmp_path, corpus_cache, request)
 
 
-@pytest.mark.skipif(not os.environ.get("SWEEP_CHAOS_LONG"), reason="the long form: SWEEP_CHAOS_LONG=1")
+@pytest.mark.long
+@pytest.mark.postgres
 @pytest.mark.parametrize("seed", SEEDS)
 def test_the_long_schedule_on_postgresql_with_an_outage_and_lost_answers(tmp_path, corpus_cache, seed, request):
     run_schedule(seed, "postgresql", tmp_path, corpus_cache, request)

@@ -3,52 +3,39 @@ mid-trial, a relaunch on a machine that does not share runs/. Each checks the en
 FINISHED once, nothing left RUNNING, no point trained twice."""
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
 
-from tests.test_storage_retry import _restartable_postgres
-from tests.test_sweep import (  # noqa: F401 (postgres_storage is a fixture)
-    FOUR_POINTS_AND_A_FAILURE,
+from tests.services import restartable_postgres
+from tests.helpers import (
+    ONE_POINT,
+    QUICK_TIMING,
     ROOT,
+    TWO_POINTS,
     check_grid_ran_once,
     child_runs,
-    postgres_storage,
+    fill,
+    small_disk,
+    sweep_command,
     sweep_storage,
+    wait_for_checkpoint,
     worker_pids,
     write_experiment,
 )
 
-ONE_POINT = FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]")[0].replace('grid = { "train.seed" = [0, 1] }', "") + '''
-[[sweep.arms]]
-name = "dense"
-set = { method = "dense" }
-'''
-TWO_POINTS = FOUR_POINTS_AND_A_FAILURE.split('[[sweep.arms]]\nname = "impossible"')[0]
+pytestmark = pytest.mark.slow  # processes started, trials trained end to end
 
 
-def sweep_command(exp: Path, uri: str, *options: str) -> list[str]:
-    return [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis", *options]
 
 
-def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> Path:
-    deadline = time.time() + 180
-    while not (found := list((folder / "runs/trials").glob("*/*/checkpoint.pt"))):  # an epoch has gone by
-        assert time.time() < deadline and proc.poll() is None, (
-            "the trial never finished an epoch: " + "".join(p.read_text()[-2000:] for p in folder.glob("*.log")))
-        time.sleep(0.2)
-    return found[0]
+
 
 
 def test_sigterm_checkpoints_the_step_and_the_next_launch_resumes_the_same_run(tmp_path, corpus_cache):
@@ -76,10 +63,11 @@ def test_sigterm_checkpoints_the_step_and_the_next_launch_resumes_the_same_run(t
                                              if state["partial"] else None)
 
 
+@pytest.mark.postgres
 def test_a_postgresql_outage_mid_trial_is_ridden_through_in_the_same_launch(tmp_path, corpus_cache, request):
     """The database is stopped for 20 s while a trial trains: heartbeats, tells and the driver's polls are
     retried, and the launch ends with every point finished once."""
-    url, version = _restartable_postgres()
+    url, version = restartable_postgres()
     storage = sweep_storage("postgresql", tmp_path, request)
     exp = write_experiment(tmp_path, corpus_cache, TWO_POINTS.replace('grid = { "model.ffn_dim" = [32, 64] }', ""), epochs=4)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -101,6 +89,7 @@ def test_a_postgresql_outage_mid_trial_is_ridden_through_in_the_same_launch(tmp_
     assert len(children) == 2 and [p.info.status for p in parents] == ["FINISHED"]  # none trained twice
 
 
+@pytest.mark.postgres
 def test_a_point_requeued_on_a_machine_without_its_runs_folder_starts_over_and_closes_the_old_run(
         tmp_path, corpus_cache, request):
     """Two machines, one database and one tracking store, separate runs/ folders: the second cannot resume the
@@ -130,12 +119,9 @@ def test_a_point_requeued_on_a_machine_without_its_runs_folder_starts_over_and_c
     check_grid_ran_once(uri, storage, failing=False, points=1)
 
 
-# Waits shortened for the subprocesses (study/sweep/timing.py keeps them consistent): a trial nobody took
-# up is settled 6 s after it started, instead of 5 minutes.
-QUICK_TIMING = {"SWEEP_RETRY_SECONDS": "2", "SWEEP_HEARTBEAT_SECONDS": "0.5", "SWEEP_STALE_SECONDS": "6",
-                "SWEEP_REQUEUE_SECONDS": "1", "SWEEP_PHASE_POLL_SECONDS": "0.5"}
 
 
+@pytest.mark.postgres
 def test_answers_lost_after_the_commit_leave_nothing_running_and_no_point_untrained(tmp_path, corpus_cache, request):
     """Each worker's first trial creation and first pop of a queued trial commit, then lose their answer.
     The retries leave a RUNNING trial that nobody owns (one with a point, for the pop); the launch used to
@@ -170,36 +156,8 @@ def test_answers_lost_after_the_commit_leave_nothing_running_and_no_point_untrai
     assert popped and {t.user_attrs["point"] for t in popped} == {first_point}  # once per worker that popped it
 
 
-@contextlib.contextmanager
-def small_disk(folder: Path, megabytes: int, optional: bool = False) -> Iterator[Path | None]:
-    """A tmpfs of `megabytes` mounted at `folder`: a disk that can really fill up. Needs root; without it
-    the test is skipped (or gets None, if `optional`), and fails under CI=1, where .ci/run runs as root."""
-    folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode:
-        if os.environ.get("CI"):
-            raise AssertionError(f"cannot mount a tmpfs at {folder}: {mounted.stderr.strip()}")
-        if optional:
-            yield None
-            return
-        pytest.skip(f"mounting a tmpfs needs root ({mounted.stderr.strip()})")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "--lazy", str(folder)], check=False)
 
 
-def fill(folder: Path) -> Path:
-    """Writes a file into `folder` until its file system has no byte left."""
-    filler, block = folder / "filler", b"\0" * (1 << 16)
-    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as out:
-        while True:
-            out.write(block)
-    with contextlib.suppress(OSError), open(filler, "ab", buffering=0) as out:
-        while True:  # the last partial block, byte by byte
-            out.write(b"\0")
-    return filler
 
 
 def test_a_full_disk_at_the_sigterm_checkpoint_queues_the_point_again_and_loses_nothing(tmp_path, corpus_cache):

@@ -5,8 +5,6 @@ SLURM holds a requeued job back for two minutes (its BeginTime); the tests relea
 `scontrol update StartTime=now`, as an operator would, so that the suite does not wait."""
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,24 +18,13 @@ from study.sweep import shared_files
 from study.sweep.shared_files import unshared
 from study.sweep.slurm import SlurmError, tasks_per_node
 from study.trial import run_trial
-from tests.test_sweep import FOUR_POINTS, child_runs, trials, write_experiment
+from tests.helpers import FOUR_POINTS, child_runs, trials, write_experiment
 
 ONE_LONG_POINT = """
 [[sweep.arms]]
 name = "dense"
 set = { method = "dense" }
 """
-
-
-@pytest.fixture
-def slurm_cluster() -> None:
-    state = ""
-    if shutil.which("sinfo"):
-        state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout
-    if not any(s in state for s in ("idle", "mix", "alloc")):
-        if os.environ.get("CI"):
-            raise AssertionError(f"no SLURM node up (sinfo: {state.strip() or 'absent'}); .ci/start_slurm starts one")
-        pytest.skip("no SLURM cluster here; .ci/start_slurm starts a one-node one")
 
 
 def _queue() -> list[tuple[str, str, str]]:
@@ -103,11 +90,59 @@ def _journal(folder: Path):
     return open_storage(None, "tiny_sweep", folder / "runs")
 
 
+def test_a_requeued_job_and_a_job_near_its_time_limit_resume_the_trial_in_its_run(slurm_cluster, tmp_path,
+                                                                                  corpus_cache, monkeypatch, capsys):
+    """One trial: `scontrol requeue` once it is training (SIGTERM: it checkpoints at its next step and SLURM
+    requeues the job), then, once the job trains again, the time limit's signal, sent by the test as SLURM
+    sends it `signal_seconds` before the limit (`scancel --signal=USR2`): it checkpoints and the job requeues
+    itself. The trial ends once, in the run it began in, with every epoch trained once."""
+    monkeypatch.chdir(tmp_path)
+    epochs = 300  # about 20 s of training on 2 free cores: it outlasts the two signals
+    exp = write_experiment(tmp_path, corpus_cache, ONE_LONG_POINT, epochs=epochs)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main([str(exp), "--launcher", "slurm", "--workers", "1", "--slurm", "cpus_per_worker=1",
+                       "--slurm", "time_minutes=30", "--slurm", "signal_seconds=40", "--tracking-uri", uri,
+                       "--detach", "--no-analysis"]) == 0
+    (job,) = _launched_jobs(capsys.readouterr().out)
+    script = next((tmp_path / "runs" / "slurm" / "tiny_sweep").rglob("*submission.sh")).read_text()
+    assert "#SBATCH --signal=USR2@40" in script and "#SBATCH --time=30" in script and "#SBATCH --requeue" in script
+    client = mlflow.MlflowClient(uri)
+    signalled: list[int] = []  # epochs trained when each signal was sent
+
+    def signal_while_training() -> None:
+        children, _ = child_runs(uri)
+        trained = len(client.get_metric_history(children[0].info.run_id, "train/loss")) if children else 0
+        if trained and len(signalled) < 2 and trained > max(signalled, default=0):  # training, since the last
+            command = ["scontrol", "requeue", job] if not signalled else ["scancel", "--signal=USR2", job]
+            if subprocess.run(command, capture_output=True).returncode == 0:  # refused while the job is pending
+                signalled.append(trained)
+
+    _wait_for_jobs([job], timeout=300, during=signal_while_training)
+    assert len(signalled) == 2, f"the trial finished before both signals: {signalled}"
+    check_one_resumed_run(tmp_path, uri, epochs)
+
+
+def check_one_resumed_run(tmp_path: Path, uri: str, epochs: int) -> None:
+    assert sweep.main([str(tmp_path / "tiny_sweep.toml"), "--tracking-uri", uri, "--status"]) == 0
+    children, parents = child_runs(uri)
+    (run,) = children  # one run: each attempt resumed it
+    assert run.info.status == "FINISHED" and parents[0].info.status == "FINISHED"
+    assert "resumed_from_step" in run.data.tags or int(run.data.tags["resumed_from_epoch"]) > 0
+    losses = mlflow.MlflowClient(uri).get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in losses) == list(range(1, epochs + 1))  # every epoch once
+    log = "".join(p.read_text() for p in (tmp_path / "runs" / "slurm" / "tiny_sweep").rglob("*.out"))
+    # The job ran again after the requeue and after the time limit's signal; it says "time limit near" when
+    # that signal came, and "stopped by SIGTERM" for a requeue alone. SLURM may send the time limit's signal
+    # in the same moment as a requeue (seen in CI), and then only the first message is written.
+    assert "time limit near" in log and log.count("Starting with JobEnvironment") >= 3
+    assert "Job completed successfully" in log.split("Starting with JobEnvironment")[-1]  # its last run did the work
+
+
+@pytest.mark.long
 def test_a_requeued_and_a_timed_out_job_resume_the_trial_in_its_run(slurm_cluster, tmp_path, corpus_cache,
                                                                      monkeypatch, capsys):
-    """One long trial: `scontrol requeue` once it is training (SIGTERM: it checkpoints at its next step and
-    SLURM requeues the job), then the 1-minute time limit (SIGUSR2 40 s before: it checkpoints and the job
-    requeues itself). The trial ends once, in the run it began in, with every epoch trained once."""
+    """The same with SLURM's own timer (slow: a long trial waits for it): the 1-minute time limit's SIGUSR2,
+    40 s before it, comes from SLURM's periodic check, some time after it is due."""
     monkeypatch.chdir(tmp_path)
     # Training must outlast a run of the job after the requeue: SLURM sends the time-limit signal only
     # from its periodic check, some time after the 20 s it is due, and a 300-epoch trial (17 epochs/s on
@@ -132,19 +167,7 @@ def test_a_requeued_and_a_timed_out_job_resume_the_trial_in_its_run(slurm_cluste
 
     _wait_for_jobs([job], timeout=600, during=requeue_once_training)
     assert requeued
-    assert sweep.main([str(exp), "--tracking-uri", uri, "--status"]) == 0
-    children, parents = child_runs(uri)
-    (run,) = children  # one run: each attempt resumed it
-    assert run.info.status == "FINISHED" and parents[0].info.status == "FINISHED"
-    assert "resumed_from_step" in run.data.tags or int(run.data.tags["resumed_from_epoch"]) > 0
-    losses = client.get_metric_history(run.info.run_id, "train/loss")
-    assert sorted(m.step for m in losses) == list(range(1, epochs + 1))  # every epoch once
-    log = "".join(p.read_text() for p in (tmp_path / "runs" / "slurm" / "tiny_sweep").rglob("*.out"))
-    # The job ran again after the test's requeue and after the time limit's; it says "time limit near" when
-    # that signal came, and "stopped by SIGTERM" for a requeue alone. SLURM may send the time limit's signal
-    # in the same moment as the test's requeue (seen in CI), and then only the first message is written.
-    assert "time limit near" in log and log.count("Starting with JobEnvironment") >= 3
-    assert "Job completed successfully" in log.split("Starting with JobEnvironment")[-1]  # its last run did the work
+    check_one_resumed_run(tmp_path, uri, epochs)
 
 
 DDP_POINT = """

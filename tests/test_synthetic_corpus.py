@@ -208,9 +208,11 @@ def test_bad_config_values_name_the_field(change: dict[str, object], message: st
 
 
 def test_build_validates_before_touching_the_cache(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
     with pytest.raises(ValueError, match="m99"):
-        build_synthetic_corpus(dataclasses.replace(TINY, train_variants=["m99"]), tmp_path)
-    assert list(tmp_path.iterdir()) == []
+        build_synthetic_corpus(dataclasses.replace(TINY, train_variants=["m99"]), cache)
+    assert list(cache.iterdir()) == []
 
 
 def test_folder_without_complete_marker_is_regenerated(tmp_path: Path, corpus_a: Corpus,

@@ -14,12 +14,9 @@ import torch
 from study.runtime import stop_request
 from study.training import Trainer, TrainingError
 from study.trial import run_trial
+from tests.helpers import finished_run
 
 
-def finished_run(tracking_uri: str, experiment: str = "tiny"):
-    client = mlflow.MlflowClient(tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return client, runs
 
 
 def test_tiny_training_run_lowers_loss_and_logs_to_mlflow(tiny_config, tracking_uri, tmp_path):
@@ -247,6 +244,7 @@ def test_phase_clock_accounts_for_every_step_of_the_epoch(tiny_config, tmp_path)
     assert math.isfinite(metrics["train/loss"])
 
 
+@pytest.mark.slow
 def test_two_processes_needing_the_same_untrained_dense_source_train_it_once(tiny_config, tracking_uri, tmp_path):
     """Two magnitude trials started at once, in two processes, before their dense source exists (as two
     sweep workers do): one trains the dense model, the other waits for it instead of training it beside

@@ -11,8 +11,10 @@ import os
 import time
 from pathlib import Path
 
+from study.sweep.timing import PROGRESS_BEAT_SECONDS
+
 ENV = "STUDY_PROGRESS_FILE"
-BEAT_SECONDS = 5.0
+BEAT_SECONDS = PROGRESS_BEAT_SECONDS
 _last_beat = 0.0
 
 

@@ -53,6 +53,7 @@ RETRY_DELAYS = backoff(RETRY_SECONDS)
 STALE_SECONDS = _seconds("STALE_SECONDS", max(300.0, stale_after(RETRY_SECONDS, HEARTBEAT_SECONDS)))
 REQUEUE_SECONDS = _seconds("REQUEUE_SECONDS", 30)  # how often lost trials are looked for during a launch
 PHASE_POLL_SECONDS = _seconds("PHASE_POLL_SECONDS", 3)  # a worker waiting for others' trials looks again
+PROGRESS_BEAT_SECONDS = _seconds("PROGRESS_BEAT_SECONDS", 5)  # the least time between two touches of a progress file
 
 if STALE_SECONDS <= stale_after(RETRY_SECONDS, HEARTBEAT_SECONDS):
     raise TimingError(

@@ -1,0 +1,185 @@
+"""What the tests share: the tiny recipe, tiny sweep experiments written to a folder, and the checks and
+process handling of the end-to-end sweep tests."""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from study.config import dumps_toml
+from study.sweep.optuna_storage import point_of
+from tests.services import missing_service
+
+TINY_RECIPE = {
+    "data": {"synthetic": {"train_utterances": 24, "dev_utterances": 4, "test_utterances": 4,
+                           "min_words": 3, "max_words": 5, "rate_min": 150, "rate_max": 180}},
+    "text": {"units": "char"},  # 24 utterances: too few for a BPE vocabulary (tests that need one set it)
+    "model": {"d_model": 32, "num_heads": 2, "ffn_dim": 64, "conv_channels": 32, "conv_kernel": 5,
+              "num_blocks": 1, "subsampling": 4, "front_end": "conv2d", "subsampling_channels": 8, "dropout": 0.1},
+    "train": {"epochs": 3, "batch_seconds": 12.0, "lr": 3e-3, "warmup_fraction": 0.1, "threads": 1},
+    "tracking": {"experiment": "tiny"},
+}
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_experiment(folder: Path, cache: Path, sweep_toml: str, epochs: int = 1) -> Path:
+    recipe = {**TINY_RECIPE, "data": {**TINY_RECIPE["data"], "cache_dir": str(cache)},
+              "train": {**TINY_RECIPE["train"], "epochs": epochs}}
+    recipe.pop("tracking")
+    path = folder / "tiny_sweep.toml"
+    path.write_text(dumps_toml(recipe) + "\n" + sweep_toml)
+    return path
+
+
+FOUR_POINTS = """
+[sweep]
+grid = { "train.seed" = [0, 1] }
+[[sweep.arms]]
+name = "dense"
+set = { method = "dense" }
+grid = { "model.ffn_dim" = [32, 64] }
+"""
+
+
+FOUR_POINTS_AND_A_FAILURE = FOUR_POINTS + """[[sweep.arms]]
+name = "impossible"   # no dense shape has 10 parameters: this trial raises
+set = { method = "small_dense", "prune.target_params" = 10, "train.seed" = 0 }
+"""
+
+
+def trials(name: str, storage) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def child_runs(tracking_uri: str, experiment: str = "tiny_sweep"):
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return ([r for r in runs if r.data.tags.get("sweep.role") == "trial"],
+            [r for r in runs if r.data.tags.get("sweep.role") == "parent"])
+
+
+def check_grid_ran_once(tracking_uri: str, storage, failing: bool = True, points: int = 4) -> None:
+    done = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
+    expected, points = points, [point_of(t) for t in done]
+    assert len(points) == len(set(points)) == expected  # every point exactly once
+    children, parents = child_runs(tracking_uri)
+    finished = [r for r in children if r.info.status == "FINISHED"]
+    assert sorted(r.data.tags["grid_point"] for r in finished) == sorted(points)
+    assert not [r for r in children + parents if r.info.status == "RUNNING"]
+    assert all(r.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents} for r in children)
+    for t in done:  # each side finds the other
+        run = mlflow.MlflowClient(tracking_uri).get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.tags["optuna.trial_number"] == str(t.number)
+        assert run.data.metrics["test/wer"] == pytest.approx(t.user_attrs["test/wer"])
+    if failing:
+        failed = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.FAIL]
+        assert len(failed) == 1 and "BudgetError" in failed[0].user_attrs["failure_reason"]
+        failed_runs = [r for r in children if r.info.status == "FAILED"]
+        assert len(failed_runs) == 1 and "3%" in failed_runs[0].data.tags["failure_reason"]
+
+
+def children_of(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def worker_pids(driver: subprocess.Popen) -> list[int]:
+    """The driver's worker processes."""
+    return [pid for pid in children_of(driver.pid) if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+
+def sweep_storage(kind: str, tmp_path: Path, request) -> object:
+    """The Optuna storage a test's sweep uses: its journal file, or the PostgreSQL test database (emptied)."""
+    if kind == "postgresql":
+        return request.getfixturevalue("postgres_storage")
+    (tmp_path / "runs/optuna").mkdir(parents=True, exist_ok=True)  # the backend opens (creates) its file at once
+    return optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "runs/optuna/tiny_sweep.journal")))
+
+
+ONE_POINT = FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]")[0].replace('grid = { "train.seed" = [0, 1] }', "") + '''
+[[sweep.arms]]
+name = "dense"
+set = { method = "dense" }
+'''
+
+
+TWO_POINTS = FOUR_POINTS_AND_A_FAILURE.split('[[sweep.arms]]\nname = "impossible"')[0]
+
+
+def sweep_command(exp: Path, uri: str, *options: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis", *options]
+
+
+def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> Path:
+    deadline = time.time() + 180
+    while not (found := list((folder / "runs/trials").glob("*/*/checkpoint.pt"))):  # an epoch has gone by
+        assert time.time() < deadline and proc.poll() is None, (
+            "the trial never finished an epoch: " + "".join(p.read_text()[-2000:] for p in folder.glob("*.log")))
+        time.sleep(0.2)
+    return found[0]
+
+
+# Waits shortened for the subprocesses (study/sweep/timing.py keeps them consistent): a trial nobody took
+# up is settled 6 s after it started, instead of 5 minutes.
+QUICK_TIMING = {"SWEEP_RETRY_SECONDS": "2", "SWEEP_HEARTBEAT_SECONDS": "0.5", "SWEEP_STALE_SECONDS": "6",
+                "SWEEP_REQUEUE_SECONDS": "1", "SWEEP_PHASE_POLL_SECONDS": "0.5", "SWEEP_PROGRESS_BEAT_SECONDS": "0.5"}
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, megabytes: int, optional: bool = False) -> Iterator[Path | None]:
+    """A tmpfs of `megabytes` mounted at `folder`: a disk that can really fill up. Needs root; without it
+    the test is skipped (or gets None, if `optional`), and fails under CI=1, where .ci/run runs as root."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode:
+        if os.environ.get("CI"):
+            raise AssertionError(f"cannot mount a tmpfs at {folder}: {mounted.stderr.strip()}")
+        if optional:
+            yield None
+            return
+        missing_service(f"mounting a tmpfs needs root ({mounted.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Writes a file into `folder` until its file system has no byte left."""
+    filler, block = folder / "filler", b"\0" * (1 << 16)
+    with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as out:
+        while True:
+            out.write(block)
+    with contextlib.suppress(OSError), open(filler, "ab", buffering=0) as out:
+        while True:  # the last partial block, byte by byte
+            out.write(b"\0")
+    return filler
+
+
+def finished_run(tracking_uri: str, experiment: str = "tiny"):
+    client = mlflow.MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, runs
+
