@@ -29,7 +29,7 @@ from study.data.features import SpecAugment
 from study.data.prepared import SplitData
 from study.data.tokenizer import Tokenizer
 from study.durable import replace_durably
-from study.runtime.distributed import rank_and_world
+from study.runtime.distributed import rank_and_world, weight_gap_to_rank0
 from study.method.distillation import Distiller
 from study.model import output_lengths
 
@@ -45,6 +45,7 @@ class History:
     epoch: int = 0  # epochs finished
     train_seconds: float = 0.0
     records: list[dict] = field(default_factory=list)
+    rank_weight_gap: float | None = None  # under DDP: the largest gap between a rank's parameters and rank 0's
 
 
 def resolve_device(name: str) -> torch.device:
@@ -325,7 +326,10 @@ class Trainer:
         process, SIGTERM stops it at the next step boundary with a checkpoint (under DDP the ranks' generators
         differ: a stop there interrupts at once and the run resumes from its last epoch)."""
         with stop_request.polite() if self.world == 1 else contextlib.nullcontext():
-            return self._fit(evaluate_dev, on_epoch_end)
+            history = self._fit(evaluate_dev, on_epoch_end)
+        if self.world > 1:
+            history.rank_weight_gap = weight_gap_to_rank0(self.model)
+        return history
 
     def _fit(self, evaluate_dev: Callable[[], dict[str, float]],
              on_epoch_end: Callable[[int, dict[str, float]], None]) -> History:

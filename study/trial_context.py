@@ -71,7 +71,13 @@ class TrialContext:
             print(f"{prefix}epoch {epoch}: loss {metrics['train/loss']:.3f}  dev WER {metrics['dev/wer']:.2%}  "
                   f"CER {metrics['dev/cer']:.2%}{kept}  ({metrics['train/seconds']:.0f} s)", flush=True)
 
-        return trainer.fit(evaluate, log_epoch).train_seconds
+        history = trainer.fit(evaluate, log_epoch)
+        if history.rank_weight_gap is not None:
+            mlflow.log_metric(f"{prefix}train/rank_weight_gap", history.rank_weight_gap)
+            if history.rank_weight_gap > 0:
+                print(f"warning: the ranks ended training with different weights (largest gap "
+                      f"{history.rank_weight_gap:.3g}); DDP should keep them identical", flush=True)
+        return history.train_seconds
 
     def finetune(self, model: torch.nn.Module, epochs: int, distiller: Distiller | None = None) -> float:
         """An ablation for every pruning method: a few epochs after pruning (with the dense teacher's term when

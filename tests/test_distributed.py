@@ -42,8 +42,10 @@ def test_two_process_ddp_trial_matches_one_process_and_leaves_one_run(tiny_confi
         return [m.value for m in sorted(history, key=lambda m: m.step)]
     one, two = losses(single_uri, single.run_id), losses(tracking_uri, ddp.run_id)
     assert len(one) == len(two) == 3 and two[-1] < two[0]
-    assert two == pytest.approx(one, rel=0.03)
     assert two != one  # the ranks really split the batches (float sums in another order)
+    assert two == pytest.approx(one, rel=0.03)  # not closer: each rank normalises BatchNorm and CTC by its share
+    gap = client.get_metric_history(ddp.run_id, "train/rank_weight_gap")
+    assert [m.value for m in gap] == [0.0]  # rank 1 ended with rank 0's parameters, bit for bit
     assert list((tmp_path / "ddp" / "trials").glob("*/*/distributed_config.toml"))  # relaunched under torchrun
     assert ddp.metrics["params/total"] == single.metrics["params/total"]
 

@@ -201,6 +201,7 @@ def test_a_two_task_ddp_trial_matches_the_local_two_process_run(slurm_cluster, t
     assert len(losses(uri, run.info.run_id)) == 3
     assert losses(uri, run.info.run_id) == pytest.approx(losses(local_uri, local.run_id), rel=1e-5)
     assert run.data.metrics["params/total"] == local.metrics["params/total"]
+    assert run.data.metrics["train/rank_weight_gap"] == 0.0  # the ranks on SLURM's tasks kept one model
 
 
 def test_stores_the_nodes_cannot_reach_are_named_with_what_to_use(tmp_path):

@@ -36,6 +36,19 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def weight_gap_to_rank0(model: torch.nn.Module) -> float:
+    """The largest absolute difference between this rank's parameters and rank 0's, the same on every rank
+    (a collective: every rank calls it). DDP keeps the ranks' parameters identical; anything but 0 means
+    they trained different models. Buffers are left out: BatchNorm's running statistics take each rank's
+    own share of the last batch, and DDP sends rank 0's to the others only at the next forward pass."""
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])  # (P,)
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    gap = (flat - reference).abs().max().reshape(1)
+    dist.all_reduce(gap, op=dist.ReduceOp.MAX)
+    return gap.item()
+
+
 def local_device(name: str) -> str:
     """A rank's device: `cuda` becomes the GPU of its local rank; anything else is kept."""
     if name in ("cuda", "auto") and torch.cuda.is_available() and rank_and_world()[1] > 1:
