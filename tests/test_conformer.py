@@ -27,7 +27,7 @@ def test_output_shapes_and_lengths():
     log_probs, out_lengths = model(feats, lengths)
     assert log_probs.shape == (3, int(output_lengths(torch.tensor(101), 4)), 29)  # (B, T, V)
     assert out_lengths.tolist() == output_lengths(lengths, 4).tolist() == [24, 18, 9]
-    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, log_probs.shape[1]), atol=1e-5)
+    torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(3, log_probs.shape[1]), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("front_end", ["conv2d", "conv1d"])
@@ -58,7 +58,7 @@ def test_padded_frames_never_change_real_outputs(subsampling, front_end, input_n
     other = torch.randn(1, 105, 80)
     batched, lengths = model(torch.cat([padded, other]), torch.tensor([60, 105]))
     assert lengths[0] == n[0]
-    assert torch.allclose(batched[0, : n[0]], alone[0], atol=1e-5)
+    torch.testing.assert_close(batched[0, : n[0]], alone[0], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("input_norm", ["utterance_mean", "utterance"])
@@ -72,12 +72,12 @@ def test_utterance_normalisation_removes_a_recording_channels_colouring(input_no
     colour = torch.randn(1, 1, 80) * 3
     gain = torch.rand(1, 1, 80) + 0.5 if input_norm == "utterance" else 1.0
     plain, coloured = model(feats, lengths)[0], model(feats * gain + colour, lengths)[0]
-    assert torch.allclose(plain, coloured, atol=1e-4)
+    torch.testing.assert_close(plain, coloured, rtol=1e-5, atol=1e-4)
     normed = utterance_norm(feats + colour, lengths, variance=input_norm == "utterance")  # (B, T, F)
-    assert torch.allclose(normed[1, :50].mean(0), torch.zeros(80), atol=1e-5)
+    torch.testing.assert_close(normed[1, :50].mean(0), torch.zeros(80), rtol=1e-5, atol=1e-5)
     assert normed[1, 50:].abs().max() == 0
     if input_norm == "utterance":
-        assert torch.allclose(normed[1, :50].pow(2).mean(0), torch.ones(80), atol=1e-3)
+        torch.testing.assert_close(normed[1, :50].pow(2).mean(0), torch.ones(80), rtol=1e-5, atol=1e-3)
 
 
 def test_gradients_reach_every_parameter():
@@ -131,10 +131,10 @@ def test_unequal_heads_run_inference_on_padded_weights_exactly_and_follow_weight
     with torch.no_grad():
         padded = model(feats, lengths)[0]
         assert all(hasattr(b.mhsa, "_padded_key") for b in model.encoder.blocks)
-        assert torch.allclose(padded, with_autograd, atol=1e-6)
+        torch.testing.assert_close(padded, with_autograd, rtol=1e-5, atol=1e-6)
         model.encoder.blocks[1].mhsa.wv.weight.mul_(-2.0)
         changed = model(feats, lengths)[0]
-    assert torch.allclose(changed, model(feats, lengths)[0], atol=1e-6)
+    torch.testing.assert_close(changed, model(feats, lengths)[0], rtol=1e-5, atol=1e-6)
     assert not torch.allclose(changed, padded, atol=1e-3)
 
 
@@ -159,4 +159,4 @@ def test_uniform_heads_copy_gives_the_same_outputs_with_equal_heads():
     expected, expected_lengths = model(feats, lengths)
     got, got_lengths = uniform(feats, lengths)
     assert torch.equal(got_lengths, expected_lengths)
-    assert torch.allclose(got, expected, atol=1e-5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
