@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = parse_overrides(args.overrides)
         experiment = load_experiment(args.experiment, overrides)
-        workers = args.workers or experiment.spec.workers
+        workers = args.workers if args.workers is not None else experiment.spec.workers
         if workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {workers}")
         if args.hang_minutes < 0:

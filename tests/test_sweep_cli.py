@@ -1,7 +1,14 @@
 """sweep.py: bad input is refused with a clear message before any work starts."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+import pytest
+
 import sweep
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_unknown_key_exits_2_naming_file_and_key(tmp_path, capsys):
@@ -42,3 +49,24 @@ def test_a_voice_the_installed_espeak_lacks_exits_2_before_any_synthesis(tmp_pat
     err = capsys.readouterr().err
     assert "experiments/default.toml" in err and "data.synthetic.dev_variants" in err and "m99" in err
     assert not list(tmp_path.rglob("*.flac"))
+
+
+@pytest.mark.parametrize("options, setting, message", [
+    (["--workers", "0"], None, "--workers must be at least 1, got 0"),
+    (["--hang-minutes", "-1"], None, "--hang-minutes must be 0 (never) or more, got -1.0"),
+    (["--detach"], None, "--detach leaves SLURM jobs running: it needs --launcher slurm"),
+    (["--launcher", "slurm"], "no submitit", "--launcher slurm needs submitit"),
+    (["--launcher", "slurm"], "no sbatch", "--launcher slurm: no sbatch on this machine's PATH"),
+    (["--launcher", "slurm", "--slurm", "partitoin=gpu"], None, "partitoin"),
+    (["--launcher", "slurm", "--slurm", "nodes_per_worker=2", "--set", "train.processes=3"], None,
+     "train.processes = 3 does not split evenly over nodes_per_worker = 2"),
+])
+def test_command_line_refusals_exit_2_before_any_work(options, setting, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # nothing may be written: no runs/ appears
+    if setting == "no submitit":
+        monkeypatch.setitem(sys.modules, "submitit", None)  # what find_spec answers when it is not installed
+    if setting == "no sbatch":
+        monkeypatch.setenv("PATH", str(tmp_path))
+    assert sweep.main([str(REPO / "experiments/default.toml"), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
