@@ -160,3 +160,35 @@ def test_uniform_heads_copy_gives_the_same_outputs_with_equal_heads():
     got, got_lengths = uniform(feats, lengths)
     assert torch.equal(got_lengths, expected_lengths)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def _shipped_model_settings() -> dict[str, tuple[ModelConfig, int]]:
+    """Every distinct model of the shipped experiments' grid points (and their base settings), with its mel
+    bands: {experiment file and setting: (model settings, n_mels)}."""
+    from study.sweep.experiment_file import load_experiment
+    found, seen = {}, set()
+    for path in sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml")):
+        experiment = load_experiment(path)
+        for point in [None, *(experiment.points() if experiment.spec.mode == "grid" else [])]:
+            cfg = experiment.config(point)
+            if repr((cfg.model, cfg.features.n_mels)) not in seen:
+                seen.add(repr((cfg.model, cfg.features.n_mels)))
+                found[f"{path.name}: {point.arm if point else 'base'}"] = (cfg.model, cfg.features.n_mels)
+    return found
+
+
+SHIPPED = _shipped_model_settings()
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_every_shipped_experiments_model_runs_forward_with_its_shapes(name):
+    model_cfg, n_mels = SHIPPED[name]
+    model = ConformerCTC(model_cfg, n_mels=n_mels, vocab_size=129).eval()
+    feats = torch.randn(2, 160, n_mels)  # (B, T_in, n_mels): 1.6 s of 10 ms frames
+    lengths = torch.tensor([160, 97])
+    with torch.inference_mode():
+        log_probs, out_lengths = model(feats, lengths)
+    expected = output_lengths(lengths, model_cfg.subsampling)
+    assert log_probs.shape == (2, int(expected[0]), 129)  # (B, T, V)
+    assert out_lengths.tolist() == expected.tolist()
+    assert torch.isfinite(log_probs[1, : int(expected[1])]).all()
