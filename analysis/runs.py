@@ -18,7 +18,21 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from study.names import LOCATIONS, MAGNITUDE, REPORT_ORDER, RETRAIN_PRUNED, unread_sections
+from study.names import (
+    LOCATIONS,
+    MAGNITUDE,
+    REPORT_ORDER,
+    RETRAIN_PRUNED,
+    TAG_BUDGET,
+    TAG_FAILURE_REASON,
+    TAG_GRID_POINT,
+    TAG_LOCATIONS,
+    TAG_METHOD,
+    TAG_ROLE,
+    TAG_SEED,
+    TAG_SOURCE_DENSE_RUN,
+    unread_sections,
+)
 
 # Every subset of the locations, largest first, in the canonical location order: the row order of tables.
 LOCATION_SUBSETS = tuple("+".join(s) for n in range(len(LOCATIONS), 0, -1)
@@ -111,8 +125,8 @@ def _column(runs: pd.DataFrame, name: str) -> pd.Series:
 
 
 def _is_trial(runs: pd.DataFrame) -> pd.Series:
-    role = _column(runs, "tags.sweep.role")
-    return (role == "trial") | (role.isna() & _column(runs, "tags.method").notna())
+    role = _column(runs, f"tags.{TAG_ROLE}")
+    return (role == "trial") | (role.isna() & _column(runs, f"tags.{TAG_METHOD}").notna())
 
 
 def find_experiments(client: MlflowClient, names: Sequence[str]) -> dict[str, str]:
@@ -170,7 +184,7 @@ def load_trials(tracking_uri: str, experiments: Sequence[str] = (), parent_run_i
     trials = runs[_is_trial(runs)]
     if parent_run_id:
         children = trials[parent_of[trials.index] == parent_run_id]
-        sources = set(_column(children, "tags.source_dense_run_id").dropna())
+        sources = set(_column(children, f"tags.{TAG_SOURCE_DENSE_RUN}").dropna())
         trials = trials[(parent_of[trials.index] == parent_run_id) | trials["run_id"].isin(sources)]
         parents = {experiments[0]: parent_run_id}
     else:
@@ -187,13 +201,13 @@ def load_trials(tracking_uri: str, experiments: Sequence[str] = (), parent_run_i
     excluded = pd.DataFrame({
         "experiment": trials["experiment"], "run_id": trials["run_id"],
         "run_name": _column(trials, "tags.mlflow.runName"), "status": trials["status"], "kind": kind,
-        "reason": _column(trials, "tags.failure_reason").fillna(""),
+        "reason": _column(trials, f"tags.{TAG_FAILURE_REASON}").fillna(""),
     })[~(finished & complete)].sort_values(["experiment", "run_name", "run_id"]).reset_index(drop=True)
     return Trials(frame=tidy(trials[finished & complete]), excluded=excluded, parents=parents)
 
 
 def _latest_parents(runs: pd.DataFrame) -> dict[str, str]:
-    parents = runs[_column(runs, "tags.sweep.role") == "parent"].sort_values(["start_time", "run_id"])
+    parents = runs[_column(runs, f"tags.{TAG_ROLE}") == "parent"].sort_values(["start_time", "run_id"])
     return dict(zip(parents["experiment"], parents["run_id"]))  # later rows win: the latest start
 
 
@@ -250,10 +264,10 @@ TEXT_COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "method", "
 
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     """search_runs' wide table of strings -> one typed row per trial, sorted by setting then seed."""
-    method = _column(runs, "tags.method").fillna(_column(runs, "params.method")).fillna("unknown")
+    method = _column(runs, f"tags.{TAG_METHOD}").fillna(_column(runs, "params.method")).fillna("unknown")
     is_adl = method == "adaptive_dropout"
     is_baseline = ~method.isin(["dense", "adaptive_dropout"])
-    budget = _numeric(_column(runs, "tags.budget.target_params"))
+    budget = _numeric(_column(runs, f"tags.{TAG_BUDGET}"))
     budget = budget.fillna(_numeric(_column(runs, "params.prune.target_params")).where(lambda v: v > 0))
     reduction_target = _numeric(_column(runs, "params.prune.target_reduction")).where(lambda v: v > 0)
     controller_target = _numeric(_column(runs, "params.adl.target_reduction")).where(lambda v: is_adl & (v > 0))
@@ -264,8 +278,8 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         "parent_run_id": _column(runs, "tags.mlflow.parentRunId"),
         "start_time": pd.to_datetime(runs["start_time"], utc=True),
         "method": method,
-        "locations": _locations(_column(runs, "tags.locations"), _column(runs, "params.adl.locations"), method),
-        "seed": _numeric(_column(runs, "tags.seed").fillna(_column(runs, "params.train.seed"))).astype("Int64"),
+        "locations": _locations(_column(runs, f"tags.{TAG_LOCATIONS}"), _column(runs, "params.adl.locations"), method),
+        "seed": _numeric(_column(runs, f"tags.{TAG_SEED}").fillna(_column(runs, "params.train.seed"))).astype("Int64"),
         "tau": _numeric(_column(runs, "params.adl.tau")).where(is_adl),
         # the budget controller replaces the alpha term: its trials have no alpha to show
         "alpha": _numeric(_column(runs, "params.adl.alpha")).where(is_adl & controller_target.isna()),
@@ -277,7 +291,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         "epochs": _numeric(_column(runs, "params.train.epochs")).astype("Int64"),
         # pruning a trained model: magnitude pruning always, adaptive dropout with adl.init = "dense"
         "from_dense": method.isin(MAGNITUDE) | (is_adl & (_column(runs, "params.adl.init") == "dense")),
-        "grid_point": _column(runs, "tags.grid_point"),  # a search trial's sampled values (JSON)
+        "grid_point": _column(runs, f"tags.{TAG_GRID_POINT}"),  # a search trial's sampled values (JSON)
         "distill": _numeric(_column(runs, "params.adl.distill")).where(  # the teacher's weight, either method's
             is_adl, _numeric(_column(runs, "params.prune.distill"))).fillna(0.0),
     }, index=runs.index)

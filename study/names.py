@@ -10,6 +10,15 @@ RETRAIN_PRUNED = "retrain_pruned"  # a pruned run's architecture trained from sc
 # The order of methods in figures and tables: the reference, the baselines, then the method studied.
 REPORT_ORDER = ("dense", "small_dense", RETRAIN_PRUNED, "magnitude_structured", "magnitude_unstructured", ADAPTIVE_DROPOUT)
 assert sorted(REPORT_ORDER) == sorted(METHODS)
+# MLflow tags a trial or a sweep writes (study/) and the analysis reads (analysis/): one spelling for both.
+TAG_ROLE = "sweep.role"  # "trial" or "parent"
+TAG_METHOD = "method"
+TAG_SEED = "seed"
+TAG_LOCATIONS = "locations"
+TAG_GRID_POINT = "grid_point"  # a grid point's key, or a search trial's sampled values (JSON)
+TAG_SOURCE_DENSE_RUN = "source_dense_run_id"  # the dense run a magnitude trial pruned
+TAG_BUDGET = "budget.target_params"
+TAG_FAILURE_REASON = "failure_reason"
 # Per test utterance of every trial: word edits and reference words, for the analysis's bootstrap.
 UTTERANCE_ERRORS = "test_utterance_errors.json"
 

@@ -35,7 +35,14 @@ from study.method.pruning import prune
 from study.model import BlockWidths, ConformerCTC, dense_widths
 from study.model.io import save_model
 from study.model.size import analytic_params
-from study.names import MAGNITUDE, RETRAIN_PRUNED, UTTERANCE_ERRORS
+from study.names import (
+    MAGNITUDE,
+    RETRAIN_PRUNED,
+    TAG_BUDGET,
+    TAG_FAILURE_REASON,
+    TAG_SOURCE_DENSE_RUN,
+    UTTERANCE_ERRORS,
+)
 from study.tracking.dense_source import (
     check_same_shapes,
     dense_config,
@@ -116,7 +123,7 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
     dense_run = None
     if cfg.method in MAGNITUDE or starts_from_dense(cfg):
         dense_run = _dense_source(cfg, tracking_uri, runs_dir, tags)
-        tags["source_dense_run_id"] = dense_run[0]
+        tags[TAG_SOURCE_DENSE_RUN] = dense_run[0]
         if starts_from_dense(cfg):  # a model of other widths is refused before the run starts
             check_same_shapes(dense_run[1], build_model(cfg, tokenizer.vocab_size), cfg.adl.init_from or dense_run[0])
     if source:
@@ -135,7 +142,7 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
             result = TrialResult(run.info.run_id, metrics)
             record_done(folder, result)  # before the run ends: a kill in between leaves it to be closed, not rerun
         except BaseException as exc:
-            mlflow.set_tag("failure_reason", f"{type(exc).__name__}: {exc}"[:5000])
+            mlflow.set_tag(TAG_FAILURE_REASON, f"{type(exc).__name__}: {exc}"[:5000])
             mlflow.end_run(status="FAILED" if not isinstance(exc, KeyboardInterrupt) else "KILLED")
             raise
     return result
@@ -199,7 +206,7 @@ def _trainable(ctx: TrialContext, start: ConformerCTC | None = None,
         shape = f"d{model_cfg.d_model}-ffn{widths[0].ffn1}-q{widths[0].query_dims[0]}-conv{widths[0].conv}"
         model = build_model(cfg, vocab, model_cfg, widths)
         return Trainable(model, ctx.trainer(model, "checkpoint.pt"), None, model_cfg, widths,
-                         {"small_dense.shape": shape, "budget.target_params": str(target)})
+                         {"small_dense.shape": shape, TAG_BUDGET: str(target)})
     model = build_model(cfg, vocab).to(ctx.device)  # ADLs and multipliers are made beside it
     if cfg.method != "adaptive_dropout":
         return Trainable(model, ctx.trainer(model, "checkpoint.pt"), None, cfg.model, dense_widths(cfg.model))
@@ -285,7 +292,7 @@ def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
     unstructured (zeros in dense shapes), with optional fine-tuning."""
     cfg = ctx.cfg
     target = _target_params(cfg, ctx.tokenizer.vocab_size)
-    mlflow.set_tag("budget.target_params", str(target))
+    mlflow.set_tag(TAG_BUDGET, str(target))
     dense = dense.to(ctx.device).eval()
     teacher = (Distiller(copy.deepcopy(dense), cfg.prune.distill)  # the dense model, before pruning changes it
                if cfg.prune.distill and cfg.prune.finetune_epochs else None)

@@ -43,6 +43,7 @@ from study.sweep.timing import REQUEUE_SECONDS
 from study.sweep.launchers import LAUNCHERS
 from study.sweep.worker import WorkerSettings
 from study.tracking.store import ensure_experiment
+from study.names import TAG_ROLE
 
 POLL_SECONDS = 2
 STOP_SECONDS = 120  # a stopped worker has this long to checkpoint and exit before it is killed
@@ -82,7 +83,7 @@ def _start_parent_run(experiment: Experiment, args: SweepArgs, n_points: int) ->
     experiment_id = ensure_experiment(args.tracking_uri, experiment.name)
     client = mlflow.MlflowClient(args.tracking_uri)
     run = client.create_run(experiment_id, run_name=f"sweep-{datetime.now():%Y%m%d-%H%M%S}",
-                            tags={"sweep.role": "parent", "sweep.mode": experiment.spec.mode})
+                            tags={TAG_ROLE: "parent", "sweep.mode": experiment.spec.mode})
     for source in experiment.sources:  # the file and the files it extends
         client.log_artifact(run.info.run_id, str(source))
     for key, value in {"workers": args.workers, "storage": "journal" if not args.storage else args.storage.split(":")[0],

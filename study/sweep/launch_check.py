@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from study.sweep.experiment_file import Experiment, FinishedRun
 from study.sweep.recovery import point_status, trials_by_point
+from study.names import TAG_GRID_POINT, TAG_METHOD
 
 MAX_LISTED = 12  # problems named in the parent run's failure reason (MLflow tags are short)
 
@@ -36,7 +37,7 @@ def finished_runs(experiment_name: str, study_name: str, tracking_uri: str) -> l
     """The sweep's finished trial runs of one study, read from MLflow: what the matched arms match."""
     runs = search_runs(mlflow.MlflowClient(tracking_uri), experiment_name,
                    f"attributes.status = 'FINISHED' and tags.`optuna.study_name` = '{study_name}'")
-    return [FinishedRun(r.data.tags["method"], int(r.data.metrics["params/total"]), r.info.run_id, r.data.params)
+    return [FinishedRun(r.data.tags[TAG_METHOD], int(r.data.metrics["params/total"]), r.info.run_id, r.data.params)
             for r in runs]
 
 
@@ -88,7 +89,7 @@ def check_launch(experiment: Experiment, studies: list[optuna.Study], tracking_u
         for study, keys in zip(studies, planned_points(experiment, studies, tracking_uri)):
             runs = search_runs(client, experiment.name, f"attributes.status = 'FINISHED' and "
                                                     f"tags.`optuna.study_name` = '{study.study_name}'")
-            finished = Counter(r.data.tags.get("grid_point") for r in runs)
+            finished = Counter(r.data.tags.get(TAG_GRID_POINT) for r in runs)
             by_point = trials_by_point(study)
             problems += filter(None, (_point_problem(k, by_point.get(k, []), finished[k]) for k in keys))
     for run in search_runs(client, experiment.name, f"attributes.status = 'RUNNING' and "

@@ -8,6 +8,7 @@ from optuna.trial import TrialState
 
 from study.sweep.optuna_storage import LAUNCH_FIRST_TRIAL, point_of
 from study.tracking.mlflow_runs import close_run, run_status
+from study.names import TAG_FAILURE_REASON
 
 
 def close_previous_parent(study: optuna.Study, client: mlflow.MlflowClient) -> None:
@@ -25,7 +26,7 @@ def close_launch(client: mlflow.MlflowClient, parent: str, done: int | None, fai
         client.log_metric(parent, "sweep/failed_trials", failed)
     client.log_metric(parent, "sweep/worker_restarts", restarts)
     if reason:
-        client.set_tag(parent, "failure_reason", f"{reason}; rerun the command to continue")
+        client.set_tag(parent, TAG_FAILURE_REASON, f"{reason}; rerun the command to continue")
     client.set_terminated(parent, status="KILLED" if interrupted else "FAILED" if reason else "FINISHED")
 
 

@@ -38,6 +38,7 @@ from study.sweep.timing import PHASE_POLL_SECONDS, REQUEUE_SECONDS
 from study.tracking.mlflow_runs import close_run, run_label, run_status
 from study.tracking.trial_record import recorded_run, trial_dir
 from study.trial import run_trial
+from study.names import TAG_GRID_POINT
 
 REPORTED = ("dev/wer", "test/wer", "test/cer", "params/total", "params/reduction", "flops/encoder_10s",
             "latency/ms_b1_10s")
@@ -151,7 +152,7 @@ class Worker:
                 trial.set_user_attr(name, value)
             tags = {"mlflow.parentRunId": study.user_attrs["parent_run_id"], "optuna.study_name": study.study_name,
                     "optuna.trial_number": str(trial.number),
-                    "grid_point": point.key if points is not None else json.dumps(chosen, sort_keys=True)}
+                    TAG_GRID_POINT: point.key if points is not None else json.dumps(chosen, sort_keys=True)}
             if points is not None:
                 if (reused := self.finished_run_of(study, trial, point.key)) is not None:
                     return reused
@@ -182,7 +183,7 @@ class Worker:
         outage, a crash) is not trained again, on any machine: its run's figures complete this trial."""
         runs = search_runs(mlflow.MlflowClient(self.settings.tracking_uri), self.experiment.name,
                            f"attributes.status = 'FINISHED' and tags.`optuna.study_name` = '{study.study_name}'")
-        done = [r for r in runs if r.data.tags.get("grid_point") == key and set(REPORTED) <= set(r.data.metrics)]
+        done = [r for r in runs if r.data.tags.get(TAG_GRID_POINT) == key and set(REPORTED) <= set(r.data.metrics)]
         if not done:
             return None
         run = done[0]

@@ -18,6 +18,7 @@ import torch
 from study.config import AdlConfig, Config, ModelConfig, PruneConfig, TrackingConfig
 from study.model import BlockWidths, ConformerCTC
 from study.model.io import load_model, saved_shapes
+from study.names import TAG_METHOD
 from study.tracking.mlflow_runs import recipe_key
 
 
@@ -31,7 +32,7 @@ def find_dense_run(cfg: Config, tracking_uri: str) -> str | None:
     """The latest FINISHED dense run of this recipe in any experiment of the store, or None."""
     mlflow.set_tracking_uri(tracking_uri)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list", max_results=1,
-                              filter_string=f"tags.recipe_key = '{recipe_key(cfg)}' and tags.method = 'dense' "
+                              filter_string=f"tags.recipe_key = '{recipe_key(cfg)}' and tags.{TAG_METHOD} = 'dense' "
                                             "and attributes.status = 'FINISHED'",
                               order_by=["attributes.end_time DESC"])
     return runs[0].info.run_id if runs else None

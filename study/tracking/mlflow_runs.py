@@ -13,6 +13,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 
 from study.config import Config, flatten, identity, to_dict
 from study.tracking.store import ensure_experiment
+from study.names import TAG_FAILURE_REASON, TAG_LOCATIONS, TAG_METHOD, TAG_ROLE, TAG_SEED
 
 # The code a trained dense model depends on, beside its configuration: a dense run trained by other
 # model or training code has another recipe key, so magnitude pruning never reuses it silently.
@@ -119,8 +120,8 @@ def start_run(tracking_uri: str, cfg: Config, run_id: str | None = None,
             mlflow.set_tags(tags)
         return run
     ensure_experiment(tracking_uri, cfg.tracking.experiment)
-    all_tags = {"method": cfg.method, "seed": str(cfg.train.seed), "locations": location_label(cfg),
-                "recipe_key": recipe_key(cfg), "sweep.role": "trial", **(tags or {})}
+    all_tags = {TAG_METHOD: cfg.method, TAG_SEED: str(cfg.train.seed), TAG_LOCATIONS: location_label(cfg),
+                "recipe_key": recipe_key(cfg), TAG_ROLE: "trial", **(tags or {})}
     run = mlflow.start_run(run_name=cfg.tracking.run_name or run_label(cfg), tags=all_tags)
     mlflow.log_params(run_params(cfg))
     return run
@@ -128,7 +129,7 @@ def start_run(tracking_uri: str, cfg: Config, run_id: str | None = None,
 
 def close_run(client: mlflow.MlflowClient, run_id: str, reason: str, status: str = "FAILED") -> None:
     """Ends a run that nothing will resume, saying why (its `failure_reason` tag)."""
-    client.set_tag(run_id, "failure_reason", reason)
+    client.set_tag(run_id, TAG_FAILURE_REASON, reason)
     client.set_terminated(run_id, status=status)
 
 
