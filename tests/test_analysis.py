@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from mlflow.tracking import MlflowClient
 
 from analysis import (
@@ -341,6 +342,35 @@ def test_retention_panels_x_labels_end_before_the_next_panel(store: Store):
         ends = [ax.xaxis.label.get_window_extent().x1 for ax in fig.axes]
         starts = [ax.yaxis.get_tightbbox().x0 for ax in fig.axes]  # the y axis label and tick labels
     assert len(ends) == 3 and all(end < start for end, start in zip(ends, starts[1:]))
+
+
+def test_location_ablation_draws_each_subsets_trials_and_their_mean(store: Store):
+    """Per location subset, a bar at the mean of its trials (the dots), for test WER and for the reduction,
+    and every dot an adaptive-dropout trial's own figure."""
+    frame = load_trials(store.tracking_uri, [EXPERIMENT]).frame
+    adl = frame[frame["method"] == "adaptive_dropout"]
+    fig = figures.location_ablation(frame)
+    for ax, value in zip(fig.axes[:2], ("test_wer", "reduction")):
+        bars = [patch.get_height() for patch in ax.patches]
+        dots = [c.get_offsets()[:, 1] for c in ax.collections if isinstance(c, PathCollection)]  # a subset each
+        assert len(bars) == len(dots) >= 2
+        for height, points in zip(bars, dots):
+            assert height == pytest.approx(points.mean())
+            assert all(any(p == pytest.approx(v) for v in 100 * adl[value]) for p in points)
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert [label.rsplit("(n=", 1)[1] for label in labels] == [f"{len(points)})" for points in dots]
+
+
+def test_effect_of_tau_plots_wer_at_each_temperature_tried(store: Store):
+    frame = load_trials(store.tracking_uri, [EXPERIMENT]).frame
+    adl = frame[frame["method"] == "adaptive_dropout"]
+    ax = figures.hyperparameter_effect(frame, "tau").axes[0]
+    (line,) = [c for c in ax.containers]  # one line: tau was varied with the other settings held once
+    x, y = line.lines[0].get_xdata(), line.lines[0].get_ydata()
+    assert sorted(x) == sorted(set(adl["tau"]))  # 0.3 and 1
+    for tau, wer in zip(x, y):
+        same = adl[(adl["tau"] == tau) & (adl["locations"] == "ffn+mhsa+conv") & (adl["alpha"] == 0.001)]
+        assert wer == pytest.approx(100 * same["test_wer"].mean())  # seeds averaged, α held at the one both τ share
 
 
 def test_figures_without_their_data_are_skipped(store: Store):
