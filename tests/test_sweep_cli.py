@@ -70,3 +70,9 @@ def test_command_line_refusals_exit_2_before_any_work(options, setting, message,
     assert sweep.main([str(REPO / "experiments/default.toml"), *options]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_check_says_the_environment_is_the_pinned_one(capsys):
+    assert sweep.main(["--check"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("environment ok: torch ") and "torchaudio " in out

@@ -97,7 +97,7 @@ def test_a_requeued_job_and_a_job_near_its_time_limit_resume_the_trial_in_its_ru
     sends it `signal_seconds` before the limit (`scancel --signal=USR2`): it checkpoints and the job requeues
     itself. The trial ends once, in the run it began in, with every epoch trained once."""
     monkeypatch.chdir(tmp_path)
-    epochs = 300  # about 20 s of training on 2 free cores: it outlasts the two signals
+    epochs = 200  # about 12 s of training on 2 free cores; each signal follows a second of training (1 s polls)
     exp = write_experiment(tmp_path, corpus_cache, ONE_LONG_POINT, epochs=epochs)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert sweep.main([str(exp), "--launcher", "slurm", "--workers", "1", "--slurm", "cpus_per_worker=1",
