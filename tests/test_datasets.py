@@ -233,3 +233,30 @@ def test_extra_test_sets_are_librispeech_only(libri: Path) -> None:
         load_extra_tests(DataConfig(source="fsdd", extra_test_subsets=["test-other"]))
     extra = load_extra_tests(DataConfig(source="librispeech", root=str(libri), extra_test_subsets=["train-b"]))
     assert [u.text for u in extra["train-b"]] == ["the end"]
+
+
+@pytest.mark.slow
+def test_a_trial_on_8khz_recordings_laid_out_like_fsdd(tiny_config, tracking_uri, tmp_path) -> None:
+    """FSDD's layout and format (8 kHz WAV, <digit>_<speaker>_<index>.wav) made from the synthetic corpus's
+    audio, so it runs where the real recordings are absent: read, resampled to 16 kHz, trained, evaluated."""
+    import mlflow
+
+    from study.data.audio import resample
+    from study.data.splits import load_splits
+    from study.trial import run_trial
+    synthetic = [u for split in load_splits(tiny_config.data).values() for u in split]
+    root = tmp_path / "recordings"
+    root.mkdir()
+    for i, utterance in enumerate(synthetic[:30]):  # 3 speakers x 10 indices: 0-4 test, 5-9 dev below
+        wave = resample(load_audio(utterance.path), SAMPLE_RATE, 8_000)
+        soundfile.write(root / f"{i % 3 + 3}_{('ann', 'bob', 'cid')[i % 3]}_{i // 3}.wav", wave.numpy(), 8_000)
+    tiny_config.data.source, tiny_config.data.root = "fsdd", str(root)
+    tiny_config.data.fsdd.dev_indices, tiny_config.data.fsdd.test_indices = [8, 9], [6, 7]
+    tiny_config.train.epochs = 1
+    result = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path / "runs")
+    run = mlflow.MlflowClient(tracking_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED" and 0.0 <= result.metrics["test/wer"]
+    splits = load_fsdd(root, dev_indices=[8, 9], test_indices=[6, 7])
+    assert [len(splits[k]) for k in ("train", "dev", "test")] == [18, 6, 6]
+    first = splits["test"][0]
+    assert load_audio(first.path).numel() == pytest.approx(first.duration * SAMPLE_RATE, abs=SAMPLE_RATE * 0.01)
