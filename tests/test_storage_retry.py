@@ -84,6 +84,7 @@ def test_file_heartbeat_keeps_beating_after_an_error(tmp_path: Path, monkeypatch
     assert "stale NFS file handle" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_a_trial_told_during_a_postgresql_restart_is_recorded():
     """The server is stopped while a trial runs and started 6 s later: the pooled connection is dead

@@ -215,6 +215,7 @@ def test_build_validates_before_touching_the_cache(tmp_path: Path) -> None:
     assert list(cache.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_folder_without_complete_marker_is_regenerated(tmp_path: Path, corpus_a: Corpus,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     build_synthetic_corpus(TINY, tmp_path, workers=2)
