@@ -412,3 +412,35 @@ def test_a_cluster_job_of_a_superseded_or_never_marked_launch_stands_down(tmp_pa
     first.set_user_attr(LAUNCH_NEXT, "the-rerun-2")  # submitted, then its driver was killed
     assert never_marked.wait_for_launch("tiny_sweep") is False
     assert "was not marked within" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_second_machine_joins_a_running_sweep_and_shares_its_points(tmp_path, corpus_cache, postgres_storage):
+    """`--join` from a second process (a second machine sharing the database, the tracking store and runs/):
+    its worker takes points of the same sweep, under the same parent run, and no point runs twice."""
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS, epochs=100)  # about 8 s a trial: the joiner gets some
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
+               "--storage", postgres_storage, "--workers", "1"]
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while not [t for t in _trials_once_created(postgres_storage) if t.state == TrialState.RUNNING]:
+        assert time.time() < deadline and first.poll() is None, "the first launch never started a trial"
+        time.sleep(0.5)
+    joined = subprocess.run([*command, "--join"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-2000:]
+    output, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, output[-2000:]
+    check_grid_ran_once(uri, postgres_storage, failing=False)
+    workers = {t.user_attrs["worker"] for t in trials("tiny_sweep", postgres_storage) if t.state == TrialState.COMPLETE}
+    assert len(workers) == 2, joined.stdout[-3000:]  # both launches' workers trained points
+    _, parents = child_runs(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"  # the joiner adds no parent of its own
+
+
+def _trials_once_created(storage) -> list:
+    try:
+        return trials("tiny_sweep", storage)
+    except KeyError:  # the launch has not created its study yet
+        return []
