@@ -14,6 +14,7 @@ import pytest
 from study.config import dumps_toml, to_dict
 from study.tracking.trial_record import trial_dir
 from study.trial import run_trial
+from tests.helpers import FOUR_POINTS, write_experiment
 
 pytestmark = pytest.mark.slow  # processes started, trials trained end to end
 
@@ -81,3 +82,19 @@ def test_a_killed_ddp_trial_resumes_every_rank_from_its_checkpoint_in_the_same_r
     assert 1 <= resumed_from < 20
     steps = [m.step for m in client.get_metric_history(runs_found[0].info.run_id, "train/loss")]
     assert sorted(set(steps)) == list(range(1, 21)) and len(steps) <= 20 + 1  # at most the epoch in flight twice
+
+
+def test_an_experiment_file_with_overrides_runs_as_a_distributed_trial(tmp_path, corpus_cache):
+    """`python -m study.distributed_trial EXPERIMENT.toml --set KEY=VALUE ...`, the form started by hand on
+    several machines: the file's base configuration with the overrides, as one two-rank trial."""
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    subprocess.run([sys.executable, "-m", "study.distributed_trial", str(exp), "--set", "train.processes=2",
+                    "--set", "train.epochs=2", "--set", "model.ffn_dim=48", "--tracking-uri", uri,
+                    "--runs-dir", str(tmp_path / "runs")], cwd=REPO, check=True, timeout=300, stdout=subprocess.DEVNULL)
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny_sweep").experiment_id])
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert (params["train.processes"], params["train.epochs"], params["model.ffn_dim"]) == ("2", "2", "48")
+    assert run.data.metrics["train/rank_weight_gap"] == 0.0

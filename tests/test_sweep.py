@@ -46,7 +46,8 @@ def test_grid_with_two_workers_runs_each_point_once_and_records_a_failure(tmp_pa
     monkeypatch.chdir(tmp_path)
     exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert sweep.main([str(exp), "--workers", "2", "--tracking-uri", uri, "--no-analysis"]) == 1  # one failed
+    assert sweep.main([str(exp), "--workers", "2", "--devices", "cpu,cpu", "--tracking-uri", uri,
+                       "--no-analysis"]) == 1  # one failed
     out = capsys.readouterr().out
     assert out.count("finished dense-s") == 4 and "FAILED   small-dense-p10-s0" in out
     client = mlflow.MlflowClient(uri)
@@ -54,6 +55,9 @@ def test_grid_with_two_workers_runs_each_point_once_and_records_a_failure(tmp_pa
     _, parents = child_runs(uri)
     assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in out  # the UI's runs
     assert parents[0].info.run_id in out and f"mlflow ui --backend-store-uri {uri}" in out
+    # each worker's seat (its device; the tiny recipe fixes its own thread count) reaches every trial it ran
+    assert parents[0].data.params["devices"] == "cpu,cpu" and parents[0].data.params["workers"] == "2"
+    assert {(r.data.params["train.device"], r.data.params["train.threads"]) for r in child_runs(uri)[0]} == {("cpu", "1")}
     # Everything the sweep wrote is under the working directory's runs/ or beside the store, not in ./mlruns.
     assert experiment.artifact_location == (tmp_path / "artifacts").as_uri() and not (tmp_path / "mlruns").exists()
     assert len(list((tmp_path / "artifacts").rglob("model.pt"))) == 4
@@ -444,3 +448,15 @@ def _trials_once_created(storage) -> list:
         return trials("tiny_sweep", storage)
     except KeyError:  # the launch has not created its study yet
         return []
+
+
+def test_each_worker_gets_a_device_in_turn_and_an_equal_share_of_the_cores(tmp_path, corpus_cache):
+    from study.sweep.driver import SweepArgs, placements
+    from study.sweep.experiment_file import load_experiment
+    exp = load_experiment(write_experiment(tmp_path, corpus_cache, FOUR_POINTS), {"train.threads": 0})
+    args = SweepArgs(workers=3, storage=None, tracking_uri="", devices=("cuda:0", "cuda:1"), runs_dir=tmp_path)
+    cores = len(os.sched_getaffinity(0))
+    assert placements(exp, args) == [{"train.device": d, "train.threads": max(1, cores // 3)}
+                                     for d in ("cuda:0", "cuda:1", "cuda:0")]
+    fixed = load_experiment(exp.path)  # the tiny recipe fixes train.threads = 1: the seat keeps it
+    assert placements(fixed, args) == [{"train.device": d} for d in ("cuda:0", "cuda:1", "cuda:0")]
