@@ -98,3 +98,27 @@ def test_an_experiment_file_with_overrides_runs_as_a_distributed_trial(tmp_path,
     params = run.data.params
     assert (params["train.processes"], params["train.epochs"], params["model.ffn_dim"]) == ("2", "2", "48")
     assert run.data.metrics["train/rank_weight_gap"] == 0.0
+
+
+def _gap_on_rank(rank: int, init_file: str, results: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from study.runtime.distributed import weight_gap_to_rank0
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)  # the same weights on both ranks
+    gaps = [weight_gap_to_rank0(model)]
+    if rank == 1:
+        with torch.no_grad():
+            model.weight[2, 1] += 0.25  # rank 1 drifts
+    gaps.append(weight_gap_to_rank0(model))
+    Path(results, f"rank{rank}.txt").write_text(" ".join(map(str, gaps)))
+    dist.destroy_process_group()
+
+
+def test_the_rank_weight_gap_is_the_largest_difference_from_rank_0(tmp_path):
+    import torch.multiprocessing
+    torch.multiprocessing.spawn(_gap_on_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in (0, 1):  # every rank gets the same answer
+        assert [float(g) for g in (tmp_path / f"rank{rank}.txt").read_text().split()] == [0.0, 0.25]
