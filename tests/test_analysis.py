@@ -202,7 +202,7 @@ def test_every_figure_and_table_is_written(written: list[Path]):
     assert not [p for p in written[0].parent.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_tables_content(written: list[Path]):
+def test_tables_content(written: list[Path], store: Store):
     folder = written[0].parent
     ablation = pd.read_csv(folder / "ablation_table.csv", dtype=str, keep_default_na=False)
     assert ablation["method"].tolist()[:4] == ["dense", "small_dense", "magnitude_structured", "magnitude_unstructured"]
@@ -222,6 +222,13 @@ def test_tables_content(written: list[Path]):
     assert adl["run_name"].tolist() == ["adl-all-t0.3-a0.01-s0", "adl-all-t1-a0.001-s0", "adl-all-t0.3-a0.001-s0",
                                         "adl-ffn-t0.3-a0.001-s0"]
     assert pareto.loc[pareto["method"] == "dense", "run_name"].tolist() == ["dense-s0"]
+    runs = load_trials(store.tracking_uri, [EXPERIMENT]).frame.set_index("run_id")
+    assert (runs["dev_wer"] != runs["test_wer"]).all()  # so a column showing the wrong split is caught
+    for _, row in pareto.iterrows():  # each cell is its own run's figure
+        run = runs.loc[row["run_id"]]
+        for column, value, scale in (("test_wer_pct", "test_wer", 100), ("dev_wer_pct", "dev_wer", 100),
+                                     ("params", "params", 1)):
+            assert float(row[column]) == pytest.approx(scale * run[value], abs=0.006), (row["run_name"], column)
 
 
 def test_every_row_has_a_bootstrap_interval_around_its_test_wer(written: list[Path]):
