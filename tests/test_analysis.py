@@ -468,3 +468,21 @@ def test_cli_store_without_trials_exits_3(store: Store, tmp_path: Path, capsys):
         client.delete_run(run.info.run_id)
     assert main(["--tracking-uri", uri, "--out", str(tmp_path)]) == 3
     assert "has trial runs" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # three regenerations
+def test_cli_with_no_experiment_or_several_regenerates_each_and_removes_stale_files(store: Store, tmp_path: Path,
+                                                                                     capsys):
+    """No experiment named: every experiment with trial runs; several named: each, the exit code the worst.
+    A table or figure the runs no longer give (here no search trials, so no importances) is removed, not
+    left from an older regeneration."""
+    stale = tmp_path / EXPERIMENT / "importances.csv"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("an older regeneration's table\n")
+    assert main(["--tracking-uri", store.tracking_uri, "--out", str(tmp_path)]) == 3  # BROKEN has none finished
+    out = capsys.readouterr().out
+    assert "skipped table importances" in out and not stale.exists()
+    assert (tmp_path / EXPERIMENT / "pareto_params.png").is_file() and not (tmp_path / BROKEN).exists()
+    assert main([EXPERIMENT, BROKEN, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path / "both")]) == 3
+    assert (tmp_path / "both" / EXPERIMENT / "ablation_table.csv").is_file()
+    assert main([EXPERIMENT, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path / "one")]) == 0
