@@ -6,7 +6,7 @@ and its features are made once beforehand and shared, so neither run pays for th
 gets every core as threads; two workers get half each (the driver's default split). A third run,
 1 worker held to the 2-worker share of threads, separates process parallelism from what a lone
 worker already gains from threads.
-Goal (issue 14): the 2-worker ratio within 10% of the ideal (half the 1-thread run's wall time over the
+Goal: the 2-worker ratio within 10% of the ideal (half the 1-thread run's wall time over the
 2-thread run's); `--epochs` lengthens the trials to show what the launch's fixed cost hides.
 Where the rest goes: each run's trial runs (MLflow start and end times, and time/train_s) split its
 wall time into the launch (start to the first trial), trials (of which training), the gaps between
@@ -108,7 +108,7 @@ def main() -> None:
     # the same ratio if launching and ending cost nothing: what the processes themselves achieve
     span = lambda launch: launch.wall_s - launch.phases["launch"] - launch.phases["end"]  # noqa: E731
     span_ratio = span(two) / span(one)
-    # ideal: two workers each take half of what one worker takes at their thread count (issue 14)
+    # ideal: two workers each take half of what one worker takes at their thread count
     ideal = one_held.wall_s / 2 / one.wall_s
     print(f"ratio 2/1: {ratio:.3f} (goal: within 10% of this run's ideal {ideal:.3f}, so <= {1.1 * ideal:.3f}); "
           f"with the same threads per trial: {held_ratio:.3f}; first trial's start to last trial's end "

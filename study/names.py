@@ -4,7 +4,7 @@
 METHODS = ("dense", "adaptive_dropout", "magnitude_structured", "magnitude_unstructured", "small_dense", "retrain_pruned")
 BASELINES = METHODS[2:5]  # need a budget: prune.target_params or prune.target_reduction
 MAGNITUDE = ("magnitude_structured", "magnitude_unstructured")  # start from a trained dense run
-LOCATIONS = ("ffn", "mhsa", "conv")  # where adaptive dropout layers sit (METHOD.md section 2)
+LOCATIONS = ("ffn", "mhsa", "conv")  # where adaptive dropout layers sit (docs/methods.md)
 ADAPTIVE_DROPOUT = "adaptive_dropout"
 RETRAIN_PRUNED = "retrain_pruned"  # a pruned run's architecture trained from scratch (prune.source_run)
 # The order of methods in figures and tables: the reference, the baselines, then the method studied.

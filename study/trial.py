@@ -316,7 +316,7 @@ def epochs_received(cfg: Config) -> int:
 
 
 def _evaluate_and_log(ctx: TrialContext, outcome: Outcome) -> dict[str, float]:
-    """The final figures of METHOD.md section 4 and the artifacts, the same for every method."""
+    """The final figures (docs/methods.md) and the artifacts, the same for every method."""
     cfg, model = ctx.cfg, outcome.model
     dev_wer, dev_cer, _ = ctx.error_rates(model, "dev")
     test_wer, test_cer, test_hyps = ctx.error_rates(model, "test")

@@ -287,7 +287,7 @@ def test_controller_schedule_hard_phase_and_optimizer_groups():
 
 
 def test_adaptive_dropout_with_no_location_is_the_dense_model(tiny_config, tracking_uri, tmp_path):
-    """METHOD.md invariant 3, the eighth subset of the location ablation: no ADL anywhere is the dense
+    """Invariant 3 of docs/methods.md, the eighth subset of the location ablation: no ADL anywhere is the dense
     trial at the same seed: same parameters, same training, so the same error rates to the last digit."""
     from study.trial import run_trial
     tiny_config.train.epochs = 1

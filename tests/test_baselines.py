@@ -1,4 +1,4 @@
-"""Baselines (METHOD.md section 5): structured and unstructured magnitude pruning, small dense models."""
+"""Baselines (docs/methods.md, Baselines): structured and unstructured magnitude pruning, small dense models."""
 from __future__ import annotations
 
 import mlflow

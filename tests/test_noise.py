@@ -1,4 +1,4 @@
-"""The pooled logistic noise keeps the relaxed mask's distribution (METHOD.md section 1)."""
+"""The pooled logistic noise keeps the relaxed mask's distribution (docs/methods.md, Adaptive dropout)."""
 import pytest
 import torch
 from conftest import TINY_RECIPE

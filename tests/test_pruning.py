@@ -1,4 +1,4 @@
-"""METHOD.md section 3: exact physical pruning, honest accounting, and locations that change nothing."""
+"""Invariants 1-3 of docs/methods.md: exact physical pruning, honest accounting, and locations that change nothing."""
 from __future__ import annotations
 
 import dataclasses

@@ -118,7 +118,7 @@ class TrainConfig:
 
 @dataclass
 class AdlConfig:
-    """`[adl]`: adaptive dropout (METHOD.md section 1); used when method = "adaptive_dropout"."""
+    """`[adl]`: adaptive dropout (docs/methods.md); used when method = "adaptive_dropout"."""
     locations: list[str] = knob(lambda: ["ffn", "mhsa", "conv"], "where ADLs sit: FFN hidden units, attention "
                                 "queries and values, conv-module channels", choices=LOCATIONS, factory=True)
     alpha: float = knob(1e-2, "penalty weight of the regulariser alpha (beta - c(t))^2", min=0.0)
@@ -204,7 +204,7 @@ class AdlConfig:
 
 @dataclass
 class PruneConfig:
-    """`[prune]`: the baselines' budget and recipe (METHOD.md section 5); ignored by dense and adaptive_dropout."""
+    """`[prune]`: the baselines' budget and recipe (docs/methods.md, Baselines); ignored by dense and adaptive_dropout."""
     target_params: int = knob(0, "parameters to keep (nonzero ones for unstructured); 0 = unset", min=0)
     target_reduction: float = knob(0.0, "1 - kept / dense parameters; 0 = unset", min=0.0, max=0.99)
     ranking: str = knob("global", "structured: rank units across all layers, or prune every layer by the same share",

@@ -1,4 +1,4 @@
-"""The adaptive dropout layer (ADL) and its regulariser (METHOD.md section 1).
+"""The adaptive dropout layer (ADL) and its regulariser (docs/methods.md, Adaptive dropout).
 
 Each unit d has a trainable logit beta[d]; its retention probability is p = sigmoid(beta).
 Training draws a relaxed Bernoulli (Gumbel-sigmoid) mask m with temperature tau; evaluation keeps
@@ -7,7 +7,7 @@ E[m] = E[sigmoid((beta + L) / tau)] over logistic noise L, which equals p only a
 beta = 3: 0.887 against p = 0.953); straight-through masks (m > 1/2 forward) have mean p exactly.
 The regulariser alpha * mean (beta - c(t))^2 pulls logits toward a target that falls during training.
 
-gate = "hard_concrete" (Louizos et al. 2018, METHOD.md 1b) stretches the relaxed mask to (-0.1, 1.1)
+gate = "hard_concrete" (Louizos et al. 2018; docs/methods.md, Hard concrete gates) stretches the relaxed mask to (-0.1, 1.1)
 and clips it to [0, 1], so masks are exactly 0 or 1 with real probability; its evaluation gate
 clip(sigmoid(beta) * 1.2 - 0.1, 0, 1) takes the place of p (exactly 0 or 1 once |beta| > 2.4), and is
 also its evaluation scale (Louizos et al.'s test-time gate).

@@ -1,4 +1,4 @@
-"""The baselines of METHOD.md section 5: magnitude pruning (structured, unstructured) and small dense sizing.
+"""The baselines (docs/methods.md, Baselines): magnitude pruning (structured, unstructured) and small dense sizing.
 
 Structured ranking. A unit owns the weights that read or write only it (biases and norms aside):
   FFN hidden unit j:   row j of W1 and column j of W2

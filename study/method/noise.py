@@ -1,7 +1,7 @@
 """Logistic noise for the relaxed masks, drawn in bulk and reused at random offsets.
 
 A frame-level mask needs one logistic value log(u) - log(1 - u) per element, and on the CPU drawing
-them cost more than the rest of the adaptive-dropout layer (METHOD.md 3: steps 19-23% slower than
+them cost more than the rest of the adaptive-dropout layer (an early measurement: steps 19-23% slower than
 dense). A pool holds at least POOL_FACTOR times the largest draw; a draw of n values is the contiguous
 slice at a random offset, so the values within one draw are distinct pool entries and independent.
 Before each draw, n / REFRESH pool entries at a random offset are drawn afresh, so the generator does

@@ -3,7 +3,7 @@
 A decision for each prunable group of one block is (keep: bool (n,), scale: float (n,)); `scale`
 is the factor a kept unit's output carries (the ADL's p with inference = "expected", else 1) and
 is folded into the next weights, so the pruned model has no per-unit multiply at run time.
-Which rows and columns each unit owns follows METHOD.md section 2. Used by every method; where the
+Which rows and columns each unit owns follows the unit layout of docs/methods.md (invariant 1). Used by every method; where the
 decisions come from (adaptive dropout: study/method/attach.py, magnitude: baselines.py) is not its concern.
 """
 from __future__ import annotations
