@@ -116,3 +116,14 @@ def test_a_magnitude_trials_dense_source_is_the_sweeps_dense_trial(tmp_path):
     assert trial_dir(tuned, tmp_path) != trial_dir(magnitude, tmp_path)  # what a method reads still counts
     other_adl = dataclasses.replace(base, method="adaptive_dropout", adl=AdlConfig(alpha=0.01))
     assert trial_dir(other_adl, tmp_path) != trial_dir(dataclasses.replace(base, method="adaptive_dropout"), tmp_path)
+
+
+def test_a_sqlite_connection_waits_for_another_process_lock(tmp_path):
+    """A sweep's processes write one SQLite file: a connection waits SQLITE_BUSY_SECONDS for a lock, not
+    sqlite3's 5 s (on a busy machine a store's opening failed with "database is locked")."""
+    import sqlalchemy
+
+    from study.tracking.store import SQLITE_BUSY_SECONDS
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == SQLITE_BUSY_SECONDS * 1000

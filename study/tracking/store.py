@@ -3,10 +3,13 @@ on the runs table in the UI), and the UI address of a sweep's runs. No torch: an
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
 import mlflow
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 DEFAULT_STORE = Path("runs") / "mlflow.db"
 DEFAULT_ARTIFACTS = Path("runs") / "artifacts"
@@ -16,6 +19,18 @@ UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 # The experiment-kind tag is what MLflow's own kind selector writes; in 3.17 the switch wins over it.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_WORKFLOW = "workflowType=machine_learning"
+# A sweep's processes (driver, workers) write one SQLite store. On a busy machine a writer descheduled
+# mid-transaction holds the lock for seconds, past sqlite3's 5 s wait, and the others failed with
+# "database is locked" (seen on a 2-core machine running three workers beside other work).
+SQLITE_BUSY_SECONDS = 120
+
+
+@event.listens_for(Engine, "connect")
+def _patient_sqlite(dbapi_connection, connection_record) -> None:
+    """Each SQLite connection of this process (the MLflow store, an Optuna SQLite storage) waits up to
+    SQLITE_BUSY_SECONDS for another process's lock instead of failing after 5 s."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_SECONDS * 1000}")
 
 
 def resolve_tracking_uri(cli_uri: str | None = None) -> str:
