@@ -98,12 +98,7 @@ def test_a_requeued_job_and_a_job_near_its_time_limit_resume_the_trial_in_its_ru
     itself. The trial ends once, in the run it began in, with every epoch trained once."""
     monkeypatch.chdir(tmp_path)
     epochs = 200  # about 12 s of training on 2 free cores; each signal follows a second of training (1 s polls)
-    exp = write_experiment(tmp_path, corpus_cache, ONE_LONG_POINT, epochs=epochs)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert sweep.main([str(exp), "--launcher", "slurm", "--workers", "1", "--slurm", "cpus_per_worker=1",
-                       "--slurm", "time_minutes=30", "--slurm", "signal_seconds=40", "--tracking-uri", uri,
-                       "--detach", "--no-analysis"]) == 0
-    (job,) = _launched_jobs(capsys.readouterr().out)
+    job, uri = _detach_one_trial(tmp_path, corpus_cache, capsys, epochs, time_minutes=30)
     script = next((tmp_path / "runs" / "slurm" / "tiny_sweep").rglob("*submission.sh")).read_text()
     assert "#SBATCH --signal=USR2@40" in script and "#SBATCH --time=30" in script and "#SBATCH --requeue" in script
     client = mlflow.MlflowClient(uri)
@@ -120,6 +115,18 @@ def test_a_requeued_job_and_a_job_near_its_time_limit_resume_the_trial_in_its_ru
     _wait_for_jobs([job], timeout=300, during=signal_while_training)
     assert len(signalled) == 2, f"the trial finished before both signals: {signalled}"
     check_one_resumed_run(tmp_path, uri, epochs)
+
+
+def _detach_one_trial(tmp_path: Path, corpus_cache: Path, capsys, epochs: int, time_minutes: int) -> tuple[str, str]:
+    """One trial of `epochs` submitted as a detached one-job array with a time limit and its signal 40 s
+    before it; returns (the job id, the tracking URI)."""
+    exp = write_experiment(tmp_path, corpus_cache, ONE_LONG_POINT, epochs=epochs)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main([str(exp), "--launcher", "slurm", "--workers", "1", "--slurm", "cpus_per_worker=1",
+                       "--slurm", f"time_minutes={time_minutes}", "--slurm", "signal_seconds=40", "--tracking-uri",
+                       uri, "--detach", "--no-analysis"]) == 0
+    (job,) = _launched_jobs(capsys.readouterr().out)
+    return job, uri
 
 
 def check_one_resumed_run(tmp_path: Path, uri: str, epochs: int) -> None:
@@ -148,12 +155,7 @@ def test_a_requeued_and_a_timed_out_job_resume_the_trial_in_its_run(slurm_cluste
     # from its periodic check, some time after the 20 s it is due, and a 300-epoch trial (17 epochs/s on
     # 2 free cores) once finished first. 1200 epochs: about 70 s on free cores, 150 s on busy ones.
     epochs = 1200
-    exp = write_experiment(tmp_path, corpus_cache, ONE_LONG_POINT, epochs=epochs)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert sweep.main([str(exp), "--launcher", "slurm", "--workers", "1", "--slurm", "cpus_per_worker=1",
-                       "--slurm", "time_minutes=1", "--slurm", "signal_seconds=40", "--tracking-uri", uri,
-                       "--detach", "--no-analysis"]) == 0
-    (job,) = _launched_jobs(capsys.readouterr().out)
+    job, uri = _detach_one_trial(tmp_path, corpus_cache, capsys, epochs, time_minutes=1)
     client = mlflow.MlflowClient(uri)
     requeued = []
 
