@@ -1,9 +1,10 @@
 """Proof of life for the sweep driver's watchdog: a worker touches its progress file as it works.
 
-A sweep worker gets the file's path in $STUDY_PROGRESS_FILE; training steps, decoding batches and
-waits on another trial, and the data preparation before them, call `beat()`, which touches it at most every BEAT_SECONDS. A worker whose
-file has not moved for the driver's `--hang-minutes` made no progress (stopped, deadlocked, stuck
-on a dead file system): the driver kills and replaces it. Outside a sweep `beat()` does nothing.
+A sweep worker gets the file's path in $STUDY_PROGRESS_FILE; training steps, decoding batches, waits
+on another trial and the data preparation before them call `beat()`, which touches it at most every
+PROGRESS_BEAT_SECONDS. A worker whose file has not moved for the driver's `--hang-minutes` made no
+progress (stopped, deadlocked, stuck on a dead file system): the driver kills and replaces it. Outside
+a sweep `beat()` does nothing.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 from study.sweep.timing import PROGRESS_BEAT_SECONDS
 
 ENV = "STUDY_PROGRESS_FILE"
-BEAT_SECONDS = PROGRESS_BEAT_SECONDS
 _last_beat = 0.0
 
 
@@ -22,7 +22,7 @@ def beat() -> None:
     global _last_beat
     path = os.environ.get(ENV)
     now = time.monotonic()
-    if not path or now - _last_beat < BEAT_SECONDS:
+    if not path or now - _last_beat < PROGRESS_BEAT_SECONDS:
         return
     _last_beat = now
     try:

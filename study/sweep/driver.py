@@ -25,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from study.runtime import progress
+from study.names import TAG_ROLE
 from study.sweep.experiment_file import Experiment, FinishedRun, SlurmSpec
 from study.sweep.launch_check import check_launch, summary
 from study.sweep.parent_run import close_launch, close_previous_parent, launch_counts
@@ -43,7 +43,6 @@ from study.sweep.timing import REQUEUE_SECONDS
 from study.sweep.launchers import LAUNCHERS
 from study.sweep.worker import WorkerSettings
 from study.tracking.store import ensure_experiment
-from study.names import TAG_ROLE
 
 POLL_SECONDS = 2
 STOP_SECONDS = 120  # a stopped worker has this long to checkpoint and exit before it is killed
@@ -255,15 +254,14 @@ def _monitor(name: str, total: int, studies: list[optuna.Study], workers: list[s
     replaced like a lost one. Every REQUEUE_SECONDS `requeue` looks for trials lost elsewhere."""
     last_requeue = time.monotonic()
     handled: set[int] = set()
-    watches: dict[int, progress.Watch] = {}  # by pid
     seen = {(s.study_name, t.number) for s in studies for t in s.get_trials(deepcopy=False)
             if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
     already = sum(1 for s in studies for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     bar = tqdm(total=max(total, already), initial=already, unit="trial", desc=name, dynamic_ncols=True)
     while True:
         for i, proc in enumerate(workers):
-            if (hang_seconds and proc.progress_file is not None and proc.poll() is None and watches.setdefault(
-                    proc.pid, progress.Watch(proc.progress_file)).idle_seconds() > hang_seconds):
+            if (hang_seconds and proc.progress is not None and proc.poll() is None
+                    and proc.progress.idle_seconds() > hang_seconds):
                 bar.write(f"worker {i} made no progress for {hang_seconds:.0f} s (hung or stopped): killed")
                 proc.kill()
                 proc.wait()

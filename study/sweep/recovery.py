@@ -67,8 +67,8 @@ def pending(study: optuna.Study, keys: list[str], first: int) -> list[str]:
 
 def settle(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
     """Marks one lost trial: FAIL with its reason, or PRUNED when nobody ever took it up (no point, no
-    worker: a creation whose answer was lost, nothing to rerun). False when another process settled it first (the state change is
-    the arbiter: exactly one process's lands)."""
+    worker: a creation whose answer was lost, nothing to rerun). False when another process settled it
+    first (the state change is the arbiter: exactly one process's lands)."""
     storage = study._storage
     taken_up = point_of(trial) is not None or "worker" in trial.user_attrs  # a search trial has no point
     try:

@@ -143,7 +143,7 @@ class SlurmJob:
     def __init__(self, job_id: str):
         self.job_id = self.pid = job_id
         self.returncode: int | None = None
-        self.progress_file = None  # no hang watchdog: the job's time limit bounds it
+        self.progress = None  # no hang watchdog: the job's time limit bounds it
         self.state = ""  # the last state SLURM gave (empty before one)
         self._unknown_since: float | None = None  # start of the current run of scontrol failures
 

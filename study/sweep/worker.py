@@ -18,6 +18,7 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
+from study.names import TAG_GRID_POINT
 from study.runtime import progress, stop_request
 from study.sweep.experiment_file import Experiment, Point, load_experiment
 from study.sweep.launch_check import finished_runs, search_runs
@@ -38,7 +39,6 @@ from study.sweep.timing import PHASE_POLL_SECONDS, REQUEUE_SECONDS
 from study.tracking.mlflow_runs import close_run, run_label, run_status
 from study.tracking.trial_record import recorded_run, trial_dir
 from study.trial import run_trial
-from study.names import TAG_GRID_POINT
 
 REPORTED = ("dev/wer", "test/wer", "test/cer", "params/total", "params/reduction", "flops/encoder_10s",
             "latency/ms_b1_10s")

@@ -1,6 +1,6 @@
 """Where a sweep's workers run. A launcher starts workers, one per seat, and hands back handles that the
 driver polls, waits on, stops and replaces alike (`poll`, `wait`, `terminate`, `kill`, `returncode`,
-`progress_file`). The driver holds no launcher-specific branch: another launcher is one more module here
+`progress`). The driver holds no launcher-specific branch: another launcher is one more module here
 and one more entry in LAUNCHERS.
 """
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from study.runtime.progress import Watch
 from study.sweep.launchers.local import LocalLauncher
 from study.sweep.launchers.slurm import SlurmLauncher
 from study.sweep.worker import WorkerSettings
@@ -16,7 +17,7 @@ from study.sweep.worker import WorkerSettings
 class WorkerHandle(Protocol):
     pid: int | str
     returncode: int | None
-    progress_file: Path | None  # touched while the worker makes progress; None: no hang watchdog
+    progress: Watch | None  # how long the worker has made no progress; None: no hang watchdog
 
     def poll(self) -> int | None: ...
     def wait(self, timeout: float | None = None) -> int: ...

@@ -44,11 +44,10 @@ class LocalLauncher:
         name = f"worker-{os.getpid()}-{self.seats_started}"
         self.seats_started += 1
         progress_file = self.log_dir / f"{name}.progress"
-        progress_file.touch()  # the watchdog's clock starts now
         with open(self.log_dir / f"{name}.log", "a") as log:
             proc = WorkerProcess([sys.executable, "-m", "study.sweep.worker", settings_json(settings)], stdout=log,
                                     stderr=subprocess.STDOUT, env={**worker_env(), progress.ENV: str(progress_file)})
-        proc.progress_file = progress_file
+        proc.progress = progress.Watch(progress_file)  # the watchdog's clock starts now
         return proc
 
 
