@@ -146,12 +146,15 @@ def test_answers_lost_after_the_commit_leave_nothing_running_and_no_point_untrai
                             capture_output=True, text=True, timeout=300)
     logs = "".join(p.read_text() for p in (tmp_path / "runs/logs").rglob("*.log"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + logs[-3000:]
-    assert logs.count("connection dropped after the commit") >= 3  # both creations and the pop
+    # Each worker loses the answer to its first creation and its first pop; under load one worker may take
+    # both points before the other starts, so count what happened: the queued point is popped, the other created
+    creations, pops = logs.count("_create_new_trial failed"), logs.count("set_trial_state_values failed")
+    assert creations >= 1 and pops >= 1, logs[-3000:]
     check_grid_ran_once(uri, storage, failing=False, points=2)  # nothing RUNNING, each point once
     trials = optuna.load_study(study_name="tiny_sweep", storage=storage).get_trials()
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     orphans = [t for t in trials if "never taken up" in t.user_attrs.get("skipped", "")]
-    assert len(orphans) >= 2  # each worker's lost creation, set aside
+    assert len(orphans) >= creations  # each lost creation, set aside
     popped = [t for t in trials if "nobody took it up" in t.user_attrs.get("failure_reason", "")]
     assert popped and {t.user_attrs["point"] for t in popped} == {first_point}  # once per worker that popped it
 

@@ -107,9 +107,12 @@ def test_a_requeued_job_and_a_job_near_its_time_limit_resume_the_trial_in_its_ru
     def signal_while_training() -> None:
         children, _ = child_runs(uri)
         trained = len(client.get_metric_history(children[0].info.run_id, "train/loss")) if children else 0
-        if trained and len(signalled) < 2 and trained > max(signalled, default=0):  # training, since the last
+        running = any(j[0] == job and j[1] == "RUNNING" for j in _queue())
+        if running and trained and len(signalled) < 2 and trained > max(signalled, default=0):  # training again
+            # Only while RUNNING: the trial logs one more epoch after a requeue's SIGTERM, and scancel sent to the
+            # requeued (pending) job retries "can not be altered now" for minutes before it gives up
             command = ["scontrol", "requeue", job] if not signalled else ["scancel", "--signal=USR2", job]
-            if subprocess.run(command, capture_output=True).returncode == 0:  # refused while the job is pending
+            if subprocess.run(command, capture_output=True).returncode == 0:
                 signalled.append(trained)
 
     _wait_for_jobs([job], timeout=300, during=signal_while_training)
