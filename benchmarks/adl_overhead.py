@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
 from study.config import ModelConfig  # noqa: E402
 from study.data import text  # noqa: E402
 from study.evaluation.accounting import count_params, encoder_flops, latency_ms  # noqa: E402
@@ -80,7 +81,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed steps per model, taken in turn")
     parser.add_argument("--prune", type=float, default=0.54, help="share of units pruned when no --model")
     parser.add_argument("--model", help="a model.pt exported by an adaptive-dropout trial")
-    args = parser.parse_args()
+    args = quick.parse_args(parser, batch=2, frames=60, steps=2)
     cfg = ModelConfig()
     torch.manual_seed(0)
     feats = torch.randn(args.batch, args.frames, N_MELS)

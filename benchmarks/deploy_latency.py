@@ -24,6 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
 from study.evaluation.accounting import encoder_flops, steady_times  # noqa: E402
 from study.export import Deployable, export, run_exported  # noqa: E402
 from study.method.adaptive_dropout import AdlSettings  # noqa: E402
@@ -59,7 +60,7 @@ def model_pair_arguments(doc: str, rounds: int) -> argparse.Namespace:
     parser.add_argument("--reduction", type=float, default=0.5)
     parser.add_argument("--rounds", type=int, default=rounds, help="rounds of 5 timed calls per model (steady_times)")
     torch.set_num_threads(2)
-    return parser.parse_args()
+    return quick.parse_args(parser, experiment=quick.SMOKE, rounds=1)
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
 from adl_overhead import N_MELS, paired_step_ratios  # noqa: E402
 from study.config import ModelConfig  # noqa: E402
 from study.data import text  # noqa: E402
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--frames", type=int, default=300, help="input frames (300 = 3 s)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per model, taken in turn")
-    args = parser.parse_args()
+    args = quick.parse_args(parser, batch=2, frames=60, steps=2)
     torch.manual_seed(0)
     feats = torch.randn(args.batch, args.frames, N_MELS)
     lengths = torch.randint(args.frames // 2, args.frames + 1, (args.batch,))

@@ -19,6 +19,7 @@ import torch
 import torchaudio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
 from study.config import ModelConfig  # noqa: E402
 from study.model.conformer import ConformerBlock, padding_mask  # noqa: E402
 
@@ -68,7 +69,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=150, help="frames after subsampling (150 = 6 s of audio)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
-    args = parser.parse_args()
+    args = quick.parse_args(parser, batch=2, frames=40, steps=2, warmup=1)
     cfg = ModelConfig()  # the default recipe's widths
     cfg.conv_channels = cfg.d_model  # torchaudio's conv module keeps d_model channels
     torch.manual_seed(0)

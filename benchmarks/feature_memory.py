@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
 
 WORKER = """
 import json, sys
@@ -46,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", default=str(ROOT / "experiments" / "dense.toml"))
     parser.add_argument("--sizes", type=int, nargs=2, default=[1500, 6000])
-    args = parser.parse_args()
+    args = quick.parse_args(parser, experiment=quick.SMOKE, sizes=[8, 16])
     rows = []
     for size in args.sizes:
         code = WORKER.format(root=str(ROOT), experiment=args.experiment, size=size)

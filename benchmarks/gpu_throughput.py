@@ -24,6 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
 from study.data.features import mean_std  # noqa: E402
 from study.data.prepared import prepare_data  # noqa: E402
 from study.data.synthetic import build_synthetic_corpus  # noqa: E402
@@ -90,7 +91,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="timed training epochs (after the warm-up one)")
     parser.add_argument("--profile", action="store_true", help="print a profile of one more training epoch")
     parser.add_argument("--phases", action="store_true", help="print the host time per phase of one more epoch")
-    args = parser.parse_args()
+    args = quick.parse_args(parser, experiment=quick.SMOKE, utterances=24, epochs=1)
 
     cfg = load_experiment(args.experiment).config(extra={
         "data.source": "synthetic", "data.extra_test_subsets": [], "data.cache_dir": args.cache_dir, "data.synthetic.train_utterances": args.utterances,

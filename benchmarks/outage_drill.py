@@ -25,11 +25,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from tests.test_sweep import FOUR_POINTS, POSTGRES_URL, _children, write_experiment  # noqa: E402
+from tests.helpers import FOUR_POINTS, children_of, write_experiment  # noqa: E402
+from tests.services import POSTGRES_URL  # noqa: E402
 
 TWO_POINTS = FOUR_POINTS.replace('grid = { "train.seed" = [0, 1] }', "")
 
@@ -44,7 +46,7 @@ def connections(driver_pid: int) -> dict[str, list[int]]:
     each worker's, so that this script's own connections are not counted."""
     listing = subprocess.run(["ss", "-tnp"], capture_output=True, text=True).stdout.splitlines()
     count = lambda pid: sum(":5432" in line and f"pid={pid}," in line for line in listing)  # noqa: E731
-    workers = [pid for pid in _children(driver_pid)
+    workers = [pid for pid in children_of(driver_pid)
                if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     return {"driver": [count(driver_pid)], "workers": [count(pid) for pid in workers]}
 
@@ -88,7 +90,7 @@ def drill(outage: float, folder: Path, cache: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--outages", type=float, nargs="+", default=[60, 150], help="seconds the server is down")
-    args = parser.parse_args()
+    args = quick.parse_args(parser, outages=[5])
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"

@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
 from study.data.prepared import prepare_data  # noqa: E402
 from study.sweep.experiment_file import load_experiment  # noqa: E402
 
@@ -86,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--utterances", type=int, default=600, help="training utterances per trial")
     parser.add_argument("--epochs", type=int, default=3)
-    args = parser.parse_args()
+    args = quick.parse_args(parser, utterances=24, epochs=1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         experiment = tmp / "scaling.toml"

@@ -24,6 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
 from study.config import load_config  # noqa: E402
 from study.data.features import mean_std  # noqa: E402
 from study.data.prepared import SplitData, prepare_data  # noqa: E402
@@ -41,7 +42,7 @@ def main() -> None:
     parser.add_argument("--experiment", default=str(ROOT / "experiments" / "dense.toml"))
     parser.add_argument("--utterances", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    args = quick.parse_args(parser, experiment=quick.SMOKE, utterances=12, rounds=1)
     torch.set_num_threads(2)
 
     recipes = {"old": load_config(args.experiment, OLD), "new@16s": load_config(args.experiment, OLD_BATCH),

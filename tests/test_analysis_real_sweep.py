@@ -1,11 +1,12 @@
-"""The analysis on a store written by a real sweep (the other analysis tests read a hand-made one): a tiny
-grid of dense, adaptive dropout and structured magnitude pruning, run by `sweep.py` with its analysis
-step, writes figures and tables whose rows are the runs' own figures, read back by the tags the trials
-wrote."""
+"""The analysis on a store written by a real sweep (the other analysis tests read a hand-made one): the
+shipped smoke experiment (every method once, tiny), run by `sweep.py` with its analysis step, writes
+figures and tables whose rows are the runs' own figures, read back by the tags the trials wrote; and
+its runs are the ones docs/getting-started.md tells a new user to expect."""
 from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import mlflow
@@ -13,33 +14,22 @@ import pytest
 
 import sweep
 from analysis.runs import load_trials
-from tests.helpers import child_runs, write_experiment
+from study.names import METHODS
+from tests.helpers import ROOT, child_runs
 
-pytestmark = pytest.mark.slow  # a sweep of three trials
+pytestmark = pytest.mark.slow  # a sweep of eight tiny trials, two at a time
 
-THREE_METHODS = """
-[sweep]
-[[sweep.arms]]
-name = "dense"
-set = { method = "dense" }
-[[sweep.arms]]
-name = "adl"
-set = { method = "adaptive_dropout" }
-[[sweep.arms]]
-name = "magnitude"
-set = { method = "magnitude_structured", "prune.target_reduction" = 0.3 }
-"""
+SMOKE = ROOT / "experiments" / "smoke.toml"
 
 
 @pytest.fixture(scope="module")
-def real_sweep(tmp_path_factory, corpus_cache) -> tuple[Path, str, int]:
-    folder = tmp_path_factory.mktemp("real_sweep")
-    exp = write_experiment(folder, corpus_cache, THREE_METHODS, epochs=2)
+def real_sweep(tmp_path_factory) -> tuple[Path, str, int]:
+    folder = tmp_path_factory.mktemp("smoke")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     here = os.getcwd()
-    os.chdir(folder)  # figures/ and runs/ are written under the working directory
+    os.chdir(folder)  # figures/ and runs/ (its corpus cache too) are written under the working directory
     try:
-        code = sweep.main([str(exp), "--tracking-uri", uri])
+        code = sweep.main([str(SMOKE), "--tracking-uri", uri])
     finally:
         os.chdir(here)
     return folder, uri, code
@@ -48,12 +38,12 @@ def real_sweep(tmp_path_factory, corpus_cache) -> tuple[Path, str, int]:
 def test_a_sweep_with_its_analysis_writes_figures_and_tables_of_its_runs(real_sweep):
     folder, uri, code = real_sweep
     assert code == 0
-    figures = folder / "figures" / "tiny_sweep"
+    figures = folder / "figures" / "smoke"
     for name in ("pareto_params.png", "pareto_params.pdf", "ablation_table.csv", "pareto_runs.md"):
         assert (figures / name).stat().st_size > 0, name
-    children, _ = child_runs(uri)
+    children, _ = child_runs(uri, "smoke")
     finished = {r.info.run_id: r for r in children if r.info.status == "FINISHED"}
-    assert len(finished) == 3
+    assert len(finished) == 8
     with open(figures / "pareto_runs.csv") as table:
         rows = list(csv.DictReader(table))
     assert rows and {row["run_id"] for row in rows} <= set(finished)
@@ -65,9 +55,9 @@ def test_a_sweep_with_its_analysis_writes_figures_and_tables_of_its_runs(real_sw
 
 def test_the_analysis_reads_the_tags_the_trials_wrote(real_sweep):
     _, uri, _ = real_sweep
-    frame = load_trials(uri, ["tiny_sweep"]).frame.set_index("run_id")
-    children, parents = child_runs(uri)
-    assert sorted(frame["method"]) == ["adaptive_dropout", "dense", "magnitude_structured"]
+    frame = load_trials(uri, ["smoke"]).frame.set_index("run_id")
+    children, parents = child_runs(uri, "smoke")
+    assert set(frame["method"]) == set(METHODS)
     for run in children:
         row = frame.loc[run.info.run_id]
         assert row["method"] == run.data.params["method"]
@@ -75,6 +65,31 @@ def test_the_analysis_reads_the_tags_the_trials_wrote(real_sweep):
         assert row["parent_run_id"] == parents[0].info.run_id
         assert row["params"] == run.data.metrics["params/total"]
         assert row["test_wer"] == pytest.approx(run.data.metrics["test/wer"])
-    assert frame.loc[frame["method"] == "magnitude_structured", "target_reduction"].tolist() == [0.3]
+    assert frame.loc[frame["method"] == "magnitude_structured", "target_reduction"].tolist() == [0.5]
     artifacts = mlflow.MlflowClient(uri).list_artifacts(parents[0].info.run_id, "figures")
     assert any(a.path.endswith("pareto_params.png") for a in artifacts)  # logged to the sweep's parent
+
+
+def _expected_smoke_rows() -> dict[str, tuple[str, int, float, float]]:
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    block = page.split("<!-- smoke: expected -->")[1].split("<!-- smoke: end -->")[0]
+    rows = {}
+    for line in block.strip().splitlines()[2:]:  # past the header and its rule
+        run, method, params, fewer, dev = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[run.replace("&lt;source&gt;", "<source>")] = (method, int(params.replace(",", "")),
+                                                          float(fewer.rstrip("%")), float(dev.rstrip("%")))
+    return rows
+
+
+def test_the_smoke_experiment_gives_what_getting_started_shows(real_sweep):
+    _, uri, _ = real_sweep
+    children, _ = child_runs(uri, "smoke")
+    expected = _expected_smoke_rows()
+    got = {re.sub(r"^retrain-[0-9a-f]+-", "retrain-<source>-", run.info.run_name): run for run in children}
+    assert set(got) == set(expected)
+    for name, (method, params, fewer, dev) in expected.items():
+        metrics = got[name].data.metrics
+        assert got[name].data.params["method"] == method
+        assert metrics["params/total"] == pytest.approx(params, rel=0.02), name
+        assert 100 * metrics["params/reduction"] == pytest.approx(fewer, abs=5), name
+        assert 100 * metrics["dev/wer"] == pytest.approx(dev, abs=5), name
