@@ -149,3 +149,23 @@ def test_architecture_names_every_module():
     modules = [p for package in ("study", "analysis") for p in (ROOT / package).rglob("*.py")
                if p.name != "__init__.py"]
     assert modules and not [str(p.relative_to(ROOT)) for p in modules if p.name not in page]
+
+
+# A repository path named in an experiment header, a code comment or a docstring: docs/x.md, study/y.py, ...
+NAMED_PATH = re.compile(r"(?<![\w/.-])((?:docs|experiments|benchmarks|study|analysis|tests|\.ci)/[\w./-]*\w)")
+SOURCES = sorted([*(ROOT / "experiments").glob("*.toml"), *(ROOT / "benchmarks").glob("*.py"),
+                  *(ROOT / "study").rglob("*.py"), *(ROOT / "analysis").rglob("*.py"), ROOT / "sweep.py"])
+
+
+def test_every_path_named_in_experiments_and_code_exists():
+    """Experiment headers and code comments point at files a reader can open (not at a copy kept
+    elsewhere, nor at a page since renamed)."""
+    missing = []
+    for source in SOURCES:
+        for line_number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
+            for path in NAMED_PATH.findall(line):
+                if "<" in line or "{" in path or "*" in line:
+                    continue  # a pattern (figures/<experiment>/, {name}.md), not a file
+                if not (ROOT / path).exists() and not (ROOT / path.split("#")[0]).exists():
+                    missing.append(f"{source.relative_to(ROOT)}:{line_number}: {path}")
+    assert not missing, "\n".join(missing)
