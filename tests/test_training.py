@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from study.runtime import stop_request
+from study.tracking.mlflow_runs import package_source_hash
 from study.training import Trainer, TrainingError
 from study.trial import run_trial
 from tests.helpers import finished_run
@@ -37,6 +38,11 @@ def test_tiny_training_run_lowers_loss_and_logs_to_mlflow(tiny_config, tracking_
                                                        str(tmp_path))).read_text())
     assert len(errors["ids"]) == len(errors["errors"]) == len(errors["words"]) == 4  # the tiny test split
     assert sum(errors["errors"]) / sum(errors["words"]) == pytest.approx(metrics["test/wer"])  # a corpus WER
+    tags = runs[0].data.tags  # where and with what it ran, for the provenance of every table it reaches
+    assert tags["env.torch"] == torch.__version__.split("+")[0] and tags["env.threads"] == "1"  # train.threads
+    assert tags["env.cores"] == str(os.cpu_count()) and tags["env.cpu"] and tags["env.gpu"] == (
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+    assert tags["env.code_hash"] == package_source_hash() and len(tags["env.code_hash"]) == 16
 
 
 def test_interrupted_run_resumes_from_its_last_epoch_and_matches_an_uninterrupted_one(

@@ -12,6 +12,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
 from study.config import Config, flatten, identity, to_dict
+from study.tracking.provenance import environment_tags
 from study.tracking.store import ensure_experiment
 from study.names import TAG_FAILURE_REASON, TAG_LOCATIONS, TAG_METHOD, TAG_ROLE, TAG_SEED
 
@@ -121,7 +122,7 @@ def start_run(tracking_uri: str, cfg: Config, run_id: str | None = None,
         return run
     ensure_experiment(tracking_uri, cfg.tracking.experiment)
     all_tags = {TAG_METHOD: cfg.method, TAG_SEED: str(cfg.train.seed), TAG_LOCATIONS: location_label(cfg),
-                "recipe_key": recipe_key(cfg), TAG_ROLE: "trial", **(tags or {})}
+                "recipe_key": recipe_key(cfg), TAG_ROLE: "trial", **environment_tags(LOADED_PACKAGE_HASH), **(tags or {})}
     run = mlflow.start_run(run_name=cfg.tracking.run_name or run_label(cfg), tags=all_tags)
     mlflow.log_params(run_params(cfg))
     return run
