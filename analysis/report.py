@@ -9,9 +9,9 @@ from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from analysis import factors, figures, from_dense, importance, tables
-from analysis.artifacts import load_kept_history, load_retention, load_utterance_errors
+from analysis.bundle import Inputs, from_store
 from analysis.plotting import FORMATS, save, style
-from analysis.runs import NoFinishedRuns, load_trials
+from analysis.runs import NoFinishedRuns
 
 ARTIFACT_PATH = "figures"
 
@@ -24,7 +24,23 @@ def regenerate(experiment: str, tracking_uri: str, out_dir: Path = Path("figures
 
     Raises ExperimentNotFound for an unknown experiment or run, NoFinishedRuns when no trial finished.
     """
-    trials = load_trials(tracking_uri, [experiment], parent_run_id)
+    inputs = from_store(experiment, tracking_uri, parent_run_id)
+    written = write_outputs(inputs, out_dir)
+    parent = parent_run_id or inputs.trials.parents.get(experiment)
+    if parent:
+        client = MlflowClient(tracking_uri)
+        for path in written:
+            client.log_artifact(parent, str(path), ARTIFACT_PATH)
+        print(f"logged them to run {parent} under {ARTIFACT_PATH}/", flush=True)
+    else:
+        print(f"experiment {experiment!r} has no sweep parent run: the files were not logged to MLflow", flush=True)
+    return written
+
+
+def write_outputs(inputs: Inputs, out_dir: Path = Path("figures")) -> list[Path]:
+    """The figures and tables of one experiment's runs (from the store or a results bundle) under
+    out_dir/<experiment>/; a figure or table the runs no longer give is removed. Returns the files written."""
+    experiment, trials = inputs.experiment, inputs.trials
     print(trials.report(experiment), flush=True)
     frame = trials.frame
     if frame.empty:
@@ -33,12 +49,7 @@ def regenerate(experiment: str, tracking_uri: str, out_dir: Path = Path("figures
                              + (f" ({len(left)} failed or unfinished)" if len(left) else ""))
     target = Path(out_dir) / experiment
     target.mkdir(parents=True, exist_ok=True)
-
-    client = MlflowClient(tracking_uri)
-    adl = frame[frame["method"] == figures.ADL]
-    errors = load_utterance_errors(client, frame["run_id"])  # for the bootstrap intervals and comparisons
-    retention = load_retention(client, adl["run_id"])
-    history = load_kept_history(client, adl)
+    errors, retention, history = inputs.errors, inputs.retention, inputs.history
     drawings: dict[str, Callable[[], Figure]] = {
         "pareto_params": lambda: figures.pareto(frame, "params", errors),
         "pareto_flops": lambda: figures.pareto(frame, "flops", errors),
@@ -88,12 +99,4 @@ def regenerate(experiment: str, tracking_uri: str, out_dir: Path = Path("figures
         if name == "importances":
             print(f"Optuna PED-ANOVA importances:\n{table.markdown()}", flush=True)
     print(f"wrote {len(written)} files to {target}", flush=True)
-
-    parent = parent_run_id or trials.parents.get(experiment)
-    if parent:
-        for path in written:
-            client.log_artifact(parent, str(path), ARTIFACT_PATH)
-        print(f"logged them to run {parent} under {ARTIFACT_PATH}/", flush=True)
-    else:
-        print(f"experiment {experiment!r} has no sweep parent run: the files were not logged to MLflow", flush=True)
     return written

@@ -167,6 +167,14 @@ def experiments_with_trials(tracking_uri: str) -> list[str]:
 def load_trials(tracking_uri: str, experiments: Sequence[str] = (), parent_run_id: str | None = None) -> Trials:
     """The trials of the named experiments; with parent_run_id, only that sweep's children, plus the
     dense runs its baselines were derived from (they serve as its reference)."""
+    return trials_from_runs(search_experiment_runs(tracking_uri, experiments, parent_run_id), parent_run_id)
+
+
+def search_experiment_runs(tracking_uri: str, experiments: Sequence[str] = (),
+                           parent_run_id: str | None = None) -> pd.DataFrame:
+    """Every run of the named experiments (of the parent run's experiment, with parent_run_id) as
+    mlflow.search_runs gives them, with an `experiment` column: what trials_from_runs reads, and what a
+    results bundle keeps."""
     client = MlflowClient(tracking_uri)
     if parent_run_id:
         name = parent_experiment(tracking_uri, parent_run_id)
@@ -179,14 +187,19 @@ def load_trials(tracking_uri: str, experiments: Sequence[str] = (), parent_run_i
     if runs.empty:
         runs = pd.DataFrame(columns=["run_id", "experiment_id", "status", "start_time"])
     runs["experiment"] = runs["experiment_id"].map(names)
+    return runs
 
+
+def trials_from_runs(runs: pd.DataFrame, parent_run_id: str | None = None) -> Trials:
+    """The finished trials among `runs` (search_experiment_runs' table), typed and sorted, and the ones
+    left out with the reason; with parent_run_id, only that sweep's children and their dense sources."""
     parent_of = _column(runs, "tags.mlflow.parentRunId")
     trials = runs[_is_trial(runs)]
     if parent_run_id:
         children = trials[parent_of[trials.index] == parent_run_id]
         sources = set(_column(children, f"tags.{TAG_SOURCE_DENSE_RUN}").dropna())
         trials = trials[(parent_of[trials.index] == parent_run_id) | trials["run_id"].isin(sources)]
-        parents = {experiments[0]: parent_run_id}
+        parents = {name: parent_run_id for name in runs["experiment"].unique()}
     else:
         parents = _latest_parents(runs)
 

@@ -5,6 +5,8 @@ its runs are the ones docs/getting-started.md tells a new user to expect."""
 from __future__ import annotations
 
 import csv
+import gzip
+import json
 import os
 import re
 from pathlib import Path
@@ -93,3 +95,27 @@ def test_the_smoke_experiment_gives_what_getting_started_shows(real_sweep):
         assert metrics["params/total"] == pytest.approx(params, rel=0.02), name
         assert 100 * metrics["params/reduction"] == pytest.approx(fewer, abs=5), name
         assert 100 * metrics["dev/wer"] == pytest.approx(dev, abs=5), name
+
+
+def test_a_results_bundle_regenerates_every_file_the_store_gives(real_sweep, tmp_path):
+    from analysis.__main__ import main as analysis
+    _, uri, _ = real_sweep
+    bundle = tmp_path / "results" / "smoke.json.gz"
+    assert analysis(["export", "smoke", "--tracking-uri", uri, "--out", str(bundle)]) == 0
+    assert analysis(["smoke", "--tracking-uri", uri, "--out", str(tmp_path / "from_store")]) == 0
+    assert analysis(["--from", str(bundle), "--out", str(tmp_path / "from_bundle")]) == 0
+    made = {folder: {p.relative_to(tmp_path / folder): p.read_bytes() for p in (tmp_path / folder).rglob("*")
+                     if p.is_file()} for folder in ("from_store", "from_bundle")}
+    assert len(made["from_store"]) > 10 and made["from_bundle"].keys() == made["from_store"].keys()
+    for name, data in made["from_store"].items():
+        assert made["from_bundle"][name] == data, name  # byte for byte, figures included
+
+    assert analysis(["export", "smoke", "--tracking-uri", uri, "--out", str(bundle)]) == 0  # same code: replaced
+    with gzip.open(bundle, "rt") as source:
+        document = json.load(source)
+    document["code"]["code_hash"] = ["0123456789abcdef"]  # as if its runs came from other code
+    with gzip.open(bundle, "wt") as out:
+        json.dump(document, out)
+    assert analysis(["export", "smoke", "--tracking-uri", uri, "--out", str(bundle)]) == 2
+    assert analysis(["export", "smoke", "--tracking-uri", uri, "--out", str(bundle), "--force"]) == 0
+    assert analysis(["--from", str(tmp_path / "from_store" / "smoke" / "pareto_runs.csv")]) == 2  # not a bundle
