@@ -58,15 +58,18 @@ def si_scale(largest: float) -> tuple[float, str]:
     return 1.0, ""
 
 
-def save(fig: Figure, stem: Path) -> list[Path]:
-    """Writes stem.png and stem.pdf; each goes to a temporary name first and is renamed once complete,
-    so an interrupted run never leaves half a figure behind."""
+def save(fig: Figure, stem: Path, note: str = "") -> list[Path]:
+    """Writes stem.png and stem.pdf, with `note` (the provenance card) in their metadata; each goes to a
+    temporary name first and is renamed once complete, so an interrupted run never leaves half a figure
+    behind."""
     paths = []
     for fmt in FORMATS:
         path = stem.with_suffix(f".{fmt}")
         tmp = path.with_name(f".{path.name}.tmp")
         # Without a creation date the PDF is the same bytes each time it is regenerated.
         metadata = {"CreationDate": None} if fmt == "pdf" else {"Software": None}
+        if note:
+            metadata["Subject" if fmt == "pdf" else "Description"] = note
         try:
             fig.savefig(tmp, format=fmt, metadata=metadata)
             os.replace(tmp, path)

@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from analysis import factors, figures, from_dense, importance, tables
+from analysis import factors, figures, from_dense, importance, provenance, tables
 from analysis.bundle import Inputs, from_store
 from analysis.plotting import FORMATS, save, style
 from analysis.runs import NoFinishedRuns
@@ -50,6 +50,7 @@ def write_outputs(inputs: Inputs, out_dir: Path = Path("figures")) -> list[Path]
     target = Path(out_dir) / experiment
     target.mkdir(parents=True, exist_ok=True)
     errors, retention, history = inputs.errors, inputs.retention, inputs.history
+    note = provenance.card(inputs.runs, frame["run_id"])
     drawings: dict[str, Callable[[], Figure]] = {
         "pareto_params": lambda: figures.pareto(frame, "params", errors),
         "pareto_flops": lambda: figures.pareto(frame, "flops", errors),
@@ -71,12 +72,12 @@ def write_outputs(inputs: Inputs, out_dir: Path = Path("figures")) -> list[Path]
                 for fmt in FORMATS:  # a figure from older runs would now be wrong
                     (target / f"{name}.{fmt}").unlink(missing_ok=True)
                 continue
-            written += save(fig, target / name)
-    written += tables.write_table(tables.ablation_table(frame, errors), target / "ablation_table")
-    written += tables.write_table(tables.pareto_table(frame, errors), target / "pareto_runs")
+            written += save(fig, target / name, note)
+    written += tables.write_table(tables.ablation_table(frame, errors), target / "ablation_table", note)
+    written += tables.write_table(tables.pareto_table(frame, errors), target / "pareto_runs", note)
     comparisons = tables.comparison_table(frame, errors)
     if len(comparisons.rows):
-        written += tables.write_table(comparisons, target / "comparisons")
+        written += tables.write_table(comparisons, target / "comparisons", note)
     else:
         print("skipped table comparisons: no adaptive-dropout run with a baseline to compare, or no "
               "per-utterance errors (runs before they were logged)", flush=True)
@@ -95,8 +96,9 @@ def write_outputs(inputs: Inputs, out_dir: Path = Path("figures")) -> list[Path]
             for suffix in (".csv", ".md"):  # a table from older runs would now be wrong
                 (target / f"{name}{suffix}").unlink(missing_ok=True)
             continue
-        written += tables.write_table(table, target / name)
+        written += tables.write_table(table, target / name, note)
         if name == "importances":
             print(f"Optuna PED-ANOVA importances:\n{table.markdown()}", flush=True)
+    written += tables.write_table(provenance.provenance_table(inputs.runs, frame["run_id"]), target / "provenance", note)
     print(f"wrote {len(written)} files to {target}", flush=True)
     return written

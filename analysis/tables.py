@@ -256,7 +256,9 @@ def comparison_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
     return Table(columns, table)
 
 
-def write_table(table: Table, stem: Path) -> list[Path]:
-    """stem.csv and stem.md, each written whole or not at all."""
-    return [write_text(stem.with_suffix(".csv"), table.csv()), write_text(stem.with_suffix(".md"), table.markdown())]
+def write_table(table: Table, stem: Path, note: str = "") -> list[Path]:
+    """stem.csv and stem.md (with `note`, e.g. the provenance card, under the table), each written whole
+    or not at all."""
+    markdown = table.markdown() + (f"\n{note}\n" if note else "")
+    return [write_text(stem.with_suffix(".csv"), table.csv()), write_text(stem.with_suffix(".md"), markdown)]
 

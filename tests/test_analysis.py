@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 FIGURES = ("pareto_params", "pareto_flops", "pareto_latency", "location_ablation", "effect_tau", "effect_alpha",
            "retention_histograms", "kept_fraction")
-TABLES = ("ablation_table", "pareto_runs", "comparisons", "factors")  # the store's ADL runs vary one factor at a time
+TABLES = ("ablation_table", "pareto_runs", "comparisons", "factors", "provenance")  # ADL runs vary one factor at a time
 
 
 # experiments/pareto.toml's sweep with README.md's results ("The Pareto sweep"): per arm, its parameters beyond
@@ -213,7 +213,10 @@ def test_tables_content(written: list[Path], store: Store):
         ["2", "24.50", "0.71", "520000"]]
     assert ablation.loc[ablation["method"] == "small_dense", "budget_params"].tolist() == [str(BUDGET)]
     markdown = (folder / "ablation_table.md").read_text()
-    assert "| 24.50 ± 0.71 |" in markdown and markdown.count("\n") == len(ablation) + 2
+    table, card = markdown.split("\n\n")  # the table, then its provenance card
+    assert "| 24.50 ± 0.71 |" in table and table.count("\n") == len(ablation) + 1
+    assert card.startswith(f"Provenance: {len(load_trials(store.tracking_uri, [EXPERIMENT]).frame)} runs made ")
+    assert "commit " in card and "machine not recorded" in card  # the hand-made runs record no env.* tags
 
     pareto = pd.read_csv(folder / "pareto_runs.csv", dtype=str, keep_default_na=False)
     adl = pareto[pareto["method"] == "adaptive_dropout"]

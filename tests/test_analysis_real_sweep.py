@@ -119,3 +119,21 @@ def test_a_results_bundle_regenerates_every_file_the_store_gives(real_sweep, tmp
     assert analysis(["export", "smoke", "--tracking-uri", uri, "--out", str(bundle)]) == 2
     assert analysis(["export", "smoke", "--tracking-uri", uri, "--out", str(bundle), "--force"]) == 0
     assert analysis(["--from", str(tmp_path / "from_store" / "smoke" / "pareto_runs.csv")]) == 2  # not a bundle
+
+
+def test_every_table_and_figure_carries_the_provenance_of_its_runs(real_sweep):
+    folder, uri, _ = real_sweep
+    from PIL import Image
+
+    children, _ = child_runs(uri, "smoke")
+    tags, commit = children[0].data.tags, children[0].data.params["code_version"]
+    figures = folder / "figures" / "smoke"
+    card = (figures / "pareto_runs.md").read_text().strip().splitlines()[-1]
+    assert card.startswith("Provenance: 8 runs made ") and f"commit {commit};" in card
+    for recorded in (tags["env.code_hash"], tags["env.cpu"], f"{tags['env.cores']} cores", "1 thread(s)",
+                     f"torch {tags['env.torch']}", f"mlflow {tags['env.mlflow']}"):
+        assert recorded in card, recorded
+    for table in figures.glob("*.md"):
+        assert table.read_text().strip().splitlines()[-1] == card, table.name
+    assert Image.open(figures / "pareto_params.png").text["Description"] == card
+    assert f"| {commit} | {tags['env.code_hash']} |" in (figures / "provenance.md").read_text()
