@@ -16,6 +16,31 @@ from analysis.runs import NoFinishedRuns
 ARTIFACT_PATH = "figures"
 
 
+def _comparisons(inputs: Inputs) -> tables.Table:
+    table = tables.comparison_table(inputs.trials.frame, inputs.errors)
+    if not len(table.rows):
+        raise figures.Skipped("no adaptive-dropout run with a baseline to compare, or no per-utterance errors "
+                              "(runs before they were logged)")
+    return table
+
+
+# Every table of an experiment, by file name; a maker raises Skipped when the runs do not give its table
+TABLES: dict[str, Callable[[Inputs], tables.Table]] = {
+    "ablation_table": lambda inputs: tables.ablation_table(inputs.trials.frame, inputs.errors),
+    "pareto_runs": lambda inputs: tables.pareto_table(inputs.trials.frame, inputs.errors),
+    "comparisons": _comparisons,
+    "from_dense_comparisons": lambda inputs: from_dense.equal_training_table(inputs.trials.frame, inputs.errors),
+    "factors": lambda inputs: factors.factor_table(inputs.trials.frame, inputs.errors),
+    "importances": lambda inputs: importance.importance_table(inputs.trials.frame),
+    "provenance": lambda inputs: provenance.provenance_table(inputs.runs, inputs.trials.frame["run_id"]),
+}
+
+
+def table_markdown(inputs: Inputs, name: str) -> str:
+    """One table's Markdown with its provenance card, as write_outputs writes it to <name>.md."""
+    return tables.markdown_text(TABLES[name](inputs), provenance.card(inputs.runs, inputs.trials.frame["run_id"]))
+
+
 def regenerate(experiment: str, tracking_uri: str, out_dir: Path = Path("figures"),
                parent_run_id: str | None = None) -> list[Path]:
     """Writes the figures and tables of `experiment` under out_dir/<experiment>/ and logs them to the
@@ -73,24 +98,9 @@ def write_outputs(inputs: Inputs, out_dir: Path = Path("figures")) -> list[Path]
                     (target / f"{name}.{fmt}").unlink(missing_ok=True)
                 continue
             written += save(fig, target / name, note)
-    written += tables.write_table(tables.ablation_table(frame, errors), target / "ablation_table", note)
-    written += tables.write_table(tables.pareto_table(frame, errors), target / "pareto_runs", note)
-    comparisons = tables.comparison_table(frame, errors)
-    if len(comparisons.rows):
-        written += tables.write_table(comparisons, target / "comparisons", note)
-    else:
-        print("skipped table comparisons: no adaptive-dropout run with a baseline to compare, or no "
-              "per-utterance errors (runs before they were logged)", flush=True)
-        for suffix in (".csv", ".md"):
-            (target / f"comparisons{suffix}").unlink(missing_ok=True)
-    optional_tables: dict[str, Callable[[], tables.Table]] = {
-        "from_dense_comparisons": lambda: from_dense.equal_training_table(frame, errors),
-        "factors": lambda: factors.factor_table(frame, errors),
-        "importances": lambda: importance.importance_table(frame),
-    }
-    for name, make in optional_tables.items():
+    for name, make in TABLES.items():
         try:
-            table = make()
+            table = make(inputs)
         except figures.Skipped as why:
             print(f"skipped table {name}: {why}", flush=True)
             for suffix in (".csv", ".md"):  # a table from older runs would now be wrong
@@ -99,6 +109,5 @@ def write_outputs(inputs: Inputs, out_dir: Path = Path("figures")) -> list[Path]
         written += tables.write_table(table, target / name, note)
         if name == "importances":
             print(f"Optuna PED-ANOVA importances:\n{table.markdown()}", flush=True)
-    written += tables.write_table(provenance.provenance_table(inputs.runs, frame["run_id"]), target / "provenance", note)
     print(f"wrote {len(written)} files to {target}", flush=True)
     return written

@@ -259,6 +259,11 @@ def comparison_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
 def write_table(table: Table, stem: Path, note: str = "") -> list[Path]:
     """stem.csv and stem.md (with `note`, e.g. the provenance card, under the table), each written whole
     or not at all."""
-    markdown = table.markdown() + (f"\n{note}\n" if note else "")
-    return [write_text(stem.with_suffix(".csv"), table.csv()), write_text(stem.with_suffix(".md"), markdown)]
+    return [write_text(stem.with_suffix(".csv"), table.csv()),
+            write_text(stem.with_suffix(".md"), markdown_text(table, note))]
+
+
+def markdown_text(table: Table, note: str = "") -> str:
+    """A table's Markdown file: the table, then `note` (the provenance card) under it."""
+    return table.markdown() + (f"\n{note}\n" if note else "")
 

@@ -137,3 +137,21 @@ def test_every_table_and_figure_carries_the_provenance_of_its_runs(real_sweep):
         assert table.read_text().strip().splitlines()[-1] == card, table.name
     assert Image.open(figures / "pareto_params.png").text["Description"] == card
     assert f"| {commit} | {tags['env.code_hash']} |" in (figures / "provenance.md").read_text()
+
+
+def test_a_table_published_from_a_bundle_is_checked_against_it(real_sweep, tmp_path):
+    from analysis.__main__ import main as analysis
+    from analysis.doc_tables import main as doc_tables, stale_blocks
+    _, uri, _ = real_sweep
+    bundle = tmp_path / "smoke.json.gz"
+    assert analysis(["export", "smoke", "--tracking-uri", uri, "--out", str(bundle)]) == 0
+    page = tmp_path / "page.md"
+    page.write_text(f"Before.\n\n<!-- table from {bundle}: pareto_runs -->\n<!-- end of table -->\n\nAfter.\n")
+    assert stale_blocks(page) and doc_tables(["--check", str(page)]) == 1  # empty: not what the bundle gives
+    assert doc_tables([str(page)]) == 0 and stale_blocks(page) == []  # filled
+    text = page.read_text()
+    assert text.startswith("Before.\n\n") and text.endswith("<!-- end of table -->\n\nAfter.\n")
+    assert "| Method |" in text and "Provenance: 8 runs made " in text
+    dense_row = next(line for line in text.splitlines() if line.startswith("| dense |"))
+    page.write_text(text.replace(dense_row, dense_row.replace("100.00", "99.00", 1)))  # a figure edited by hand
+    assert stale_blocks(page) == [f"{page}: {bundle} pareto_runs"] and doc_tables(["--check", str(page)]) == 1

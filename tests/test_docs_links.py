@@ -169,3 +169,8 @@ def test_every_path_named_in_experiments_and_code_exists():
                 if not (ROOT / path).exists() and not (ROOT / path.split("#")[0]).exists():
                     missing.append(f"{source.relative_to(ROOT)}:{line_number}: {path}")
     assert not missing, "\n".join(missing)
+
+
+def test_every_table_published_from_a_results_bundle_is_what_the_bundle_gives():
+    from analysis.doc_tables import stale_blocks
+    assert not [line for page in PAGES for line in stale_blocks(page)]
