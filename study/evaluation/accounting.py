@@ -11,7 +11,6 @@ import time
 from typing import Any, Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from study.config import ModelConfig
 from study.method.adaptive_dropout import AdaptiveDropout
@@ -36,6 +35,7 @@ def encoder_inputs(n_mels: int, batch: int = 1, frames: int = TEN_SECONDS_FRAMES
 @torch.no_grad()
 def encoder_flops(model: ConformerCTC) -> int:
     """FLOPs of one encoder forward pass on 10 s of audio at batch 1."""
+    from torch.utils.flop_counter import FlopCounterMode  # here: importing it loads triton, 0.3 s a process
     feats, lengths = encoder_inputs(model.n_mels, device=next(model.parameters()).device)
     model.eval()
     with FlopCounterMode(display=False) as counter:
