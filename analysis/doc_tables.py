@@ -20,7 +20,7 @@ from analysis.bundle import Inputs, read_bundle
 from analysis.report import table_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(<!-- table from (?P<bundle>\S+): (?P<table>\w+) -->\n)(?P<body>.*?)(<!-- end of table -->)", re.S)
+BLOCK = re.compile(r"(<!-- table from (?P<bundle>[\w./-]+\.json\.gz): (?P<table>\w+) -->\n)(?P<body>.*?)(<!-- end of table -->)", re.S)
 
 
 @cache
