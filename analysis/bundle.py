@@ -117,7 +117,7 @@ def _frame(table: dict) -> pd.DataFrame:
             series = pd.Series(data, dtype=dtype)
         else:
             series = pd.Series(data, dtype=object)
-        columns[column["name"]] = series.astype(dtype) if series.dtype != object or dtype == "object" else series
+        columns[column["name"]] = series if dtype == "object" else series.astype(dtype)  # e.g. pandas' "str"
     return pd.DataFrame(columns)
 
 
