@@ -109,6 +109,9 @@ def test_a_results_bundle_regenerates_every_file_the_store_gives(real_sweep, tmp
     assert len(made["from_store"]) > 10 and made["from_bundle"].keys() == made["from_store"].keys()
     for name, data in made["from_store"].items():
         assert made["from_bundle"][name] == data, name  # byte for byte, figures included
+    from analysis.bundle import from_store, read_bundle
+    stored, bundled = from_store("smoke", uri).runs, read_bundle(bundle).runs
+    assert list(bundled.columns) == list(stored.columns) and bundled.equals(stored)  # values and dtypes
 
     assert analysis(["export", "smoke", "--tracking-uri", uri, "--out", str(bundle)]) == 0  # same code: replaced
     with gzip.open(bundle, "rt") as source:
