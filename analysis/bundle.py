@@ -5,7 +5,8 @@ probabilities, kept fractions per epoch) and where the runs were made. A bundle 
 table and figure with no store and no training, byte for byte as the store does.
 
 Format (version 1): {"format": FORMAT, "version": 1, "experiment": name, "parent_run_id": id or null,
-"code": {"code_version": [...], "code_hash": [...]}, "runs": pandas' "table" JSON of search_runs' rows,
+"code": {"code_version": [...], "code_hash": [...]}, "runs": {"columns": [{"name", "dtype", "data"}, ...]}
+(search_runs' table, column by column, floats exact),
 "utterance_errors": {run_id: {"errors": [...], "words": [...]}}, "retention": {run_id: {location:
 [...]}}, "kept_history": [[run_id, location, epoch, kept_fraction], ...]}.
 """
@@ -22,6 +23,8 @@ from mlflow.tracking import MlflowClient
 
 from analysis.artifacts import load_kept_history, load_retention, load_utterance_errors
 from analysis.runs import Trials, search_experiment_runs, trials_from_runs
+from study.durable import replace_durably
+from study.names import ADAPTIVE_DROPOUT
 
 FORMAT = "adaptive-dropout-study results bundle"
 VERSION = 1
@@ -56,7 +59,7 @@ def from_store(experiment: str, tracking_uri: str, parent_run_id: str | None = N
     trials = trials_from_runs(runs, parent_run_id)
     client = MlflowClient(tracking_uri)
     frame = trials.frame
-    adl = frame[frame["method"] == "adaptive_dropout"]
+    adl = frame[frame["method"] == ADAPTIVE_DROPOUT]
     return Inputs(experiment, runs, trials, errors=load_utterance_errors(client, frame["run_id"]),
                   retention=load_retention(client, adl["run_id"]), history=load_kept_history(client, adl),
                   parent_run_id=parent_run_id)
@@ -81,11 +84,13 @@ def write_bundle(inputs: Inputs, path: Path, force: bool = False) -> Path:
                       for run_id, locations in inputs.retention.items()},
         "kept_history": inputs.history.values.tolist(),
     }
+    data = json.dumps(document, separators=(",", ":")).encode()  # keys in the order the analysis reads them
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as out:
+            out.write(data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as out:
-        out.write(json.dumps(document, separators=(",", ":")).encode())  # keys in the order the analysis reads them
-    tmp.replace(path)
+    replace_durably(path, write)
     return path
 
 
