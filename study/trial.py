@@ -122,10 +122,12 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
     tags = {**(tags or {}), "device": device_name(device)}  # where it trained and where latency was timed
     dense_run = None
     if cfg.method in MAGNITUDE or starts_from_dense(cfg):
-        dense_run = _dense_source(cfg, tracking_uri, runs_dir, tags)
+        dense_run = _dense_source(cfg, tracking_uri, runs_dir, tags, tokenizer.state())
         tags[TAG_SOURCE_DENSE_RUN] = dense_run[0]
-        if starts_from_dense(cfg):  # a model of other widths is refused before the run starts
-            check_same_shapes(dense_run[1], build_model(cfg, tokenizer.vocab_size), cfg.adl.init_from or dense_run[0])
+        given = given_dense_model(cfg)[1]
+        # a model of other widths is refused before the run starts (a magnitude trial's own recipe run fits)
+        if given or starts_from_dense(cfg):
+            check_same_shapes(dense_run[1], build_model(cfg, tokenizer.vocab_size), given or dense_run[0])
     if source:
         tags["source_pruned_run_id"] = source[0]
 
@@ -165,11 +167,21 @@ def starts_from_dense(cfg: Config) -> bool:
     return cfg.method == "adaptive_dropout" and cfg.adl.init == "dense"
 
 
-def _dense_source(cfg: Config, tracking_uri: str, runs_dir: Path, tags: dict[str, str]) -> tuple[str, ConformerCTC]:
-    """The dense model a trial starts from: the one adl.init_from names, else the finished dense run of this
-    recipe, trained now (as its own run) when there is none. (its run id or path, the model)"""
-    if starts_from_dense(cfg) and cfg.adl.init_from:
-        return load_model_from(cfg.adl.init_from, tracking_uri)
+def given_dense_model(cfg: Config) -> tuple[str, str]:
+    """The knob that can name the trained dense model a trial starts from, and the model it names ("": none)."""
+    if cfg.method in MAGNITUDE:
+        return "prune.dense_from", cfg.prune.dense_from
+    return "adl.init_from", cfg.adl.init_from if starts_from_dense(cfg) else ""
+
+
+def _dense_source(cfg: Config, tracking_uri: str, runs_dir: Path, tags: dict[str, str],
+                  tokenizer_state: dict) -> tuple[str, ConformerCTC]:
+    """The dense model a trial starts from: the one prune.dense_from (adl.init_from) names, which must have the
+    trial's output units, else the finished dense run of this recipe, trained now (as its own run) when there
+    is none. (its run id or path, the model)"""
+    knob, given = given_dense_model(cfg)
+    if given:
+        return load_model_from(given, tracking_uri, knob, tokenizer_state)
     run_id = find_dense_run(cfg, tracking_uri)
     if run_id is None:
         print("no finished dense run of this recipe: training it first")

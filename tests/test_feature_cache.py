@@ -24,9 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 def test_parallel_shards_hold_exactly_the_features_of_each_utterance(tiny_config, tmp_path, monkeypatch):
     utterances = load_splits(tiny_config.data)["train"]
     paths, cfg = [u.path for u in utterances], FeatureConfig()
+    sources = [(path, None) for path in paths]
     monkeypatch.setattr(feature_cache, "SHARD_UTTERANCES", 5)  # 24 utterances: 5 shards, the last of 4
-    parallel = build_feature_cache(paths, asdict(cfg), cfg.n_mels, tmp_path / "parallel", workers=2)
-    serial = build_feature_cache(paths, asdict(cfg), cfg.n_mels, tmp_path / "serial", workers=1)
+    parallel = build_feature_cache(sources, asdict(cfg), cfg.n_mels, tmp_path / "parallel", workers=2)
+    serial = build_feature_cache(sources, asdict(cfg), cfg.n_mels, tmp_path / "serial", workers=1)
     assert len(list((tmp_path / "parallel").glob("shard-*.f16"))) == 5 and len(parallel) == len(paths) == 24
     logmel = LogMel(cfg)
     with torch.inference_mode():
@@ -49,7 +50,7 @@ def test_a_reader_maps_the_shards_instead_of_copying_them(tiny_config, tmp_path)
     utterances = load_splits(tiny_config.data)["train"]
     cfg = FeatureConfig()
     folder = tmp_path / "cache"
-    features = build_feature_cache([u.path for u in utterances] * 40, asdict(cfg), cfg.n_mels, folder)
+    features = build_feature_cache([(u.path, None) for u in utterances] * 40, asdict(cfg), cfg.n_mels, folder)
     size_mb = sum(f.numel() for f in features) * 2 / 2**20
     script = f"""
 import sys, torch

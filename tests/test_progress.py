@@ -30,8 +30,8 @@ def test_feature_extraction_beats_the_progress_file(tiny_config, tmp_path, monke
     beats = tmp_path / "worker.progress"
     monkeypatch.setenv(progress.ENV, str(beats))
     monkeypatch.setattr(progress, "_last_beat", 0.0)
-    paths, cfg = [u.path for u in load_splits(tiny_config.data)["train"]], FeatureConfig()
+    sources, cfg = [(u.path, None) for u in load_splits(tiny_config.data)["train"]], FeatureConfig()
     beats.unlink(missing_ok=True)  # beaten by the corpus's generation, when this test made it
     monkeypatch.setattr(progress, "_last_beat", 0.0)
-    build_feature_cache(paths, asdict(cfg), cfg.n_mels, tmp_path / "features", workers=1)
+    build_feature_cache(sources, asdict(cfg), cfg.n_mels, tmp_path / "features", workers=1)
     assert beats.exists()

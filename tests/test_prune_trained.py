@@ -1,5 +1,6 @@
 """Pruning a trained model: adaptive dropout from the dense model (adl.init = "dense") starts where the
 dense model is, finds (or trains) the sweep's dense run of its recipe and refuses a model of other widths;
+the magnitude baselines prune a model named by prune.dense_from, refused if its output units differ;
 distillation from the dense teacher (adl.distill, prune.distill) is a frame-level KL that changes nothing
 at weight 0."""
 from __future__ import annotations
@@ -11,11 +12,15 @@ import pytest
 import torch
 
 from study.config import Config, build
+from study.data.text import vocab_size as char_vocab_size
+from study.data.tokenizer import CharTokenizer
 from study.method.adaptive_dropout import AdlSettings
 from study.method.attach import attach_adls
 from study.method.distillation import Distiller, frame_kl
 from study.model.io import save_model
 from study.model import dense_widths
+from study.names import TAG_SOURCE_DENSE_RUN
+from study.tracking.dense_source import check_same_units
 from study.trial import run_trial
 from study.trial_context import build_model
 from tests.helpers import TINY_RECIPE
@@ -87,6 +92,56 @@ def test_a_start_model_of_other_widths_is_refused_naming_both_shapes(tiny_config
 def test_init_from_without_init_dense_is_refused():
     with pytest.raises(Exception, match="adl.init_from is set but adl.init"):
         build(Config, {**TINY_RECIPE, "method": "adaptive_dropout", "adl": {"init_from": "model.pt"}})
+
+
+def magnitude_from(cfg: Config, model_file: str) -> Config:
+    cfg.method, cfg.prune.target_reduction, cfg.prune.dense_from = "magnitude_structured", 0.3, model_file
+    return cfg
+
+
+def save_dense_model(cfg: Config, path, tokenizer_state: dict) -> str:
+    """An (untrained) dense model of the trial's shapes, exported as a trial exports it."""
+    save_model(path, cfg.model, build_model(cfg, char_vocab_size()), dense_widths(cfg.model),
+               {"tokenizer": tokenizer_state})
+    return str(path)
+
+
+def no_runs(tracking_uri: str) -> bool:
+    experiment = mlflow.MlflowClient(tracking_uri).get_experiment_by_name("tiny")
+    return experiment is None or not mlflow.MlflowClient(tracking_uri).search_runs([experiment.experiment_id])
+
+
+def test_a_magnitude_baseline_prunes_the_model_prune_dense_from_names_without_training_dense(tiny_config, tracking_uri,
+                                                                                             tmp_path):
+    path = save_dense_model(tiny_config, tmp_path / "dense.pt", CharTokenizer().state())
+    result = run_trial(magnitude_from(tiny_config, path), tracking_uri, runs_dir=tmp_path)
+    client = mlflow.MlflowClient(tracking_uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])  # the whole store
+    assert [r.data.tags["method"] for r in runs] == ["magnitude_structured"]  # no dense run was trained
+    assert runs[0].info.run_id == result.run_id and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags[TAG_SOURCE_DENSE_RUN] == path
+
+
+def test_a_given_dense_model_of_other_output_units_is_refused_before_the_run(tiny_config, tracking_uri, tmp_path):
+    bpe = {"units": "bpe", "model": torch.tensor([1, 2, 3], dtype=torch.uint8)}  # the trial's units are char
+    path = save_dense_model(tiny_config, tmp_path / "bpe.pt", bpe)
+    with pytest.raises(ValueError, match=r"prune.dense_from .*bpe.pt has other output units: bpe there, char here"):
+        run_trial(magnitude_from(tiny_config, path), tracking_uri, runs_dir=tmp_path)
+    assert no_runs(tracking_uri)
+    other_bpe = {"units": "bpe", "model": torch.tensor([1, 2], dtype=torch.uint8)}
+    with pytest.raises(ValueError, match="BPE models trained on other transcripts or with another bpe_vocab_size"):
+        check_same_units(other_bpe, bpe, "adl.init_from model.pt")
+
+
+def test_a_wrong_prune_dense_from_is_refused_naming_the_knob(tiny_config, tracking_uri, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"prune.dense_from: no file .*missing.pt"):
+        run_trial(magnitude_from(tiny_config, str(tmp_path / "missing.pt")), tracking_uri, runs_dir=tmp_path)
+    assert no_runs(tracking_uri)
+
+
+def test_prune_dense_from_on_a_method_that_prunes_no_dense_model_is_refused():
+    with pytest.raises(Exception, match="prune.dense_from names the dense model a magnitude baseline"):
+        build(Config, {**TINY_RECIPE, "method": "adaptive_dropout", "prune": {"dense_from": "model.pt"}})
 
 
 def test_frame_kl_is_zero_for_the_same_posteriors_and_ignores_padded_frames():

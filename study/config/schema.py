@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from study.config.knobs import knob, section
 from study.config.synthetic import SyntheticConfig
-from study.names import BASELINES, LOCATIONS, METHODS, RETRAIN_PRUNED
+from study.names import BASELINES, LOCATIONS, MAGNITUDE, METHODS, RETRAIN_PRUNED
 
 
 @dataclass
@@ -28,10 +28,22 @@ class FsddConfig:
 
 
 @dataclass
+class ManifestConfig:
+    """`[data.manifest]`: your own corpus, one manifest per split (data.source = "manifest"; docs/your-data.md)."""
+    train: str = knob("", "training split: a NeMo JSON-lines manifest, a Kaldi data directory or a TSV manifest")
+    dev: str = knob("", "dev split, in the same format")
+    test: str = knob("", "test split, in the same format")
+    format: str = knob("auto", "auto: a folder is a Kaldi data directory, *.json / *.jsonl NeMo, *.tsv this harness's",
+                       choices=("auto", "nemo", "kaldi", "tsv"))
+    speaker_disjoint: bool = knob(False, "refuse splits that share a speaker (off: shared speakers are only reported)")
+
+
+@dataclass
 class DataConfig:
     """`[data]`: where the speech comes from."""
-    source: str = knob("synthetic", "the corpus: the built-in synthetic one, LibriSpeech, or FSDD (docs/data.md)",
-                       choices=("synthetic", "librispeech", "fsdd"))
+    source: str = knob("synthetic", "the corpus: the built-in synthetic one, LibriSpeech, FSDD, or your own manifests "
+                                    "(docs/data.md, docs/your-data.md)",
+                       choices=("synthetic", "librispeech", "fsdd", "manifest"))
     root: str = knob("", "data set folder for librispeech and fsdd")
     cache_dir: str = knob("runs/cache", "corpus and feature caches; relative to the working directory")
     train_subsets: list[str] = knob(lambda: ["train-clean-100"], "librispeech: training subsets", factory=True)
@@ -42,6 +54,13 @@ class DataConfig:
     max_train_seconds: float = knob(30.0, "longer training utterances are skipped", min=0.5)
     synthetic: SyntheticConfig = section(SyntheticConfig, "the built-in synthetic corpus")
     fsdd: FsddConfig = section(FsddConfig, "the FSDD splits")
+    manifest: ManifestConfig = section(ManifestConfig, "your own corpus's manifests")
+
+    def validate(self) -> None:
+        if self.source == "manifest":
+            missing = [f"data.manifest.{name}" for name in ("train", "dev", "test") if not getattr(self.manifest, name)]
+            if missing:
+                raise ValueError(f"data.source = \"manifest\" needs a manifest per split: set {', '.join(missing)}")
 
 
 @dataclass
@@ -216,6 +235,9 @@ class PruneConfig:
                                "posteriors, frame by frame, added to the loss (0: no teacher)", min=0.0)
     source_run: str = knob("", "retrain_pruned: the pruned model whose architecture is trained from scratch for "
                                "train.epochs, a run id (its model.pt), runs:/<run_id>/model.pt or a model.pt path")
+    dense_from: str = knob("", "magnitude baselines: the trained dense model to prune, a model.pt this harness exported "
+                               "(a path, runs:/<run_id>/model.pt or a run id); empty: the finished dense run of this "
+                               "recipe, trained first if there is none")
 
     def validate(self) -> None:
         if self.target_params and self.target_reduction:
@@ -251,3 +273,6 @@ class Config:
                              f"(method is {self.method!r}, prune.source_run is {self.prune.source_run!r})")
         if self.method in BASELINES and not (self.prune.target_params or self.prune.target_reduction):
             raise ValueError(f"method {self.method!r} needs a budget: set prune.target_params or prune.target_reduction")
+        if self.prune.dense_from and self.method not in MAGNITUDE:
+            raise ValueError(f"prune.dense_from names the dense model a magnitude baseline ({', '.join(MAGNITUDE)}) "
+                             f"prunes, but method is {self.method!r} (adaptive dropout takes adl.init_from)")

@@ -24,14 +24,22 @@ def resample(wave: torch.Tensor, orig_freq: int, new_freq: int = SAMPLE_RATE) ->
     return _resampler(orig_freq, new_freq)(wave)
 
 
-def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Returns a 1-D float32 waveform in [-1, 1]; raises DataError naming the file when it cannot be read."""
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE,
+               segment: tuple[float, float] | None = None) -> torch.Tensor:
+    """Returns a 1-D float32 waveform in [-1, 1]; `segment`: (start, length) in seconds, else the whole file.
+    Raises DataError naming the file when it cannot be read."""
     try:
-        data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (samples, channels)
+        with soundfile.SoundFile(str(path)) as f:
+            rate, frames = f.samplerate, -1
+            if segment is not None:
+                f.seek(min(round(segment[0] * rate), f.frames))
+                frames = round(segment[1] * rate)
+            data = f.read(frames, dtype="float32", always_2d=True)  # (samples, channels)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError or OSError
         raise DataError(f"{path}: cannot read audio ({exc})") from exc
     if data.shape[0] == 0:
-        raise DataError(f"{path}: audio file holds no samples")
+        where = "" if segment is None else f" from {segment[0]:.2f} s"
+        raise DataError(f"{path}: audio file holds no samples{where}")
     wave = torch.from_numpy(data).mean(dim=1)
     return resample(wave, rate, sample_rate)
 

@@ -86,18 +86,20 @@ class ChainedFeatures(Sequence):
         return [n for part in self.parts for n in part.frames()]
 
 
-def _extract_shard(job: tuple[list[str], float, dict, str, int]) -> list[int]:
-    """Decodes, speed-perturbs and featurises one shard's audio files into `path`; returns each
-    utterance's frames."""
-    paths, speed, feature_cfg, path, threads = job
+AudioSource = tuple[str, "tuple[float, float] | None"]  # a file, and the (start, length) seconds read of it or None
+
+
+def _extract_shard(job: tuple[list[AudioSource], float, dict, str, int]) -> list[int]:
+    """Decodes, speed-perturbs and featurises one shard's audio into `path`; returns each utterance's frames."""
+    sources, speed, feature_cfg, path, threads = job
     torch.set_num_threads(threads)
     logmel = LogMel(FeatureConfig(**feature_cfg))
     # read as if recorded at speed x the rate: 1/speed the duration, speed x the pitch
     resample = torchaudio.transforms.Resample(round(SAMPLE_RATE * speed), SAMPLE_RATE) if speed != 1 else None
     frames = []
     with open(path, "wb") as out, torch.inference_mode():
-        for audio in paths:
-            wave = load_audio(audio)  # (samples,)
+        for audio, segment in sources:
+            wave = load_audio(audio, segment=segment)  # (samples,)
             if resample is not None:
                 wave = resample(wave)
             feats = logmel(wave).to(torch.float16).numpy()  # (frames, n_mels)
@@ -122,21 +124,21 @@ def extraction_pool(workers: int) -> multiprocessing.pool.Pool:
     return multiprocessing.get_context(method).Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL))
 
 
-def build_feature_cache(paths: list[str], feature_cfg: dict, n_mels: int, folder: Path,
+def build_feature_cache(sources: list[AudioSource], feature_cfg: dict, n_mels: int, folder: Path,
                         workers: int | None = None, speed: float = 1.0) -> MappedFeatures:
     """The cache in `folder`, computed first if absent: shards in parallel processes, a progress bar.
-    `speed`: the speed-perturbation factor every file is read at."""
+    `sources`: each utterance's audio; `speed`: the speed-perturbation factor every file is read at."""
     if (folder / "index.json").is_file():
         return MappedFeatures(folder)
     _remove_abandoned(folder)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    starts = list(range(0, len(paths), SHARD_UTTERANCES)) or [0]
+    starts = list(range(0, len(sources), SHARD_UTTERANCES)) or [0]
     names = [f"shard-{k:05d}.f16" for k in range(len(starts))]
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(starts)))
-    jobs = [(paths[s:s + SHARD_UTTERANCES], speed, feature_cfg, str(tmp / n),
+    jobs = [(sources[s:s + SHARD_UTTERANCES], speed, feature_cfg, str(tmp / n),
              1 if workers > 1 else torch.get_num_threads()) for s, n in zip(starts, names)]
-    bar = tqdm(total=len(paths), desc=f"features {folder.name}", unit="utt", disable=None, leave=False)
+    bar = tqdm(total=len(sources), desc=f"features {folder.name}", unit="utt", disable=None, leave=False)
     if workers == 1:
         results = []
         for job in jobs:

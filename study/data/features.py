@@ -15,7 +15,7 @@ import torchaudio
 
 from study.config import FeatureConfig
 from study.data.feature_cache import MappedFeatures, build_feature_cache
-from study.data.manifest import Utterance
+from study.data.manifest import Utterance, segment
 
 FEATURE_FORMAT_VERSION = 2  # 2: sharded, memory-mapped
 
@@ -26,7 +26,8 @@ def _cache_key(utterances: list[Utterance], speed: float, cfg: FeatureConfig) ->
     digest = hashlib.sha256(json.dumps([FEATURE_FORMAT_VERSION, settings]).encode())
     perturbed = "" if speed == 1 else f"\t{speed}"  # unperturbed splits keep their former keys
     for u in utterances:
-        digest.update(f"{u.id}\t{u.path}\t{u.duration}{perturbed}\n".encode())
+        cut = "" if u.offset is None else f"\t@{u.offset}"  # whole-file utterances keep their former keys
+        digest.update(f"{u.id}\t{u.path}\t{u.duration}{cut}{perturbed}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -42,7 +43,8 @@ def compute_features(utterances: list[Utterance], cfg: FeatureConfig, cache_dir:
     """The (frames, n_mels) float16 features of each utterance, in manifest order, read at `speed`,
     from the sharded, memory-mapped cache (study/data/feature_cache.py), computed there first if absent."""
     folder = Path(cache_dir) / _cache_key(utterances, speed, cfg)
-    return build_feature_cache([u.path for u in utterances], asdict(cfg), cfg.n_mels, folder, speed=speed)
+    sources = [(u.path, segment(u, speed)) for u in utterances]
+    return build_feature_cache(sources, asdict(cfg), cfg.n_mels, folder, speed=speed)
 
 
 def mean_std(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,13 @@ class Utterance:
     duration: float  # seconds
     text: str  # normalised transcript (see study.data.text.normalize)
     speaker: str  # speaker or voice name; splits are disjoint in it where the corpus says so
+    offset: float | None = None  # seconds into `path` where the utterance starts; None: the whole file
+
+
+def segment(u: Utterance, speed: float = 1.0) -> tuple[float, float] | None:
+    """(start, length) in seconds of the audio an utterance reads (a copy at `speed` reads its original's);
+    None: the whole file."""
+    return None if u.offset is None else (u.offset, u.duration * speed)
 
 
 def write_manifest(path: Path, utterances: list[Utterance]) -> None:

@@ -20,6 +20,9 @@ def load_splits(cfg: DataConfig) -> dict[str, list[Utterance]]:
             raise DataError("data.root: the LibriSpeech folder must be given for data.source = 'librispeech'")
         splits = {name: load_librispeech(cfg.root, subsets, cfg.cache_dir) for name, subsets in
                   (("train", cfg.train_subsets), ("dev", cfg.dev_subsets), ("test", cfg.test_subsets))}
+    elif cfg.source == "manifest":
+        from study.data.manifest_source import load_manifest_splits
+        splits = load_manifest_splits(cfg.manifest)
     else:
         from study.data.fsdd import load_fsdd
         if not cfg.root:

@@ -1,6 +1,6 @@
 """The trained dense model that magnitude pruning (and adaptive dropout with adl.init = "dense") starts
-from: found in MLflow by its recipe, or named by adl.init_from; and the pruned architecture that
-retrain_pruned trains (prune.source_run).
+from: found in MLflow by its recipe, or named by prune.dense_from (adl.init_from); and the pruned
+architecture that retrain_pruned trains (prune.source_run).
 
 A sweep trains each dense baseline once; every magnitude-pruning trial of the same recipe (data,
 features, model, training and the code that trains it; see `mlflow_runs.recipe_key`) reuses its
@@ -59,13 +59,27 @@ def _model_file(source: str, tracking_uri: str) -> tuple[str, str]:
                                                         tracking_uri=tracking_uri)
 
 
-def load_model_from(source: str, tracking_uri: str) -> tuple[str, ConformerCTC]:
-    """adl.init_from's model: (its run id, or the path; the model)."""
+def load_model_from(source: str, tracking_uri: str, knob: str, tokenizer_state: dict) -> tuple[str, ConformerCTC]:
+    """The dense model a knob (prune.dense_from, adl.init_from) names: (its run id, or the path; the model).
+    A model of other output units than the trial's (`tokenizer_state`) is refused."""
     try:
         name, path = _model_file(source, tracking_uri)
     except FileNotFoundError as exc:
-        raise FileNotFoundError(f"adl.init_from: {exc}") from None
-    return name, load_model(path)[0]
+        raise FileNotFoundError(f"{knob}: {exc}") from None
+    model, saved = load_model(path)
+    check_same_units(saved.get("tokenizer"), tokenizer_state, f"{knob} {source}")
+    return name, model
+
+
+def check_same_units(theirs: dict | None, mine: dict, name: str) -> None:
+    """Output class i must be the same unit in both models, or pruning keeps weights that mean other units
+    (a file without a tokenizer predates BPE: characters)."""
+    theirs = theirs or {"units": "char"}
+    if theirs["units"] != mine["units"]:
+        raise ValueError(f"{name} has other output units: {theirs['units']} there, {mine['units']} here (text.units)")
+    if mine["units"] == "bpe" and not torch.equal(theirs["model"], mine["model"]):
+        raise ValueError(f"{name} has other output units: BPE models trained on other transcripts or with another "
+                         "bpe_vocab_size")
 
 
 def load_architecture(source: str, tracking_uri: str, cfg: ModelConfig, n_mels: int,
