@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -345,7 +345,8 @@ def _evaluate_and_log(ctx: TrialContext, outcome: Outcome) -> dict[str, float]:
         (tmp / "config.toml").write_text(dumps_toml(to_dict(cfg)))
         widths = outcome.widths or dense_widths(cfg.model)
         save_model(tmp / "model.pt", outcome.model_cfg, model.cpu(), widths,
-                   {"feature_mean": ctx.mean, "feature_std": ctx.std, "tokenizer": ctx.tokenizer.state()})
+                   {"feature_mean": ctx.mean, "feature_std": ctx.std, "tokenizer": ctx.tokenizer.state(),
+                    "features": asdict(cfg.features)})  # what `study.transcribe` computes from audio
         examples = [f"REF: {u.text}\nHYP: {h}\n" for u, h in zip(ctx.data["test"].utterances[:50], test_hyps)]
         (tmp / "test_examples.txt").write_text("\n".join(examples))
         errors, words = utterance_word_errors(ctx.data["test"].transcripts, test_hyps)

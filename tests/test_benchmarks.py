@@ -25,11 +25,12 @@ KEYS = {  # script: keys of its JSON line
     "deploy_latency.py": ["latency_ms", "speedup", "flop_reduction_ratio"],
     "sweep_scaling.py": ["wall_ratio_2_over_1", "one_worker_s", "two_workers_s"],
     "outage_drill.py": ["drills"],
+    "transcribe_speed.py": ["transcribe_over_evaluation", "evaluation_s", "transcribe_s"],
 }
 # Minutes even in their quick form: two ONNX exports, three sweeps, a sweep through a PostgreSQL outage
 LONG = {"deploy_latency.py", "sweep_scaling.py", "outage_drill.py"}
 TAKES_AN_EXPERIMENT = {"latency_breakdown.py", "deploy_latency.py", "feature_memory.py", "train_throughput.py",
-                       "gpu_throughput.py"}  # given the tests' tiny recipe on the session's corpus
+                       "gpu_throughput.py", "transcribe_speed.py"}  # given the tests' tiny recipe on the session's corpus
 
 
 def test_every_benchmark_script_has_a_quick_form_checked_here():

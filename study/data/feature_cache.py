@@ -1,7 +1,7 @@
 """The feature cache: log-mel features of one split, sharded and memory-mapped.
 
 Layout of `<cache>/features/<key>/` (key: the manifest and the feature settings):
-    shard-00000.f16 ...   raw float16 (frames, n_mels) rows of SHARD_UTTERANCES utterances each
+    shard-00000.f16 ...   raw float16 (frames, n_mels) rows of up to SHARD_UTTERANCES utterances each
     index.json            per utterance: its shard, first row and frame count; n_mels
 Shards are computed in parallel processes (each decodes its utterances' audio), written under a
 temporary folder that is renamed into place when complete, so a crash never leaves a partial cache
@@ -31,7 +31,8 @@ from study.data.audio import SAMPLE_RATE, load_audio
 from study.data.logmel import LogMel
 from study.runtime import progress
 
-SHARD_UTTERANCES = 2000
+SHARD_UTTERANCES = 2000  # at most, per shard
+PARALLEL_UTTERANCES = 200  # from this many, shards are made small enough to keep every core busy
 
 
 class MappedFeatures(Sequence):
@@ -133,10 +134,13 @@ def build_feature_cache(sources: list[AudioSource], feature_cfg: dict, n_mels: i
     _remove_abandoned(folder)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    starts = list(range(0, len(sources), SHARD_UTTERANCES)) or [0]
+    cores = workers or len(os.sched_getaffinity(0))
+    # a split of a few thousand utterances is cut into one shard per core, so every core decodes audio
+    size = SHARD_UTTERANCES if len(sources) < PARALLEL_UTTERANCES else min(SHARD_UTTERANCES, -(-len(sources) // cores))
+    starts = list(range(0, len(sources), size)) or [0]
     names = [f"shard-{k:05d}.f16" for k in range(len(starts))]
-    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(starts)))
-    jobs = [(sources[s:s + SHARD_UTTERANCES], speed, feature_cfg, str(tmp / n),
+    workers = max(1, min(cores, len(starts)))
+    jobs = [(sources[s:s + size], speed, feature_cfg, str(tmp / n),
              1 if workers > 1 else torch.get_num_threads()) for s, n in zip(starts, names)]
     bar = tqdm(total=len(sources), desc=f"features {folder.name}", unit="utt", disable=None, leave=False)
     if workers == 1:

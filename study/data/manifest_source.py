@@ -34,14 +34,15 @@ def _file_seconds(path: str) -> float | str:
     return info.frames / info.samplerate if info.frames else "audio file holds no samples"
 
 
-def to_utterance(entry: Entry) -> Utterance:
-    """The entry checked against its audio file and its transcript normalised; DataError names the line."""
+def to_utterance(entry: Entry, need_text: bool = True) -> Utterance:
+    """The entry checked against its audio file and its transcript normalised; DataError names the line.
+    `need_text`: a transcript left empty is an error (training), else allowed (transcribing)."""
     seconds = _file_seconds(entry.audio)
     if isinstance(seconds, str):
         raise DataError(f"{entry.where}: {entry.audio}: {seconds}" if os.path.isfile(entry.audio)
                         else f"{entry.where}: {entry.audio}: audio file not found")
     transcript = text.normalize(entry.text)
-    if not transcript:
+    if need_text and not transcript:
         raise DataError(f"{entry.text_where or entry.where}: text: empty after normalisation ({entry.text!r}); the output units "
                         "write a-z, apostrophe and space")
     offset, duration = entry.offset, entry.duration

@@ -44,7 +44,7 @@ def load_dense_model(run_id: str, tracking_uri: str) -> ConformerCTC:
     return model
 
 
-def _model_file(source: str, tracking_uri: str) -> tuple[str, str]:
+def model_file(source: str, tracking_uri: str) -> tuple[str, str]:
     """A model.pt this harness exported, named as a path, runs:/<run_id>/<artifact> or a bare run id (its
     model.pt): (the run id, or the path; the local file)."""
     if Path(source).is_file():
@@ -63,7 +63,7 @@ def load_model_from(source: str, tracking_uri: str, knob: str, tokenizer_state: 
     """The dense model a knob (prune.dense_from, adl.init_from) names: (its run id, or the path; the model).
     A model of other output units than the trial's (`tokenizer_state`) is refused."""
     try:
-        name, path = _model_file(source, tracking_uri)
+        name, path = model_file(source, tracking_uri)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{knob}: {exc}") from None
     model, saved = load_model(path)
@@ -88,7 +88,7 @@ def load_architecture(source: str, tracking_uri: str, cfg: ModelConfig, n_mels: 
     settings other than the widths, its features and output units must be the trial's, or the retrained
     model would differ in more than its widths."""
     try:
-        name, path = _model_file(source, tracking_uri)
+        name, path = model_file(source, tracking_uri)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"prune.source_run: {exc}") from None
     saved = torch.load(path, map_location="cpu", weights_only=True)
