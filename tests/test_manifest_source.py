@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from study.data.features import compute_features
 from study.data.manifest import DataError
 from study.data.manifest_source import load_manifest_splits
 from study.data.splits import load_splits
+from tests.helpers import ROOT, sweep_command
 
 
 @pytest.fixture
@@ -174,3 +176,27 @@ def test_characters_the_units_cannot_write_and_shared_speakers_are_reported(corp
     assert f"the train and dev splits share 1 speaker(s), e.g. ['{corpus['train'][0].speaker}']" in capsys.readouterr().err
     with pytest.raises(DataError, match="data.manifest.speaker_disjoint: the train and dev splits share 1 speaker"):
         load_manifest_splits(ManifestConfig(**{name: str(path) for name, path in paths.items()}, speaker_disjoint=True))
+
+
+def test_audio_broken_after_listing_is_named_when_its_features_are_computed(corpus, tmp_path, monkeypatch):
+    """Listed while readable, then overwritten: the feature cache (built in two processes here) names the
+    file, before any model exists, and leaves no cache that looks complete."""
+    from study.data import feature_cache
+    splits = load_manifest_splits(nemo_config(tmp_path / "corpus", corpus))
+    victim = Path(splits["train"][17].path)
+    victim.write_bytes(b"no longer audio")
+    monkeypatch.setattr(feature_cache, "PARALLEL_UTTERANCES", 10)  # 24 utterances: a shard per process
+    with pytest.raises(DataError, match=rf"{victim}: cannot read audio"):
+        compute_features(splits["train"], FeatureConfig(), tmp_path / "features")
+    assert not list((tmp_path / "features").glob("*/index.json"))
+
+
+def test_the_sweep_exits_2_naming_the_manifest_line_before_any_trial(tmp_path):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"audio_filepath": "gone.wav", "duration": 1.0, "text": "hello"}\n')
+    done = subprocess.run(sweep_command(ROOT / "experiments" / "manifest.toml", f"sqlite:///{tmp_path / 'm.db'}",
+                                        *(f"--set=data.manifest.{split}={bad}" for split in ("train", "dev", "test"))),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert f"{bad}:1: {tmp_path / 'gone.wav'}: audio file not found" in done.stderr
+    assert not (tmp_path / "runs" / "trials").exists()  # no trial started
