@@ -147,6 +147,8 @@ def test_bad_kaldi_directories_and_tsv_files_are_refused_naming_the_line(corpus,
     (kaldi / "text").write_text("".join(f"{u.id} {u.text}\n" for u in utts[:2]))
     with pytest.raises(DataError, match=rf"wav\.scp:3: utterance '{utts[2].id}' has no line in .*text"):
         load_manifest_splits(cfg)
+    with pytest.raises(DataError, match=r"needs a manifest per split: set data\.manifest\.dev, data\.manifest\.test"):
+        load_manifest_splits(ManifestConfig(train=str(kaldi)))
     empty = tmp_path / "corpus" / "empty.tsv"
     empty.write_text("id\tpath\ttext\n")
     with pytest.raises(DataError, match=r"empty\.tsv: the train manifest lists no utterances"):

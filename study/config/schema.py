@@ -56,12 +56,6 @@ class DataConfig:
     fsdd: FsddConfig = section(FsddConfig, "the FSDD splits")
     manifest: ManifestConfig = section(ManifestConfig, "your own corpus's manifests")
 
-    def validate(self) -> None:
-        if self.source == "manifest":
-            missing = [f"data.manifest.{name}" for name in ("train", "dev", "test") if not getattr(self.manifest, name)]
-            if missing:
-                raise ValueError(f"data.source = \"manifest\" needs a manifest per split: set {', '.join(missing)}")
-
 
 @dataclass
 class FeatureConfig:

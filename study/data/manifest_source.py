@@ -58,6 +58,9 @@ def to_utterance(entry: Entry, need_text: bool = True) -> Utterance:
 def load_manifest_splits(cfg: ManifestConfig) -> dict[str, list[Utterance]]:
     """{"train", "dev", "test"} -> utterances in manifest order; reports (stderr) what the units drop and
     which speakers the splits share."""
+    missing = [f"data.manifest.{name}" for name in SPLITS if not getattr(cfg, name)]
+    if missing:
+        raise DataError(f"data.source = \"manifest\" needs a manifest per split: set {', '.join(missing)}")
     splits = {}
     for name in SPLITS:
         path = getattr(cfg, name)

@@ -205,8 +205,13 @@ def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -
         raise ConfigError(f"{path}: sweep.arms: two arms share a name")
     name = (overrides or {}).get("tracking.experiment") or tree.get("tracking", {}).get("experiment") or path.stem  # the MLflow experiment and Optuna study
     experiment = Experiment(path, name, tree, spec, arms, dict(overrides or {}), sources)
-    for point in experiment.points():
-        experiment.config(point)  # every known point must build
+    from study.method.reachable import check_reachable  # model code (torch): not for readers of experiment files alone
+    for point in experiment.points():  # every known point must build, and reach the size it asks for
+        cfg = experiment.config(point)
+        try:
+            check_reachable(cfg)
+        except ValueError as exc:
+            raise ConfigError(f"{path} (arm {point.arm!r}): {exc}") from None
     known_keys = set(flatten(to_dict(Config())))
     for i, arm in enumerate(arms):
         unknown = sorted(set(arm.match_where) - known_keys)
