@@ -3,7 +3,10 @@ against magnitude pruning given the same extra epochs k and the same distillatio
 
 The question is the pruning literature's: with a trained model and k more epochs, which method leaves the
 better model at a given size? So a comparison pairs settings at the same budget (the target asked for),
-the same k (epochs beyond the dense recipe's) and the same teacher weight, never across them.
+the same k (epochs beyond the dense recipe's) and the same teacher weight, never across them. Every
+pruned setting is also read against two dense references: the dense model it started from (the recipe's
+epochs) and, where the sweep trained one, a dense model trained for the same total epochs (dense + k),
+without which a gain over dense cannot be told from the extra training.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ def settings(frame: pd.DataFrame) -> pd.DataFrame:
     first = started.set_index("run_id")
     rows = [first.loc[ids[0]] for ids in groups["run_ids"]]
     groups["k"] = [int(r["epochs_total"] - r["epochs"]) for r in rows]
+    groups["epochs"] = [int(r["epochs"]) for r in rows]
     groups["distill"] = [float(r["distill"]) for r in rows]
     groups["budget"] = groups["adl_target_reduction"].fillna(groups["target_reduction"]).round(4)
     groups["kind"] = groups["method"].mask(groups["method"] == ADAPTIVE_DROPOUT, CONTROLLER)
@@ -79,13 +83,66 @@ def equal_training_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
     return Table(columns, table)
 
 
+def dense_runs(frame: pd.DataFrame, epochs: int) -> list[str]:
+    """The dense runs trained for `epochs` (the recipe's, or the recipe's + k)."""
+    dense = frame[(frame["method"] == "dense") & (frame["epochs"].astype(float) == epochs)]
+    return list(dense["run_id"])
+
+
+def dense_references_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
+    """Every from-dense setting (controller and baselines) against dense at the recipe's epochs and dense
+    trained for the same total epochs (dense + k): test WERs, differences and paired bootstrap probabilities
+    that the pruned model is better."""
+    groups = with_intervals(settings(frame), errors)
+    wer = frame.set_index("run_id")["test_wer"].astype(float)
+    idx = bootstrap.resamples(len(next(iter(errors.values()))[0])) if errors else None
+
+    def against(ids: tuple[str, ...], reference: list[str]) -> tuple[float, float]:
+        """(the reference's seed-mean WER, P(pruned better)); NaN where there is no reference or no errors."""
+        if not reference:
+            return np.nan, np.nan
+        covered = idx is not None and all(r in errors for r in (*ids, *reference))
+        p = bootstrap.probability_better([errors[r] for r in ids], [errors[r] for r in reference], idx) if covered else np.nan
+        return float(wer[reference].mean()), p
+
+    rows = []
+    for _, g in groups.iterrows():
+        dense_wer, p_dense = against(g["run_ids"], dense_runs(frame, g["epochs"]))
+        longer_wer, p_longer = against(g["run_ids"], dense_runs(frame, g["epochs"] + g["k"]))
+        rows.append({"budget": g["budget"], "k": g["k"], "setting": _name(g), "reduction": g["reduction_mean"],
+                     "wer": g["test_wer_mean"], "low": g["test_wer_ci_low"], "high": g["test_wer_ci_high"],
+                     "dense_wer": dense_wer, "over_dense": g["test_wer_mean"] - dense_wer, "p_dense": p_dense,
+                     "longer_wer": longer_wer, "over_longer": g["test_wer_mean"] - longer_wer, "p_longer": p_longer,
+                     "seeds": str(g["n"])})
+    table = pd.DataFrame(rows, columns=["budget", "k", "setting", "reduction", "wer", "low", "high", "dense_wer",
+                                        "over_dense", "p_dense", "longer_wer", "over_longer", "p_longer", "seeds"])
+    table = table.sort_values(["budget", "k", "setting"], kind="stable").reset_index(drop=True)
+    pct = fixed_digits(2, 100)
+    columns = [Column("target_reduction_pct", "Target (%)", "budget", fixed_digits(0, 100)),
+               Column("k", "k (epochs)", "k", fixed_digits(0)), Column("setting", "Setting", "setting", as_text),
+               Column("reduction_pct", "Reduction (%)", "reduction", fixed_digits(1, 100)),
+               Column("test_wer_pct", "Test WER (%)", "wer", pct),
+               Column("ci_low_pct", "CI low", "low", pct), Column("ci_high_pct", "CI high", "high", pct),
+               Column("dense_test_wer_pct", "Dense (%)", "dense_wer", pct),
+               Column("over_dense_pct", "Over dense (points)", "over_dense", pct),
+               Column("p_better_than_dense", "P(better than dense)", "p_dense", fixed_digits(3)),
+               Column("dense_k_test_wer_pct", "Dense + k (%)", "longer_wer", pct),
+               Column("over_dense_k_pct", "Over dense + k (points)", "over_longer", pct),
+               Column("p_better_than_dense_k", "P(better than dense + k)", "p_longer", fixed_digits(3)),
+               Column("seeds", "Seeds", "seeds", as_text)]
+    return Table(columns, table)
+
+
 def extra_epochs_figure(frame: pd.DataFrame, errors: UtteranceErrors | None) -> Figure:
     """Test WER against k, one panel per budget, one line per method and teacher weight (seed means with
     their bootstrap intervals); dense as a dashed line."""
     groups = with_intervals(settings(frame), errors)
     budgets = sorted(groups["budget"].unique())
     fig, axes = new_figure(ncols=len(budgets), width=4.2 * len(budgets) + 2.5, height=4.4)
-    dense = frame.loc[frame["method"] == "dense", "test_wer"]
+    recipe = int(groups["epochs"].min())
+    wer = frame.set_index("run_id")["test_wer"].astype(float)
+    dense = wer[dense_runs(frame, recipe)]
+    longer = sorted((k, wer[ids]) for k in groups["k"].unique() if (ids := dense_runs(frame, recipe + k)))
     lines = groups[["kind", "distill"]].drop_duplicates().sort_values(["kind", "distill"])
     for ax, budget in zip(axes, budgets):
         for n, (kind, distill) in enumerate(lines.itertuples(index=False)):
@@ -102,6 +159,9 @@ def extra_epochs_figure(frame: pd.DataFrame, errors: UtteranceErrors | None) -> 
         if len(dense):
             ax.axhline(100 * dense.mean(), color="black", linestyle=":", linewidth=1.2,
                        label=f"dense ({len(dense)} seed{'s' * (len(dense) != 1)})")
+        if longer:  # the control: dense trained for the same total epochs
+            ax.plot([k for k, _ in longer], [100 * w.mean() for _, w in longer], color="black", marker="s",
+                    linestyle="-", linewidth=1.0, label=f"dense + k ({len(longer[0][1])} seed{'s' * (len(longer[0][1]) != 1)})")
         ax.set_xticks(sorted(groups["k"].unique()))
         ax.set_xlabel("k: epochs after the dense recipe's")
         ax.set_title(f"{budget:.0%} fewer parameters asked")

@@ -30,6 +30,7 @@ TABLES: dict[str, Callable[[Inputs], tables.Table]] = {
     "pareto_runs": lambda inputs: tables.pareto_table(inputs.trials.frame, inputs.errors),
     "comparisons": _comparisons,
     "from_dense_comparisons": lambda inputs: from_dense.equal_training_table(inputs.trials.frame, inputs.errors),
+    "from_dense_references": lambda inputs: from_dense.dense_references_table(inputs.trials.frame, inputs.errors),
     "factors": lambda inputs: factors.factor_table(inputs.trials.frame, inputs.errors),
     "importances": lambda inputs: importance.importance_table(inputs.trials.frame),
     "provenance": lambda inputs: provenance.provenance_table(inputs.runs, inputs.trials.frame["run_id"]),

@@ -136,6 +136,8 @@ class Trainer:
         the noise pool, which `on_epoch_start` resets); `distiller` adds the dense teacher's term to the loss
         (study/method/distillation.py); `distributed` False trains in this process alone even under torchrun (rank 0's fine-tuning)."""
         self.checkpointed, self.epoch_state, self.distiller = checkpointed or {}, epoch_state, distiller
+        if distiller:
+            distiller.watch(model)  # its block outputs, for a block-output term
         self.partial: dict | None = None  # a mid-epoch checkpoint's position, consumed by train_epoch
         self.cfg, self.model, self.device = cfg, model.to(device), device
         self.epochs = epochs if epochs is not None else cfg.train.epochs

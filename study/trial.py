@@ -30,7 +30,7 @@ from study.method.adl_controller import AdlController
 from study.method.attach import adl_decisions, attach_adls
 from study.method.batch_norm import recalibrate_batch_norm
 from study.method.budget import BudgetController
-from study.method.distillation import Distiller
+from study.method.distillation import distiller_for
 from study.method.pruning import prune
 from study.model import BlockWidths, ConformerCTC, dense_widths
 from study.model.io import save_model
@@ -228,7 +228,8 @@ def _trainable(ctx: TrialContext, start: ConformerCTC | None = None,
     budget = (BudgetController(model, cfg.model, cfg.adl.target_reduction, cfg.adl.target_warmup, cfg.adl.target_measure,
                                cfg.adl.anti_windup) if cfg.adl.target_reduction else None)
     adl = AdlController(layers, cfg.adl, budget)
-    teacher = Distiller(start.to(ctx.device), cfg.adl.distill) if start is not None and cfg.adl.distill else None
+    teacher = distiller_for(start.to(ctx.device) if start is not None else None, cfg.adl.distill,
+                            cfg.adl.distill_hidden, cfg.adl.distill_blocks)
     trainer = ctx.trainer(model, "checkpoint.pt", epochs=cfg.adl.pruning_epochs if starts_from_dense(cfg) else None,
                           distiller=teacher,
                           param_groups=adl.param_groups(model, cfg.train.lr, cfg.train.weight_decay),
@@ -258,7 +259,8 @@ def _train(ctx: TrialContext, start: ConformerCTC | None = None, widths: list[Bl
     _log_cost_of_the_cut(ctx, model, adl, recalibrate)
     recalibrate()
     pruned, widths = prune(model.eval(), cfg.model, adl_decisions(model))
-    seconds += ctx.finetune(pruned, cfg.adl.finetune_epochs)
+    # the architecture is fixed from here: fine-tuning trains the model that is deployed, with the teacher
+    seconds += ctx.finetune(pruned, cfg.adl.finetune_epochs, t.trainer.distiller)
     return Outcome(pruned, cfg.model, widths, seconds, adl=adl)
 
 
@@ -306,8 +308,8 @@ def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
     target = _target_params(cfg, ctx.tokenizer.vocab_size)
     mlflow.set_tag(TAG_BUDGET, str(target))
     dense = dense.to(ctx.device).eval()
-    teacher = (Distiller(copy.deepcopy(dense), cfg.prune.distill)  # the dense model, before pruning changes it
-               if cfg.prune.distill and cfg.prune.finetune_epochs else None)
+    teacher = distiller_for(copy.deepcopy(dense) if cfg.prune.finetune_epochs else None,  # before pruning changes it
+                            cfg.prune.distill, cfg.prune.distill_hidden, cfg.prune.distill_blocks)
     if cfg.method == "magnitude_structured":
         plan = baselines.structured_plan(dense, cfg.model, target, cfg.prune.ranking)
         pruned, widths = prune(dense, cfg.model, plan)

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # each starts a Python process that builds models
 
 KEYS = {  # script: keys of its JSON line
     "adl_overhead.py": ["adl_step_time_ratio"],
-    "distillation_cost.py": ["distill_step_time_ratio", "step_ms"],
+    "distillation_cost.py": ["distill_step_time_ratio", "hidden_step_time_ratio", "step_ms"],
     "encoder_speed.py": ["step_time_ratio_vs_torchaudio", "ours_ms"],
     "latency_breakdown.py": ["parts", "total_ms"],
     "feature_memory.py": ["sizes", "features_mb"],

@@ -16,7 +16,7 @@ from study.data.text import vocab_size as char_vocab_size
 from study.data.tokenizer import CharTokenizer
 from study.method.adaptive_dropout import AdlSettings
 from study.method.attach import attach_adls
-from study.method.distillation import Distiller, frame_kl
+from study.method.distillation import Distiller, frame_kl, frame_mse
 from study.model.io import save_model
 from study.model import dense_widths
 from study.names import TAG_SOURCE_DENSE_RUN
@@ -157,7 +157,7 @@ def test_frame_kl_is_zero_for_the_same_posteriors_and_ignores_padded_frames():
     assert torch.equal(frame_kl(padded, teacher, lengths), frame_kl(student, teacher, lengths))
 
 
-def _trained_weights(cfg: Config, folder, distill: float | None) -> dict[str, torch.Tensor]:
+def _trained_weights(cfg: Config, folder, distill: float | None, hidden: float = 0.0) -> dict[str, torch.Tensor]:
     from study.data.features import mean_std
     from study.data.prepared import prepare_data
     from study.data.tokenizer import build_tokenizer
@@ -168,7 +168,7 @@ def _trained_weights(cfg: Config, folder, distill: float | None) -> dict[str, to
     teacher = build_model(cfg, tokenizer.vocab_size)
     model = build_model(cfg, tokenizer.vocab_size)
     trainer = Trainer(cfg, model, train, tokenizer, *mean_std(train.features), folder / "c.pt", torch.device("cpu"),
-                      epochs=1, distiller=None if distill is None else Distiller(teacher, distill))
+                      epochs=1, distiller=None if distill is None else Distiller(teacher, distill, hidden))
     metrics = trainer.train_epoch(0)
     assert ("train/distill" in metrics) == (distill is not None)
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -178,13 +178,73 @@ def test_distillation_with_weight_0_trains_bit_identically_to_none(tiny_config, 
     without = _trained_weights(tiny_config, tmp_path, None)
     weight_0 = _trained_weights(tiny_config, tmp_path, 0.0)
     weight_1 = _trained_weights(tiny_config, tmp_path, 1.0)
+    hidden_1 = _trained_weights(tiny_config, tmp_path, 0.0, hidden=1.0)
+    both = _trained_weights(tiny_config, tmp_path, 1.0, hidden=1.0)
     assert all(torch.equal(without[k], weight_0[k]) for k in without)
-    assert not all(torch.equal(without[k], weight_1[k]) for k in without)  # the term does act
+    for acted in (weight_1, hidden_1):  # each term does act, and differently
+        assert not all(torch.equal(without[k], acted[k]) for k in without)
+    assert not all(torch.equal(weight_1[k], both[k]) for k in without)
 
 
-def test_a_distilled_magnitude_fine_tuning_logs_its_term(tiny_config, tracking_uri, tmp_path):
+def test_frame_mse_ignores_padded_frames():
+    torch.manual_seed(0)
+    teacher, student = torch.randn(2, 7, 4), torch.randn(2, 7, 4)  # (B, T, D) block outputs
+    lengths = torch.tensor([7, 4])
+    assert frame_mse(teacher, teacher, lengths) == 0
+    by_hand = sum((student[b, t] - teacher[b, t]).pow(2).mean() for b in range(2) for t in range(lengths[b]))
+    torch.testing.assert_close(frame_mse(student, teacher, lengths), by_hand / 11)
+    padded = student.clone()
+    padded[1, 4:] = 100.0  # frames past the second utterance's end
+    assert torch.equal(frame_mse(padded, teacher, lengths), frame_mse(student, teacher, lengths))
+
+
+def test_the_block_output_term_matches_the_chosen_blocks_of_the_model_in_training(tiny_config):
+    """Two blocks, the second chosen: the term is the MSE between the two models' outputs of that block;
+    watching another student moves the hooks to it."""
+    tiny_config.model.num_blocks = 2
+    torch.manual_seed(0)
+    teacher, student, other = (build_model(tiny_config, vocab_size=12) for _ in range(3))
+    for model in (teacher, student, other):
+        torch.nn.init.normal_(model.encoder.blocks[1].ffn1.w1.weight)  # the three models differ
+    distiller = Distiller(teacher, 0.0, hidden=2.0, blocks=[1])
+    distiller.watch(student)
+    seen = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        model.encoder.blocks[1].register_forward_hook(lambda m, i, out, name=name: seen.__setitem__(name, out))
+    features, lengths = torch.randn(2, 60, tiny_config.features.n_mels), torch.tensor([60, 41])  # (B, T, F)
+    log_probs, out_lengths = student(features, lengths)
+    loss = distiller.loss(features, lengths, log_probs, out_lengths)
+    torch.testing.assert_close(loss, 2.0 * frame_mse(seen["student"], seen["teacher"], out_lengths))
+    loss.backward()
+    assert student.encoder.blocks[1].ffn1.w1.weight.grad.abs().sum() > 0  # it trains the student
+    distiller.watch(other)
+    assert len(student.encoder.blocks[1]._forward_hooks) == 1  # this test's own: the distiller's is gone
+    other_log_probs, other_lengths = other(features, lengths)
+    assert distiller.loss(features, lengths, other_log_probs, other_lengths) != loss
+
+
+def test_block_distillation_settings_are_checked():
+    with pytest.raises(Exception, match="adl.distill and adl.distill_hidden need a dense teacher"):
+        build(Config, {**TINY_RECIPE, "method": "adaptive_dropout", "adl": {"distill_hidden": 1.0}})
+    with pytest.raises(Exception, match="prune.distill_blocks: block 1 does not exist"):
+        build(Config, {**TINY_RECIPE, "method": "magnitude_structured",
+                       "prune": {"target_reduction": 0.5, "distill_hidden": 1.0, "distill_blocks": [0, 1]}})
+
+
+def test_the_controller_from_dense_then_fine_tunes_the_pruned_model_with_the_teacher(tiny_config, tracking_uri, tmp_path):
+    """adl.pruning_epochs with the gates, then adl.finetune_epochs on the pruned architecture, fixed: the teacher
+    (both terms) stays for the fine-tuning."""
+    cfg = from_dense(tiny_config, **{"adl.distill": 1.0, "adl.distill_hidden": 1.0, "adl.finetune_epochs": 1})
+    result = run_trial(cfg, tracking_uri, runs_dir=tmp_path)
+    metrics = mlflow.MlflowClient(tracking_uri).get_run(result.run_id).data.metrics
+    assert metrics["train/distill"] > 0 and metrics["finetune/train/distill"] > 0
+
+
+@pytest.mark.parametrize("term", ["distill", "distill_hidden"])
+def test_a_distilled_magnitude_fine_tuning_logs_its_term(tiny_config, tracking_uri, tmp_path, term):
     tiny_config.method = "magnitude_structured"
-    tiny_config.prune.target_reduction, tiny_config.prune.finetune_epochs, tiny_config.prune.distill = 0.3, 1, 1.0
+    tiny_config.prune.target_reduction, tiny_config.prune.finetune_epochs = 0.3, 1
+    setattr(tiny_config.prune, term, 1.0)
     run_trial(tiny_config, tracking_uri, runs_dir=tmp_path)
     client = mlflow.MlflowClient(tracking_uri)
     runs = {r.data.tags["method"]: r for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])}

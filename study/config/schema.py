@@ -190,10 +190,14 @@ class AdlConfig:
                                   "stays the dense recipe's, so the sweep's dense run is the start)", min=1)
     distill: float = knob(0.0, "with init = \"dense\": weight of KL(dense || pruned) between the CTC posteriors, frame "
                                "by frame, added to the loss (0: no teacher)", min=0.0)
+    distill_hidden: float = knob(0.0, "with init = \"dense\": weight of the mean squared error between the pruned and "
+                                      "the dense model's block outputs, per frame (layer-wise distillation; 0: none)", min=0.0)
+    distill_blocks: list[int] = knob(list, "blocks (from 0) whose outputs distill_hidden matches; [] = every block",
+                                     min=0, factory=True)
 
     def validate(self) -> None:
-        if self.distill and self.init != "dense":
-            raise ValueError('adl.distill needs a dense teacher: set adl.init = "dense"')
+        if (self.distill or self.distill_hidden) and self.init != "dense":
+            raise ValueError('adl.distill and adl.distill_hidden need a dense teacher: set adl.init = "dense"')
         if self.init_from and self.init != "dense":
             raise ValueError('adl.init_from is set but adl.init is "scratch": set adl.init = "dense" to start from it')
         if self.target_reduction and not self.locations:
@@ -227,6 +231,10 @@ class PruneConfig:
     finetune_epochs: int = knob(0, "magnitude baselines: training epochs after pruning", min=0)
     distill: float = knob(0.0, "magnitude baselines' fine-tuning: weight of KL(dense || pruned) between the CTC "
                                "posteriors, frame by frame, added to the loss (0: no teacher)", min=0.0)
+    distill_hidden: float = knob(0.0, "magnitude baselines' fine-tuning: weight of the mean squared error between the "
+                                      "pruned and the dense model's block outputs, per frame (0: none)", min=0.0)
+    distill_blocks: list[int] = knob(list, "blocks (from 0) whose outputs distill_hidden matches; [] = every block",
+                                     min=0, factory=True)
     source_run: str = knob("", "retrain_pruned: the pruned model whose architecture is trained from scratch for "
                                "train.epochs, a run id (its model.pt), runs:/<run_id>/model.pt or a model.pt path")
     dense_from: str = knob("", "magnitude baselines: the trained dense model to prune, a model.pt this harness exported "
@@ -260,8 +268,14 @@ class Config:
     tracking: TrackingConfig = section(TrackingConfig, "MLflow")
 
     def validate(self) -> None:
-        if self.train.processes > 1 and (self.adl.distill or self.prune.distill):
-            raise ValueError("adl.distill / prune.distill run the teacher in one process: set train.processes = 1")
+        if self.train.processes > 1 and (self.adl.distill or self.prune.distill or self.adl.distill_hidden
+                                         or self.prune.distill_hidden):
+            raise ValueError("adl.distill* / prune.distill* run the teacher in one process: set train.processes = 1")
+        for section in ("adl", "prune"):
+            beyond = [b for b in getattr(self, section).distill_blocks if b >= self.model.num_blocks]
+            if beyond:
+                raise ValueError(f"{section}.distill_blocks: block {beyond[0]} does not exist (model.num_blocks is "
+                                 f"{self.model.num_blocks}; blocks count from 0)")
         if (self.method == RETRAIN_PRUNED) != bool(self.prune.source_run):
             raise ValueError(f"method 'retrain_pruned' reads its architecture from prune.source_run; set both or neither "
                              f"(method is {self.method!r}, prune.source_run is {self.prune.source_run!r})")
