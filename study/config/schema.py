@@ -271,10 +271,10 @@ class Config:
         if self.train.processes > 1 and (self.adl.distill or self.prune.distill or self.adl.distill_hidden
                                          or self.prune.distill_hidden):
             raise ValueError("adl.distill* / prune.distill* run the teacher in one process: set train.processes = 1")
-        for section in ("adl", "prune"):
-            beyond = [b for b in getattr(self, section).distill_blocks if b >= self.model.num_blocks]
+        for table in ("adl", "prune"):
+            beyond = [b for b in getattr(self, table).distill_blocks if b >= self.model.num_blocks]
             if beyond:
-                raise ValueError(f"{section}.distill_blocks: block {beyond[0]} does not exist (model.num_blocks is "
+                raise ValueError(f"{table}.distill_blocks: block {beyond[0]} does not exist (model.num_blocks is "
                                  f"{self.model.num_blocks}; blocks count from 0)")
         if (self.method == RETRAIN_PRUNED) != bool(self.prune.source_run):
             raise ValueError(f"method 'retrain_pruned' reads its architecture from prune.source_run; set both or neither "
