@@ -19,7 +19,7 @@ from analysis.figures import Skipped
 from analysis.plotting import CONTROLLER, method_look, new_figure
 from analysis.runs import seed_groups
 from analysis.tables import Column, Table, UtteranceErrors, fixed_digits, as_text, with_intervals
-from study.names import ADAPTIVE_DROPOUT, MAGNITUDE
+from study.names import ADAPTIVE_DROPOUT, PRUNES_DENSE
 
 
 def settings(frame: pd.DataFrame) -> pd.DataFrame:
@@ -52,7 +52,7 @@ def equal_training_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
     idx = bootstrap.resamples(len(next(iter(errors.values()))[0])) if errors else None
     rows = []
     for _, a in groups[groups["method"] == ADAPTIVE_DROPOUT].iterrows():
-        same = (groups["method"].isin(MAGNITUDE) & (groups["budget"] == a["budget"]) & (groups["k"] == a["k"])
+        same = (groups["method"].isin(PRUNES_DENSE) & (groups["budget"] == a["budget"]) & (groups["k"] == a["k"])
                 & (groups["distill"] == a["distill"]))
         for i, b in groups[same].iterrows():
             p = (bootstrap.probability_better([errors[r] for r in a["run_ids"]], [errors[r] for r in b["run_ids"]], idx)

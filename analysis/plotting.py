@@ -23,6 +23,8 @@ METHOD_LOOK = {  # colour, marker, label
     "retrain_pruned": ("teal", "p", "pruned architecture, retrained"),
     "magnitude_structured": ("tab:orange", "^", "magnitude, structured"),
     "magnitude_unstructured": ("tab:red", "v", "magnitude, unstructured"),
+    "activation_structured": ("goldenrod", "<", "weight x activation, structured"),
+    "taylor_structured": ("sienna", ">", "first-order Taylor, structured"),
     "adaptive_dropout": ("tab:blue", "o", "adaptive dropout, paper's regulariser (α)"),
     CONTROLLER: ("tab:purple", "P", "adaptive dropout, budget controller"),
 }

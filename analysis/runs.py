@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from study.names import (
     LOCATIONS,
-    MAGNITUDE,
+    PRUNES_DENSE,
     REPORT_ORDER,
     RETRAIN_PRUNED,
     TAG_BUDGET,
@@ -303,7 +303,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         "setting": _settings(runs, method).str.cat(_sources(runs, method), sep="").str.strip(", "),
         "epochs": _numeric(_column(runs, "params.train.epochs")).astype("Int64"),
         # pruning a trained model: magnitude pruning always, adaptive dropout with adl.init = "dense"
-        "from_dense": method.isin(MAGNITUDE) | (is_adl & (_column(runs, "params.adl.init") == "dense")),
+        "from_dense": method.isin(PRUNES_DENSE) | (is_adl & (_column(runs, "params.adl.init") == "dense")),
         "grid_point": _column(runs, f"tags.{TAG_GRID_POINT}"),  # a search trial's sampled values (JSON)
         "distill": _numeric(_column(runs, "params.adl.distill")).where(  # the teacher's weight, either method's
             is_adl, _numeric(_column(runs, "params.prune.distill"))).fillna(0.0),

@@ -1,14 +1,18 @@
 """The names both sides share: the trial methods and the adaptive-dropout locations (no torch here, so
 `analysis/` can import it on a machine without torch)."""
 
-METHODS = ("dense", "adaptive_dropout", "magnitude_structured", "magnitude_unstructured", "small_dense", "retrain_pruned")
-BASELINES = METHODS[2:5]  # need a budget: prune.target_params or prune.target_reduction
-MAGNITUDE = ("magnitude_structured", "magnitude_unstructured")  # start from a trained dense run
+METHODS = ("dense", "adaptive_dropout", "magnitude_structured", "magnitude_unstructured", "small_dense", "retrain_pruned",
+           "activation_structured", "taylor_structured")
+# Whole units removed from the trained dense run, ranked by weight norm, weight x activation, or first-order Taylor
+STRUCTURED = ("magnitude_structured", "activation_structured", "taylor_structured")
+PRUNES_DENSE = (*STRUCTURED, "magnitude_unstructured")  # start from a trained dense run
+BASELINES = (*PRUNES_DENSE, "small_dense")  # need a budget: prune.target_params or prune.target_reduction
 LOCATIONS = ("ffn", "mhsa", "conv")  # where adaptive dropout layers sit (docs/methods.md)
 ADAPTIVE_DROPOUT = "adaptive_dropout"
 RETRAIN_PRUNED = "retrain_pruned"  # a pruned run's architecture trained from scratch (prune.source_run)
 # The order of methods in figures and tables: the reference, the baselines, then the method studied.
-REPORT_ORDER = ("dense", "small_dense", RETRAIN_PRUNED, "magnitude_structured", "magnitude_unstructured", ADAPTIVE_DROPOUT)
+REPORT_ORDER = ("dense", "small_dense", RETRAIN_PRUNED, "magnitude_structured", "magnitude_unstructured",
+                "activation_structured", "taylor_structured", ADAPTIVE_DROPOUT)
 assert sorted(REPORT_ORDER) == sorted(METHODS)
 # MLflow tags a trial or a sweep writes (study/) and the analysis reads (analysis/): one spelling for both.
 TAG_ROLE = "sweep.role"  # "trial" or "parent"

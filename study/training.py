@@ -250,13 +250,17 @@ class Trainer:
             feats = normalise(batch.features, batch.feature_lengths, self.mean, self.std)
             yield batch, self.spec_augment(feats) if augment else feats
 
-    def sample_batches(self, max_utterances: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def sample(self, max_utterances: int, seed: int) -> Iterator[tuple[Batch, torch.Tensor]]:
         """A seeded random sample of `max_utterances` training utterances (every one when there are fewer),
-        as evaluation sees them (no SpecAugment): ((B, T, F) features, (B,) lengths). Random, so its lengths
-        follow the corpus's (the first batches in length order would be the shortest utterances only)."""
+        as evaluation sees them (no SpecAugment): (batch, (B, T, F) features). Random, so its lengths follow
+        the corpus's (the first batches in length order would be the shortest utterances only)."""
         count = min(max_utterances, len(self.train_indices))
         sample = sorted(random.Random(seed).sample(self.train_indices, count))
-        for batch, feats in self.device_batches(self._batches(None, sample), augment=False):
+        return self.device_batches(self._batches(None, sample), augment=False)
+
+    def sample_batches(self, max_utterances: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`sample`'s ((B, T, F) features, (B,) lengths)."""
+        for batch, feats in self.sample(max_utterances, seed):
             yield feats, batch.feature_lengths
 
     def train_epoch(self, epoch: int) -> dict[str, float]:

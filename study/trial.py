@@ -24,7 +24,7 @@ from study.data.tokenizer import build_tokenizer
 from study.runtime.distributed import rank_and_world
 from study.evaluation.accounting import device_name, size_metrics
 from study.evaluation.error_rates import utterance_word_errors
-from study.method import baselines
+from study.method import baselines, importance
 from study.method.adaptive_dropout import AdlSettings
 from study.method.adl_controller import AdlController
 from study.method.attach import adl_decisions, attach_adls
@@ -36,8 +36,9 @@ from study.model import BlockWidths, ConformerCTC, dense_widths
 from study.model.io import save_model
 from study.model.size import analytic_params
 from study.names import (
-    MAGNITUDE,
+    PRUNES_DENSE,
     RETRAIN_PRUNED,
+    STRUCTURED,
     TAG_BUDGET,
     TAG_FAILURE_REASON,
     TAG_SOURCE_DENSE_RUN,
@@ -96,7 +97,7 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
     if finished:
         return finished
     rank, world = rank_and_world()
-    if cfg.train.processes > 1 and world == 1 and cfg.method not in MAGNITUDE:  # magnitude trials do not train
+    if cfg.train.processes > 1 and world == 1 and cfg.method not in PRUNES_DENSE:  # magnitude trials do not train
         return _run_distributed(cfg, folder, tracking_uri, runs_dir, tags)
     seed_everything(cfg.train.seed)
     set_threads(max(1, cfg.train.threads // world) if cfg.train.threads else 0)
@@ -121,7 +122,7 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
         return None
     tags = {**(tags or {}), "device": device_name(device)}  # where it trained and where latency was timed
     dense_run = None
-    if cfg.method in MAGNITUDE or starts_from_dense(cfg):
+    if cfg.method in PRUNES_DENSE or starts_from_dense(cfg):
         dense_run = _dense_source(cfg, tracking_uri, runs_dir, tags, tokenizer.state())
         tags[TAG_SOURCE_DENSE_RUN] = dense_run[0]
         given = given_dense_model(cfg)[1]
@@ -136,7 +137,7 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
         if on_run:
             on_run(run.info.run_id)
         try:
-            if cfg.method not in MAGNITUDE:
+            if cfg.method not in PRUNES_DENSE:
                 outcome = _train(ctx, dense_run[1] if dense_run else None, source[1] if source else None)
             else:
                 outcome = _prune_dense_run(ctx, dense_run[1])
@@ -169,7 +170,7 @@ def starts_from_dense(cfg: Config) -> bool:
 
 def given_dense_model(cfg: Config) -> tuple[str, str]:
     """The knob that can name the trained dense model a trial starts from, and the model it names ("": none)."""
-    if cfg.method in MAGNITUDE:
+    if cfg.method in PRUNES_DENSE:
         return "prune.dense_from", cfg.prune.dense_from
     return "adl.init_from", cfg.adl.init_from if starts_from_dense(cfg) else ""
 
@@ -310,8 +311,8 @@ def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
     dense = dense.to(ctx.device).eval()
     teacher = distiller_for(copy.deepcopy(dense) if cfg.prune.finetune_epochs else None,  # before pruning changes it
                             cfg.prune.distill, cfg.prune.distill_hidden, cfg.prune.distill_blocks)
-    if cfg.method == "magnitude_structured":
-        plan = baselines.structured_plan(dense, cfg.model, target, cfg.prune.ranking)
+    if cfg.method in STRUCTURED:
+        plan = baselines.structured_plan(dense, cfg.model, target, cfg.prune.ranking, _unit_scores(ctx, dense))
         pruned, widths = prune(dense, cfg.model, plan)
         return Outcome(pruned, cfg.model, widths, ctx.finetune(pruned, cfg.prune.finetune_epochs, teacher))
     baselines.apply_global_magnitude(dense, target)
@@ -320,11 +321,24 @@ def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
     return Outcome(dense.eval(), cfg.model, None, seconds)
 
 
+def _unit_scores(ctx: TrialContext, dense: ConformerCTC) -> list[dict[str, torch.Tensor]] | None:
+    """The structured baselines' unit ranking from the calibration sample (None: magnitude's weight norms)."""
+    cfg = ctx.cfg
+    if cfg.method == "magnitude_structured":
+        return None
+    trainer = ctx.trainer(dense, "calibration.pt", epochs=1, distributed=False)  # its batches and CTC loss only
+    sample = trainer.sample(cfg.prune.calibration_utterances, seed=cfg.train.seed)
+    if cfg.method == "activation_structured":
+        return importance.activation_scores(dense, ((feats, b.feature_lengths) for b, feats in sample))
+    return importance.taylor_scores(dense, ((feats, b.feature_lengths, b.targets, b.target_lengths) for b, feats in sample),
+                                    trainer.ctc)
+
+
 def epochs_received(cfg: Config) -> int:
     """Epochs of training behind the final model: fine-tuned baselines get more, and tables say so."""
     if cfg.method == "adaptive_dropout":  # from a dense model: its epochs, then the pruning phase
         return cfg.train.epochs + cfg.adl.finetune_epochs + (cfg.adl.pruning_epochs if starts_from_dense(cfg) else 0)
-    if cfg.method in MAGNITUDE:  # the dense source's epochs, then fine-tuning
+    if cfg.method in PRUNES_DENSE:  # the dense source's epochs, then fine-tuning
         return cfg.train.epochs + cfg.prune.finetune_epochs
     return cfg.train.epochs
 

@@ -140,7 +140,7 @@ def test_a_wrong_prune_dense_from_is_refused_naming_the_knob(tiny_config, tracki
 
 
 def test_prune_dense_from_on_a_method_that_prunes_no_dense_model_is_refused():
-    with pytest.raises(Exception, match="prune.dense_from names the dense model a magnitude baseline"):
+    with pytest.raises(Exception, match="prune.dense_from names the dense model a pruning baseline"):
         build(Config, {**TINY_RECIPE, "method": "adaptive_dropout", "prune": {"dense_from": "model.pt"}})
 
 

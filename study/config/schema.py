@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from study.config.knobs import knob, section
 from study.config.synthetic import SyntheticConfig
-from study.names import BASELINES, LOCATIONS, MAGNITUDE, METHODS, RETRAIN_PRUNED
+from study.names import BASELINES, LOCATIONS, PRUNES_DENSE, METHODS, RETRAIN_PRUNED
 
 
 @dataclass
@@ -235,6 +235,8 @@ class PruneConfig:
                                       "pruned and the dense model's block outputs, per frame (0: none)", min=0.0)
     distill_blocks: list[int] = knob(list, "blocks (from 0) whose outputs distill_hidden matches; [] = every block",
                                      min=0, factory=True)
+    calibration_utterances: int = knob(256, "activation_structured and taylor_structured: training utterances whose "
+                                            "activations (or CTC gradients) rank the units", min=1)
     source_run: str = knob("", "retrain_pruned: the pruned model whose architecture is trained from scratch for "
                                "train.epochs, a run id (its model.pt), runs:/<run_id>/model.pt or a model.pt path")
     dense_from: str = knob("", "magnitude baselines: the trained dense model to prune, a model.pt this harness exported "
@@ -281,6 +283,6 @@ class Config:
                              f"(method is {self.method!r}, prune.source_run is {self.prune.source_run!r})")
         if self.method in BASELINES and not (self.prune.target_params or self.prune.target_reduction):
             raise ValueError(f"method {self.method!r} needs a budget: set prune.target_params or prune.target_reduction")
-        if self.prune.dense_from and self.method not in MAGNITUDE:
-            raise ValueError(f"prune.dense_from names the dense model a magnitude baseline ({', '.join(MAGNITUDE)}) "
+        if self.prune.dense_from and self.method not in PRUNES_DENSE:
+            raise ValueError(f"prune.dense_from names the dense model a pruning baseline ({', '.join(PRUNES_DENSE)}) "
                              f"prunes, but method is {self.method!r} (adaptive dropout takes adl.init_from)")

@@ -42,23 +42,31 @@ def resolve_target(target_params: int, target_reduction: float, dense_total: int
 
 
 @torch.no_grad()
-def unit_norms(model: ConformerCTC) -> list[dict[str, torch.Tensor]]:
-    """Per block, per group: the L2 norm of the weights each unit owns, (n,)."""
-    norms = []
+def unit_sums(model: ConformerCTC, value: Callable[[torch.Tensor], torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Per block, per group: the sum of `value(weight)` (elementwise) over the weights each unit owns, (n,)."""
+    sums = []
     for block in model.encoder.blocks:
         attn, conv = block.mhsa, block.conv
         channels = conv.depthwise.in_channels
-        gin = conv.pointwise_in.weight  # (2C, D)
-        squares = {
-            "ffn1": block.ffn1.w1.weight.pow(2).sum(1) + block.ffn1.w2.weight.pow(2).sum(0),
-            "ffn2": block.ffn2.w1.weight.pow(2).sum(1) + block.ffn2.w2.weight.pow(2).sum(0),
-            "query": attn.wq.weight.pow(2).sum(1) + attn.wk.weight.pow(2).sum(1),
-            "value": attn.wv.weight.pow(2).sum(1) + attn.wo.weight.pow(2).sum(0),
-            "conv": (gin[:channels].pow(2).sum(1) + gin[channels:].pow(2).sum(1)
-                     + conv.depthwise.weight.pow(2).flatten(1).sum(1) + conv.pointwise_out.weight.pow(2).sum(0)),
-        }
-        norms.append({g: s.sqrt().cpu() for g, s in squares.items()})
-    return norms
+        gin = value(conv.pointwise_in.weight)  # (2C, D)
+        v = {name: value(layer.weight) for name, layer in (("f1w1", block.ffn1.w1), ("f1w2", block.ffn1.w2),
+                                                           ("f2w1", block.ffn2.w1), ("f2w2", block.ffn2.w2),
+                                                           ("wq", attn.wq), ("wk", attn.wk), ("wv", attn.wv),
+                                                           ("wo", attn.wo), ("out", conv.pointwise_out))}
+        sums.append({
+            "ffn1": v["f1w1"].sum(1) + v["f1w2"].sum(0),
+            "ffn2": v["f2w1"].sum(1) + v["f2w2"].sum(0),
+            "query": v["wq"].sum(1) + v["wk"].sum(1),
+            "value": v["wv"].sum(1) + v["wo"].sum(0),
+            "conv": (gin[:channels].sum(1) + gin[channels:].sum(1) + value(conv.depthwise.weight).flatten(1).sum(1)
+                     + v["out"].sum(0)),
+        })
+    return [{g: s.cpu() for g, s in groups.items()} for groups in sums]
+
+
+def unit_norms(model: ConformerCTC) -> list[dict[str, torch.Tensor]]:
+    """Per block, per group: the L2 norm of the weights each unit owns, (n,)."""
+    return [{g: s.sqrt() for g, s in groups.items()} for groups in unit_sums(model, lambda w: w.pow(2))]
 
 
 def removal_order(norms: list[dict[str, torch.Tensor]], ranking: str) -> list[tuple[int, str, int]]:
@@ -84,10 +92,11 @@ def plan_without(norms: list[dict[str, torch.Tensor]], removed: list[tuple[int, 
     return plan
 
 
-def structured_plan(model: ConformerCTC, cfg: ModelConfig, target: int,
-                    ranking: str = "global") -> list[dict[str, UnitDecision]]:
-    """The fewest lowest-ranked removals that bring the pruned model to at most `target` parameters."""
-    norms = unit_norms(model)
+def structured_plan(model: ConformerCTC, cfg: ModelConfig, target: int, ranking: str = "global",
+                    scores: list[dict[str, torch.Tensor]] | None = None) -> list[dict[str, UnitDecision]]:
+    """The fewest lowest-ranked removals that bring the pruned model to at most `target` parameters; units
+    ranked by `scores` (per block and group, (n,) each), by their weights' norm when None."""
+    norms = scores if scores is not None else unit_norms(model)
     order = removal_order(norms, ranking)
 
     def params_after(k: int) -> int:

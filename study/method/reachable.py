@@ -11,7 +11,7 @@ from study.data import text
 from study.method.baselines import weight_matrices
 from study.model.conformer import ConformerCTC, dense_widths
 from study.model.size import analytic_params, front_end_params
-from study.names import LOCATIONS
+from study.names import LOCATIONS, PRUNES_DENSE
 
 NO_UNITS = {"ffn": {"ffn1": 0, "ffn2": 0}, "mhsa": {"query_dims": [], "value_dims": []}, "conv": {"conv": 0}}
 
@@ -25,7 +25,7 @@ def target_reduction(cfg: Config, dense_total: int) -> float | None:
     by shrinking d_model, which reaches any size)."""
     if cfg.method == "adaptive_dropout":
         return cfg.adl.target_reduction or None
-    if cfg.method in ("magnitude_structured", "magnitude_unstructured") or (
+    if cfg.method in PRUNES_DENSE or (
             cfg.method == "small_dense" and cfg.prune.shrink == "inner"):
         if cfg.prune.target_params:
             return 1 - cfg.prune.target_params / dense_total

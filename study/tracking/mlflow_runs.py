@@ -14,7 +14,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 from study.config import Config, flatten, identity, to_dict
 from study.tracking.provenance import environment_tags
 from study.tracking.store import ensure_experiment
-from study.names import TAG_FAILURE_REASON, TAG_LOCATIONS, TAG_METHOD, TAG_ROLE, TAG_SEED
+from study.names import STRUCTURED, TAG_FAILURE_REASON, TAG_LOCATIONS, TAG_METHOD, TAG_ROLE, TAG_SEED
 
 # The code a trained dense model depends on, beside its configuration: a dense run trained by other
 # model or training code has another recipe key, so magnitude pruning never reuses it silently.
@@ -90,7 +90,10 @@ def run_label(cfg: Config) -> str:
         push = (f"budget{_short(cfg.adl.target_reduction)}" + ("-expected" if cfg.adl.target_measure == "expected" else "")
                 if cfg.adl.target_reduction else f"alpha{_short(cfg.adl.alpha)}")
         if cfg.adl.init == "dense":  # from the trained model: its pruning epochs and teacher weight
-            push += f"-from-dense-k{cfg.adl.pruning_epochs}" + (f"-kd{_short(cfg.adl.distill)}" if cfg.adl.distill else "")
+            push += (f"-from-dense-k{cfg.adl.pruning_epochs}" + (f"-kd{_short(cfg.adl.distill)}" if cfg.adl.distill else "")
+                     + (f"-kdh{_short(cfg.adl.distill_hidden)}" if cfg.adl.distill_hidden else ""))
+        if cfg.adl.finetune_epochs:
+            push += f"-ft{cfg.adl.finetune_epochs}"
         return f"adl-{location_label(cfg)}-tau{_short(cfg.adl.tau)}-{push}-{seed}"
     if cfg.method == "retrain_pruned":  # named by its source run (an id) or model file
         return f"retrain-{Path(cfg.prune.source_run.removeprefix('runs:/').split('/')[0]).stem[:8]}-{seed}"
@@ -99,9 +102,12 @@ def run_label(cfg: Config) -> str:
     finetune = f"-ft{cfg.prune.finetune_epochs}" if cfg.prune.finetune_epochs else ""
     if cfg.prune.distill and cfg.prune.finetune_epochs:
         finetune += f"-kd{_short(cfg.prune.distill)}"
-    if cfg.method == "magnitude_structured" and cfg.prune.ranking != "global":
+    if cfg.prune.distill_hidden and cfg.prune.finetune_epochs:
+        finetune += f"-kdh{_short(cfg.prune.distill_hidden)}"
+    if cfg.method in STRUCTURED and cfg.prune.ranking != "global":
         finetune += f"-{cfg.prune.ranking}"
     prefix = {"dense": "dense", "magnitude_structured": "mag-struct", "magnitude_unstructured": "mag-unstruct",
+              "activation_structured": "act-struct", "taylor_structured": "taylor-struct",
               "small_dense": "small-dense"}[cfg.method]
     return f"{prefix}-{seed}" if cfg.method == "dense" else f"{prefix}-{budget}{finetune}-{seed}"
 
