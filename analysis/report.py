@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
-from analysis import factors, figures, from_dense, importance, provenance, tables
+from analysis import factors, figures, from_dense, importance, provenance, quantized, tables
 from analysis.bundle import Inputs, from_store
 from analysis.plotting import FORMATS, save, style
 from analysis.runs import NoFinishedRuns
@@ -32,6 +32,7 @@ TABLES: dict[str, Callable[[Inputs], tables.Table]] = {
     "from_dense_comparisons": lambda inputs: from_dense.equal_training_table(inputs.trials.frame, inputs.errors),
     "from_dense_references": lambda inputs: from_dense.dense_references_table(inputs.trials.frame, inputs.errors),
     "factors": lambda inputs: factors.factor_table(inputs.trials.frame, inputs.errors),
+    "int8": lambda inputs: quantized.int8_table(inputs.trials.frame),
     "importances": lambda inputs: importance.importance_table(inputs.trials.frame),
     "provenance": lambda inputs: provenance.provenance_table(inputs.runs, inputs.trials.frame["run_id"]),
 }
@@ -87,6 +88,7 @@ def write_outputs(inputs: Inputs, out_dir: Path = Path("figures")) -> list[Path]
         "retention_histograms": lambda: figures.retention_histograms(frame, retention),
         "kept_fraction": lambda: figures.kept_fraction(frame, history),
         "from_dense_extra_epochs": lambda: from_dense.extra_epochs_figure(frame, errors),
+        "int8": lambda: quantized.int8_figure(frame),
     }
     written = []
     for name, draw in drawings.items():

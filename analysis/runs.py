@@ -45,6 +45,8 @@ METRICS = {
     "params/reduction": "reduction", "flops/encoder_10s": "flops", "flops/dense_encoder_10s": "dense_flops",
     "latency/ms_b1_10s": "latency_ms", "latency/dense_ms_b1_10s": "dense_latency_ms", "time/train_s": "train_s",
     "train/epochs_total": "epochs_total", "adl/polarised/all": "polarised", "adl/dev_wer_uncut": "dev_wer_uncut",
+    "onnx/test_wer": "onnx_wer", "onnx/latency_ms_b1_10s": "onnx_latency_ms",  # python -m study.quantize
+    "int8/test_wer": "int8_wer", "int8/latency_ms_b1_10s": "int8_latency_ms",
     **{f"params/kept/{loc}": f"kept_params_{loc}" for loc in LOCATIONS},
     **{f"units/kept/{loc}": f"kept_units_{loc}" for loc in LOCATIONS},
 }
