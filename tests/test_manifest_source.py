@@ -181,13 +181,13 @@ def test_characters_the_units_cannot_write_and_shared_speakers_are_reported(corp
 
 
 def test_audio_broken_after_listing_is_named_when_its_features_are_computed(corpus, tmp_path, monkeypatch):
-    """Listed while readable, then overwritten: the feature cache (built in two processes here) names the
-    file, before any model exists, and leaves no cache that looks complete."""
+    """Listed while readable, then overwritten: the feature cache (in shards here) names the file, before
+    any model exists, and leaves no cache that looks complete."""
     from study.data import feature_cache
     splits = load_manifest_splits(nemo_config(tmp_path / "corpus", corpus))
     victim = Path(splits["train"][17].path)
     victim.write_bytes(b"no longer audio")
-    monkeypatch.setattr(feature_cache, "PARALLEL_UTTERANCES", 10)  # 24 utterances: a shard per process
+    monkeypatch.setattr(feature_cache, "SHARD_UTTERANCES", 10)  # 24 utterances: 3 shards
     with pytest.raises(DataError, match=rf"{victim}: cannot read audio"):
         compute_features(splits["train"], FeatureConfig(), tmp_path / "features")
     assert not list((tmp_path / "features").glob("*/index.json"))

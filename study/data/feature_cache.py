@@ -1,7 +1,7 @@
 """The feature cache: log-mel features of one split, sharded and memory-mapped.
 
 Layout of `<cache>/features/<key>/` (key: the manifest and the feature settings):
-    shard-00000.f16 ...   raw float16 (frames, n_mels) rows of up to SHARD_UTTERANCES utterances each
+    shard-00000.f16 ...   raw float16 (frames, n_mels) rows of SHARD_UTTERANCES utterances each
     index.json            per utterance: its shard, first row and frame count; n_mels
 Shards are computed in parallel processes (each decodes its utterances' audio), written under a
 temporary folder that is renamed into place when complete, so a crash never leaves a partial cache
@@ -31,8 +31,12 @@ from study.data.audio import SAMPLE_RATE, load_audio
 from study.data.logmel import LogMel
 from study.runtime import progress
 
-SHARD_UTTERANCES = 2000  # at most, per shard
-PARALLEL_UTTERANCES = 200  # from this many, shards are made small enough to keep every core busy
+SHARD_UTTERANCES = 2000
+# Speed perturbation's resampling gives values that depend on the thread count (a float16 step in a few
+# hundred values per 200 utterances, enough to send a training run elsewhere): every shard is computed
+# with this many threads, whatever the machine, the caller or the number of shards, so a cache's contents
+# depend on its inputs alone. 2: the count the published caches were built with (on 2 cores).
+FEATURE_THREADS = 2
 
 
 class MappedFeatures(Sequence):
@@ -90,10 +94,17 @@ class ChainedFeatures(Sequence):
 AudioSource = tuple[str, "tuple[float, float] | None"]  # a file, and the (start, length) seconds read of it or None
 
 
-def _extract_shard(job: tuple[list[AudioSource], float, dict, str, int]) -> list[int]:
+def _extract_shard(job: tuple[list[AudioSource], float, dict, str]) -> list[int]:
     """Decodes, speed-perturbs and featurises one shard's audio into `path`; returns each utterance's frames."""
-    sources, speed, feature_cfg, path, threads = job
-    torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(FEATURE_THREADS)
+    try:
+        return _featurise(*job)
+    finally:
+        torch.set_num_threads(threads)  # the caller's, when a shard is computed in its process
+
+
+def _featurise(sources: list[AudioSource], speed: float, feature_cfg: dict, path: str) -> list[int]:
     logmel = LogMel(FeatureConfig(**feature_cfg))
     # read as if recorded at speed x the rate: 1/speed the duration, speed x the pitch
     resample = torchaudio.transforms.Resample(round(SAMPLE_RATE * speed), SAMPLE_RATE) if speed != 1 else None
@@ -118,11 +129,16 @@ def _remove_abandoned(folder: Path) -> None:
 
 
 def extraction_pool(workers: int) -> multiprocessing.pool.Pool:
-    # fork (as torch's DataLoader on Linux): children need no import of the caller's main module.
+    # forkserver: children forked from a fresh server that imported this module and ran no torch op, so
+    # they can set their own thread count (a child forked from a caller whose OpenMP threads had run hangs
+    # in set_num_threads), and need no import of the caller's main module.
     # The pool ends its children with SIGTERM: they must die of it, not run the handler they inherit
     # (sweep.py's raises KeyboardInterrupt, which printed a child's traceback at the end of extraction).
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return multiprocessing.get_context(method).Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL))
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload([__name__])
+    return context.Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL))
 
 
 def build_feature_cache(sources: list[AudioSource], feature_cfg: dict, n_mels: int, folder: Path,
@@ -134,14 +150,11 @@ def build_feature_cache(sources: list[AudioSource], feature_cfg: dict, n_mels: i
     _remove_abandoned(folder)
     tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
-    cores = workers or len(os.sched_getaffinity(0))
-    # a split of a few thousand utterances is cut into one shard per core, so every core decodes audio
-    size = SHARD_UTTERANCES if len(sources) < PARALLEL_UTTERANCES else min(SHARD_UTTERANCES, -(-len(sources) // cores))
-    starts = list(range(0, len(sources), size)) or [0]
+    starts = list(range(0, len(sources), SHARD_UTTERANCES)) or [0]
     names = [f"shard-{k:05d}.f16" for k in range(len(starts))]
-    workers = max(1, min(cores, len(starts)))
-    jobs = [(sources[s:s + size], speed, feature_cfg, str(tmp / n),
-             1 if workers > 1 else torch.get_num_threads()) for s, n in zip(starts, names)]
+    processes = workers or max(1, len(os.sched_getaffinity(0)) // FEATURE_THREADS)  # FEATURE_THREADS threads each
+    workers = max(1, min(processes, len(starts)))
+    jobs = [(sources[s:s + SHARD_UTTERANCES], speed, feature_cfg, str(tmp / n)) for s, n in zip(starts, names)]
     bar = tqdm(total=len(sources), desc=f"features {folder.name}", unit="utt", disable=None, leave=False)
     if workers == 1:
         results = []
