@@ -97,7 +97,7 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
     if finished:
         return finished
     rank, world = rank_and_world()
-    if cfg.train.processes > 1 and world == 1 and cfg.method not in PRUNES_DENSE:  # magnitude trials do not train
+    if cfg.train.processes > 1 and world == 1 and cfg.method not in PRUNES_DENSE:  # trials that prune a dense run do not train
         return _run_distributed(cfg, folder, tracking_uri, runs_dir, tags)
     seed_everything(cfg.train.seed)
     set_threads(max(1, cfg.train.threads // world) if cfg.train.threads else 0)
@@ -126,7 +126,7 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
         dense_run = _dense_source(cfg, tracking_uri, runs_dir, tags, tokenizer.state())
         tags[TAG_SOURCE_DENSE_RUN] = dense_run[0]
         given = given_dense_model(cfg)[1]
-        # a model of other widths is refused before the run starts (a magnitude trial's own recipe run fits)
+        # a model of other widths is refused before the run starts (a pruning trial's own recipe run fits)
         if given or starts_from_dense(cfg):
             check_same_shapes(dense_run[1], build_model(cfg, tokenizer.vocab_size), given or dense_run[0])
     if source:
