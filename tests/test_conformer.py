@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from study.config import ModelConfig
-from study.model import ConformerCTC, dense_widths, output_lengths
+from study.model import BlockWidths, ConformerCTC, dense_widths, output_lengths
 from study.model.io import save_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,3 +192,24 @@ def test_every_shipped_experiments_model_runs_forward_with_its_shapes(name):
     assert log_probs.shape == (2, int(expected[0]), 129)  # (B, T, V)
     assert out_lengths.tolist() == expected.tolist()
     assert torch.isfinite(log_probs[1, : int(expected[1])]).all()
+
+
+def test_evaluation_after_training_uses_the_trained_attention_weights():
+    """A model with unequal heads keeps padded copies of its projections for inference; the fused AdamW the
+    trainer uses does not bump the weights' version counters, so the copies must be dropped by training."""
+    cfg = ModelConfig(d_model=32, num_heads=2, ffn_dim=64, conv_channels=32, conv_kernel=5, num_blocks=1,
+                      subsampling=4, front_end="conv2d", subsampling_channels=8)
+    widths = [BlockWidths(64, 64, [16, 8], [16, 4], 32)]  # unequal heads: the padded inference path
+    torch.manual_seed(0)
+    model = ConformerCTC(cfg, 80, 12, widths)
+    feats, lengths = torch.randn(2, 60, 80), torch.tensor([60, 45])  # (B, T, F)
+    with torch.inference_mode():
+        model.eval()(feats, lengths)  # builds the padded copies
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    model.train()
+    model(feats, lengths)[0].mean().backward()
+    optimizer.step()
+    fresh = ConformerCTC(cfg, 80, 12, widths)
+    fresh.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(model.eval()(feats, lengths)[0], fresh.eval()(feats, lengths)[0])

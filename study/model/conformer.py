@@ -265,6 +265,14 @@ class SelfAttention(nn.Module):
             self._padded_key = key
         return self._padded_cache
 
+    def train(self, mode: bool = True) -> "SelfAttention":
+        # Training changes the weights, and the fused AdamW the trainer uses updates them without bumping
+        # their version counters: the padded copies are dropped here, or evaluation after fine-tuning ran
+        # on the projections of the first evaluation (a fine-tuned pruned model's logged WER was not the
+        # saved model's).
+        self._padded_key = None
+        return super().train(mode)
+
     def _padded_inference(self) -> bool:
         return (not self.uniform and not self.training and not torch.is_grad_enabled()
                 and isinstance(self.query_gate, nn.Identity) and isinstance(self.value_gate, nn.Identity)
