@@ -45,7 +45,7 @@ def test_a_sweep_with_its_analysis_writes_figures_and_tables_of_its_runs(real_sw
         assert (figures / name).stat().st_size > 0, name
     children, _ = child_runs(uri, "smoke")
     finished = {r.info.run_id: r for r in children if r.info.status == "FINISHED"}
-    assert len(finished) == 8
+    assert len(finished) == 10
     with open(figures / "pareto_runs.csv") as table:
         rows = list(csv.DictReader(table))
     assert rows and {row["run_id"] for row in rows} <= set(finished)
@@ -132,7 +132,7 @@ def test_every_table_and_figure_carries_the_provenance_of_its_runs(real_sweep):
     tags, commit = children[0].data.tags, children[0].data.params["code_version"]
     figures = folder / "figures" / "smoke"
     card = (figures / "pareto_runs.md").read_text().strip().splitlines()[-1]
-    assert card.startswith("Provenance: 8 runs made ") and f"commit {commit};" in card
+    assert card.startswith("Provenance: 10 runs made ") and f"commit {commit};" in card
     for recorded in (tags["env.code_hash"], tags["env.cpu"], f"{tags['env.cores']} cores", "1 thread(s)",
                      f"torch {tags['env.torch']}", f"mlflow {tags['env.mlflow']}"):
         assert recorded in card, recorded
@@ -154,7 +154,7 @@ def test_a_table_published_from_a_bundle_is_checked_against_it(real_sweep, tmp_p
     assert doc_tables([str(page)]) == 0 and stale_blocks(page) == []  # filled
     text = page.read_text()
     assert text.startswith("Before.\n\n") and text.endswith("<!-- end of table -->\n\nAfter.\n")
-    assert "| Method |" in text and "Provenance: 8 runs made " in text
+    assert "| Method |" in text and "Provenance: 10 runs made " in text
     dense_row = next(line for line in text.splitlines() if line.startswith("| dense |"))
     page.write_text(text.replace(dense_row, dense_row.replace("100.00", "99.00", 1)))  # a figure edited by hand
     assert stale_blocks(page) == [f"{page}: {bundle} pareto_runs"] and doc_tables(["--check", str(page)]) == 1
