@@ -260,6 +260,36 @@ workers = 2
     assert importance["adl.alpha"] > importance["adl.tau"]  # the penalty weight sets the size (0.91 measured)
 
 
+MAGNITUDE_POINT = """
+[[sweep.arms]]
+name = "magnitude"
+set = { method = "magnitude_unstructured", "prune.target_reduction" = 0.5 }
+"""
+
+
+def test_a_dense_run_trained_first_as_another_trials_source_is_the_dense_points_run(tmp_path, corpus_cache,
+                                                                                    monkeypatch, capsys):
+    """A pruning trial that finds no finished dense run trains it (a run tagged with its parent alone); the
+    dense point, reached later, takes that run from its folder. It must then carry the point's study and
+    key, or the launch's check counts no finished run for the dense point and fails the launch (seen with
+    two workers, when the pruning trial reached the dense model first)."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = write_experiment(tmp_path, corpus_cache, MAGNITUDE_POINT)
+    assert sweep.main([str(exp), "--tracking-uri", uri, "--no-analysis"]) == 0  # trains the dense source first
+    write_experiment(tmp_path, corpus_cache, '[[sweep.arms]]\nname = "dense"\nset = { method = "dense" }\n'
+                     + MAGNITUDE_POINT)
+    assert sweep.main([str(exp), "--tracking-uri", uri, "--no-analysis"]) == 0, capsys.readouterr().err
+    children, _ = child_runs(uri)
+    (dense,) = [r for r in children if r.data.tags["method"] == "dense"]  # trained once, for both
+    (pruned,) = [r for r in children if r.data.tags["method"] == "magnitude_unstructured"]
+    assert pruned.data.tags["source_dense_run_id"] == dense.info.run_id
+    (dense_trial,) = [t for t in trials("tiny_sweep", sweep_storage("journal", tmp_path, None))
+                      if t.user_attrs.get("method") == "dense"]
+    assert dense.data.tags["optuna.study_name"] == "tiny_sweep" and dense.data.tags["grid_point"] == point_of(dense_trial)
+    assert dense.data.tags["optuna.trial_number"] == str(dense_trial.number)
+
+
 @pytest.mark.slow
 def test_matched_arm_prunes_the_swept_dense_model_to_each_adaptive_runs_size(tmp_path, corpus_cache, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -103,12 +103,18 @@ def test_a_requeued_job_and_a_job_near_its_time_limit_resume_the_trial_in_its_ru
     assert "#SBATCH --signal=USR2@40" in script and "#SBATCH --time=30" in script and "#SBATCH --requeue" in script
     client = mlflow.MlflowClient(uri)
     signalled: list[int] = []  # epochs trained when each signal was sent
+    logs = tmp_path / "runs" / "slurm" / "tiny_sweep"
 
     def signal_while_training() -> None:
         children, _ = child_runs(uri)
         trained = len(client.get_metric_history(children[0].info.run_id, "train/loss")) if children else 0
         running = any(j[0] == job and j[1] == "RUNNING" for j in _queue())
-        if running and trained and len(signalled) < 2 and trained > max(signalled, default=0):  # training again
+        # A run of the job prints "worker of" once its handlers are in place; a signal before that meets
+        # Python's default action and kills the job (a requeued job's first epoch may be counted already:
+        # the run before it can log one more epoch after the requeue's SIGTERM)
+        started = sum(p.read_text().count(": worker of ") for p in logs.rglob("*.out"))
+        training_again = started == len(signalled) + 1 and trained > max(signalled, default=0)
+        if running and trained and len(signalled) < 2 and training_again:
             # Only while RUNNING: the trial logs one more epoch after a requeue's SIGTERM, and scancel sent to the
             # requeued (pending) job retries "can not be altered now" for minutes before it gives up
             command = ["scontrol", "requeue", job] if not signalled else ["scancel", "--signal=USR2", job]

@@ -172,7 +172,7 @@ class Worker:
                     if isinstance(exc, KeyboardInterrupt):
                         raise
                     raise KeyboardInterrupt(f"stopping: {type(exc).__name__}: {exc}") from exc
-            self.claim_run(trial, result.run_id)
+            self.claim_run(trial, result.run_id, tags)
             for name in REPORTED:
                 trial.set_user_attr(name, result.metrics[name])
             return result.metrics["dev/wer"], result.metrics["params/total"]
@@ -195,11 +195,14 @@ class Worker:
             trial.set_user_attr(name, run.data.metrics[name])
         return run.data.metrics["dev/wer"], run.data.metrics["params/total"]
 
-    def claim_run(self, trial: optuna.Trial, run_id: str) -> None:
+    def claim_run(self, trial: optuna.Trial, run_id: str, tags: dict[str, str] | None = None) -> None:
         """Trial and run name each other, also when the run was finished by an earlier attempt whose tell was
-        lost (its DONE folder, or its FINISHED run, completes this trial)."""
+        lost (its DONE folder, or its FINISHED run, completes this trial) or by another trial that needed it
+        as its dense source (a run tagged with its parent alone): `tags` give it this trial's study and point."""
         trial.set_user_attr("mlflow_run_id", run_id)
-        mlflow.MlflowClient(self.settings.tracking_uri).set_tag(run_id, "optuna.trial_number", str(trial.number))
+        client = mlflow.MlflowClient(self.settings.tracking_uri)
+        for name, value in {**(tags or {}), "optuna.trial_number": str(trial.number)}.items():
+            client.set_tag(run_id, name, value)
 
     def supersede_earlier_attempt(self, study: optuna.Study, trial: optuna.Trial, key: str, folder: Path) -> None:
         """A point whose earlier attempt was lost resumes from that attempt's checkpoint when its trial folder
