@@ -104,8 +104,20 @@ def children_of(pid: int) -> list[int]:
 
 
 def worker_pids(driver: subprocess.Popen) -> list[int]:
-    """The driver's worker processes."""
-    return [pid for pid in children_of(driver.pid) if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    """The driver's worker processes: children of its forkserver, named sweep-worker (or, without a
+    forkserver, its `python -m study.sweep.worker` children)."""
+    found, parents = [], [driver.pid]
+    while parents:
+        for pid in children_of(parents.pop()):
+            parents.append(pid)
+            try:
+                named = Path(f"/proc/{pid}/comm").read_text().strip() == "sweep-worker"
+                named = named or b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:  # gone meanwhile
+                continue
+            if named:
+                found.append(pid)
+    return found
 
 
 def sweep_storage(kind: str, tmp_path: Path, request) -> object:

@@ -24,9 +24,9 @@ from tests.helpers import (
     ROOT,
     check_grid_ran_once,
     child_runs,
-    children_of,
     sweep_storage,
     trials,
+    worker_pids,
     write_experiment,
 )
 
@@ -121,8 +121,7 @@ def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path, sig: int 
     while not list((tmp_path / "runs/trials").glob("*/*/checkpoint.pt")):  # a trial is mid-way
         assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint" + (proc.stdout.read() if proc.poll() is not None else "")
         time.sleep(0.2)
-    workers = [pid for pid in children_of(proc.pid)
-               if b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    workers = worker_pids(proc)
     assert len(workers) == 1
     os.kill(workers[0], sig)  # SIGKILL: out of memory, a preempted node: the worker alone vanishes
 
@@ -372,9 +371,15 @@ def test_a_worker_takes_no_trial_before_its_launch_and_leaves_when_its_driver_is
     assert not waiter.is_alive()
 
     orphan = Worker(WorkerSettings(**{**settings.__dict__, "launch": "a-launch-never-marked"}))
-    orphan.driver_pid = -1  # as if the driver had exited and this process had been adopted
+    orphan.parent_pid = -1  # as if the driver had exited and this process had been adopted
     with pytest.raises(SystemExit, match="exited before its launch began"):
         orphan.wait_for_launch("tiny_sweep")
+    # a worker forked from the driver's forkserver: its parent, the server, still there, the driver gone
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    forked = Worker(WorkerSettings(**{**settings.__dict__, "launch": "a-launch-never-marked",
+                                      "driver_pid": int(gone.stdout)}))
+    with pytest.raises(SystemExit, match="exited before its launch began"):
+        forked.wait_for_launch("tiny_sweep")
 
 
 def test_a_torn_last_journal_record_is_cut_off_with_a_message_and_the_study_goes_on(tmp_path, capsys):

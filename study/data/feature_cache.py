@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
 import multiprocessing.pool
 import os
 import shutil
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from study.config import FeatureConfig
 from study.data.audio import SAMPLE_RATE, load_audio
 from study.data.logmel import LogMel
-from study.runtime import progress
+from study.runtime import forkserver, progress
 
 SHARD_UTTERANCES = 2000
 # Speed perturbation's resampling gives values that depend on the thread count (a float16 step in a few
@@ -129,16 +128,11 @@ def _remove_abandoned(folder: Path) -> None:
 
 
 def extraction_pool(workers: int) -> multiprocessing.pool.Pool:
-    # forkserver: children forked from a fresh server that imported this module and ran no torch op, so
-    # they can set their own thread count (a child forked from a caller whose OpenMP threads had run hangs
-    # in set_num_threads), and need no import of the caller's main module.
+    # Children forked from the forkserver (study/runtime/forkserver.py): they can set their own thread
+    # count, and need no import of the caller's main module.
     # The pool ends its children with SIGTERM: they must die of it, not run the handler they inherit
     # (sweep.py's raises KeyboardInterrupt, which printed a child's traceback at the end of extraction).
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    if method == "forkserver":
-        context.set_forkserver_preload([__name__])
-    return context.Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL))
+    return forkserver.context().Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL))
 
 
 def build_feature_cache(sources: list[AudioSource], feature_cfg: dict, n_mels: int, folder: Path,

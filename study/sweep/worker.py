@@ -122,6 +122,7 @@ def grid_sampler(points: list[Point]) -> optuna.samplers.GridSampler:
 class Worker:
     def __init__(self, settings: WorkerSettings):
         self.driver_pid = settings.driver_pid or os.getppid()  # a driver gone before this line is noticed
+        self.parent_pid = os.getppid()  # the driver, or the forkserver it started (which ends with it)
         self.settings = settings
         self.runs_dir = Path(settings.runs_dir)
         self.experiment: Experiment = load_experiment(settings.experiment, settings.overrides)
@@ -272,7 +273,15 @@ class Worker:
     def driver_alive(self) -> bool:
         """An orphaned worker (its driver killed) has nobody to report to: it takes no more work. A cluster
         job never had one: it works until the sweep is done."""
-        return self.settings.cluster_job or os.getppid() == self.driver_pid
+        if self.settings.cluster_job:
+            return True
+        if self.driver_pid <= 0 or os.getppid() != self.parent_pid:  # orphaned: its parent is gone, so is the driver
+            return False
+        try:
+            os.kill(self.driver_pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
     def wait_for_launch(self, study_name: str) -> bool:
         """The driver starts its workers before its MLflow set-up and marks the study when that is done.

@@ -1,4 +1,6 @@
-"""Workers as processes on this machine, each with its log and progress file under runs/logs/."""
+"""Workers as processes on this machine, each with its log and progress file under runs/logs/: forked from
+a server that imported torch and MLflow once (study/runtime/forkserver.py), or `python -m study.sweep.worker`
+where there is no forkserver."""
 from __future__ import annotations
 
 import os
@@ -8,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from study.runtime import progress
+from study.runtime import forkserver, progress
 from study.sweep.experiment_file import Experiment
 from study.sweep.worker import WorkerSettings, settings_json
 
@@ -44,9 +46,13 @@ class LocalLauncher:
         name = f"worker-{os.getpid()}-{self.seats_started}"
         self.seats_started += 1
         progress_file = self.log_dir / f"{name}.progress"
-        with open(self.log_dir / f"{name}.log", "a") as log:
-            proc = WorkerProcess([sys.executable, "-m", "study.sweep.worker", settings_json(settings)], stdout=log,
-                                    stderr=subprocess.STDOUT, env={**worker_env(), progress.ENV: str(progress_file)})
+        log, env = self.log_dir / f"{name}.log", {**worker_env(), progress.ENV: str(progress_file)}
+        if forkserver.available():
+            proc = forkserver.ForkedProcess("study.sweep.worker", [settings_json(settings)], log, env, "sweep-worker")
+        else:
+            with open(log, "a") as out:
+                proc = WorkerProcess([sys.executable, "-m", "study.sweep.worker", settings_json(settings)],
+                                     stdout=out, stderr=subprocess.STDOUT, env=env)
         proc.progress = progress.Watch(progress_file)  # the watchdog's clock starts now
         return proc
 

@@ -1,0 +1,102 @@
+"""Child processes forked from a server that has imported torch, torchaudio, MLflow and Optuna once.
+
+Importing them takes 3-5 s of a 2-core machine; a sweep worker, a feature-extraction process and each
+replacement of a lost worker would pay it again. multiprocessing's forkserver imports them once, in a
+fresh process that has run no torch op (a child forked after its parent's OpenMP threads ran hangs when
+it sets its own thread count), and forks every child from it.
+
+One server serves a whole process, whoever starts it first, so its preload list is this one, for every
+caller: third-party packages only. The project's own modules are imported in each child, after the
+child has its environment: some read it at import (study.sweep.timing), and the server's environment is
+that of the moment it started.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import multiprocessing
+import multiprocessing.context
+import os
+import signal
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+PRELOAD = ["torch", "torchaudio", "mlflow", "optuna"]
+
+
+def available() -> bool:
+    return "forkserver" in multiprocessing.get_all_start_methods()
+
+
+def context() -> multiprocessing.context.BaseContext:
+    """The forkserver context with the shared preload list (spawn where there is no forkserver)."""
+    if not available():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+class ForkedProcess:
+    """`python -m MODULE ARGS...` as a child of the forkserver: `MODULE.main(args)` with `env` as its whole
+    environment and stdout and stderr appended to `log`. It offers the part of subprocess.Popen that the
+    sweep driver uses (pid, returncode, poll, wait, send_signal, terminate, kill)."""
+
+    def __init__(self, module: str, args: list[str], log: Path, env: dict[str, str], name: str):
+        self._process = context().Process(target=_main_of, args=(module, args, str(log), env, name), name=name)
+        self._process.start()
+        self.pid = self._process.pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.returncode = self._process.exitcode
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._process.join(timeout)
+        if self.poll() is None:
+            raise subprocess.TimeoutExpired(self._process.name, timeout)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signum)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+        self.send_signal(signal.SIGCONT)  # a stopped process runs its SIGTERM handler only once continued
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _main_of(module: str, args: list[str], log: str, env: dict[str, str], name: str) -> None:
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    _set_process_name(name)
+    try:
+        code = importlib.import_module(module).main(args)
+    except KeyboardInterrupt:  # end as `python -m` does: a traceback, then death by SIGINT
+        traceback.print_exc()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise
+    from study.sweep.process import exit_now  # imported here: it brings MLflow, and the env is set
+    exit_now(code or 0)
+
+
+def _set_process_name(name: str) -> None:
+    """What `ps -o comm` and /proc/PID/comm show (Linux, 15 characters): every child's command line is the
+    forkserver's."""
+    try:
+        ctypes.CDLL(None).prctl(15, name.encode()[:15], 0, 0, 0)  # 15: PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
