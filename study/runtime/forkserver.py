@@ -8,7 +8,9 @@ it sets its own thread count), and forks every child from it.
 One server serves a whole process, whoever starts it first, so its preload list is this one, for every
 caller: third-party packages only. The project's own modules are imported in each child, after the
 child has its environment: some read it at import (study.sweep.timing), and the server's environment is
-that of the moment it started.
+that of the moment it started. (A driver started as a script, `python sweep.py`, has its script imported in
+each child first, under the server's environment: the driver's own, whose SWEEP_ settings its workers
+get too.)
 """
 from __future__ import annotations
 
