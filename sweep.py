@@ -26,7 +26,7 @@ import mlflow
 
 from study.config import ConfigError, build
 from study.data.manifest import DataError
-from study.runtime import stop_request
+from study.runtime import forkserver, stop_request
 from study.runtime.environment import installed_version
 from study.data.prepared import prepare_data
 from study.data.tokenizer import build_tokenizer
@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                 print("\nSLURM jobs of the latest launch: " + ", ".join(f"{j} {state}" for j, state in jobs))
             _print_problems(problems)
             return 1 if problems else 0
+        if args.launcher == "local":
+            forkserver.warm()  # the workers' server imports torch and MLflow while the data is prepared
         if not args.join:  # a broken data set stops here, before any worker; corpus and features are
             _prepare_data(experiment)  # made once, not by every worker at the same time
         sweep_args = SweepArgs(workers, args.storage, resolve_tracking_uri(args.tracking_uri),

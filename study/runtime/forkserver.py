@@ -18,6 +18,7 @@ import ctypes
 import importlib
 import multiprocessing
 import multiprocessing.context
+import multiprocessing.forkserver
 import os
 import signal
 import subprocess
@@ -39,6 +40,14 @@ def context() -> multiprocessing.context.BaseContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
     return ctx
+
+
+def warm() -> None:
+    """Starts the server now without waiting for its imports, so that they overlap the caller's next work
+    (a sweep driver's data preparation) instead of delaying its first child."""
+    if available():
+        context()
+        multiprocessing.forkserver.ensure_running()
 
 
 class ForkedProcess:
