@@ -74,7 +74,7 @@ def test_grid_with_two_workers_runs_each_point_once_and_records_a_failure(tmp_pa
     assert len(done) == len(set(done)) == 6
     assert sweep.main([str(exp), "--status"]) == 0
     table = capsys.readouterr().out
-    assert table.count("COMPLETE") == 6 and table.count("FAIL") == 2 and "dense-s1" in table
+    assert table.count("COMPLETE") == 6 and table.count("FAIL") == 2 and "dense-s1" in table, table
 
 
 @pytest.mark.slow
@@ -421,6 +421,33 @@ def test_two_trials_drawing_one_point_never_both_run_it(first):
     assert proceeds == [True, False]
     both_recorded = [not _taken_by_another(study, t, "p") for t in (lower, higher)]
     assert sum(both_recorded) == 0  # both recorded before either checked: both yield, the point stays pending
+
+
+def test_a_point_that_failed_in_this_launch_is_not_run_again_when_the_sampler_draws_it(tmp_path, corpus_cache):
+    """Yielded duplicates count as visited for Optuna's grid sampler; with its grid used up it draws at
+    random, and a point that had failed in this launch ran again (two FAILs where a launch allows one,
+    seen in CI). A drawn point that failed in this launch is skipped; one failed in an earlier launch runs."""
+    from study.sweep.optuna_storage import LAUNCH_FIRST_TRIAL, create_studies
+    from study.sweep.worker import TrialFailed, Worker, WorkerSettings, point_param
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE)
+    worker = Worker(WorkerSettings(str(exp), {}, None, f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "runs")))
+    study = create_studies(worker.storage, "tiny_sweep")[0]
+    study.set_user_attr("parent_run_id", "")
+    points = worker.experiment.points()
+    keys = [p.key for p in points]
+    (impossible,) = [k for k in keys if "impossible" in k]
+    failed = study.ask()
+    failed.set_user_attr("point", impossible)
+    failed.set_user_attr("failure_reason", "BudgetError: no dense shape comes within 3% of 10 parameters")
+    study.tell(failed, state=TrialState.FAIL)
+    always = optuna.samplers.PartialFixedSampler({point_param(keys): impossible}, optuna.samplers.RandomSampler())
+    drawing = optuna.load_study(study_name=study.study_name, storage=worker.storage, sampler=always)
+    for first, expected in ((0, TrialState.PRUNED), (1, TrialState.FAIL)):  # failed in this launch, in an earlier one
+        study.set_user_attr(LAUNCH_FIRST_TRIAL, first)
+        drawing.optimize(worker.objective(drawing, points), n_trials=1, catch=(TrialFailed,))
+        drawn = drawing.get_trials(deepcopy=False)[-1]
+        assert drawn.state == expected, drawn.user_attrs
+    assert "failed earlier in this launch" in drawing.get_trials(deepcopy=False)[1].user_attrs["skipped"]
 
 
 def test_a_storage_unreachable_past_its_retries_stops_the_workers_and_closes_the_parent(

@@ -34,7 +34,7 @@ from study.sweep.optuna_storage import (
     worker_id,
 )
 from study.sweep.process import exit_now
-from study.sweep.recovery import pending, point_status, reconcile, searched, trials_by_point
+from study.sweep.recovery import is_lost, pending, point_status, reconcile, searched, trials_by_point
 from study.sweep.timing import PHASE_POLL_SECONDS, REQUEUE_SECONDS
 from study.tracking.mlflow_runs import close_run, run_label, run_status
 from study.tracking.trial_record import recorded_run, trial_dir
@@ -83,6 +83,13 @@ def _taken_by_another(study: optuna.Study, trial: optuna.Trial, key: str) -> boo
     and yields, in any interleaving (both may yield: the point stays pending and is drawn again).
     Yielding only to a lower-numbered trial let both run when the higher one checked first."""
     return any(point_of(t) == key and t.number != trial.number and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
+               for t in study.get_trials(deepcopy=False))
+
+
+def _failed_in_this_launch(study: optuna.Study, key: str, first: int) -> bool:
+    """A point whose attempt in this launch raised. The grid sampler counts yielded duplicates as visited;
+    with its grid used up it draws at random, and ran such a point a second time in the same launch."""
+    return any(point_of(t) == key and t.number >= first and t.state == TrialState.FAIL and not is_lost(t)
                for t in study.get_trials(deepcopy=False))
 
 
@@ -143,6 +150,9 @@ class Worker:
                 trial.set_user_attr("point", key)
                 if _taken_by_another(study, trial, key):  # two workers drew the same point at once
                     trial.set_user_attr("skipped", "duplicate of a running or finished trial")
+                    raise optuna.TrialPruned()
+                if queued is None and _failed_in_this_launch(study, key, study.user_attrs[LAUNCH_FIRST_TRIAL]):
+                    trial.set_user_attr("skipped", "failed earlier in this launch (retried once per launch)")
                     raise optuna.TrialPruned()
                 point, chosen = Point.from_key(key), {}
             else:
