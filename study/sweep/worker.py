@@ -16,6 +16,7 @@ from typing import Any
 
 import mlflow
 import optuna
+from mlflow.entities import RunTag
 from optuna.trial import TrialState
 
 from study.names import TAG_GRID_POINT
@@ -211,9 +212,8 @@ class Worker:
         lost (its DONE folder, or its FINISHED run, completes this trial) or by another trial that needed it
         as its dense source (a run tagged with its parent alone): `tags` give it this trial's study and point."""
         trial.set_user_attr("mlflow_run_id", run_id)
-        client = mlflow.MlflowClient(self.settings.tracking_uri)
-        for name, value in {**(tags or {}), "optuna.trial_number": str(trial.number)}.items():
-            client.set_tag(run_id, name, value)
+        named = {**(tags or {}), "optuna.trial_number": str(trial.number)}
+        mlflow.MlflowClient(self.settings.tracking_uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in named.items()])
 
     def supersede_earlier_attempt(self, study: optuna.Study, trial: optuna.Trial, key: str, folder: Path) -> None:
         """A point whose earlier attempt was lost resumes from that attempt's checkpoint when its trial folder
