@@ -69,7 +69,7 @@ def drift_message(expected: dict[str, str], installed: dict[str, str | None], pi
     found = ", ".join(f"{name} {installed.get(name) or '(not installed)'}" for name in expected)
     asked = ", ".join(f"{name}=={version}" for name, version in expected.items())
     return (f"environment drift: installed {found}; {pinned_by} pins {asked} ({', '.join(wrong)} differs); "
-            f"reinstall from the lock file: pip install uv && uv pip install -e . -c requirements.lock")
+            f"reinstall from the lock file: pip install uv && uv pip install --compile-bytecode -e . -c requirements.lock")
 
 
 def check_environment() -> None:
