@@ -78,12 +78,16 @@ def postgres_storage(tmp_path) -> str:
 
 
 @pytest.fixture
-def mlflow_server(tmp_path):
+def mlflow_server(tmp_path, empty_mlflow_store):
+    """`mlflow server` on a store that starts migrated, without MLflow's background job workers (a sweep
+    has no use for them; they took most of the server's start-up)."""
     port = free_port()
+    shutil.copyfile(empty_mlflow_store, tmp_path / "server.db")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                                "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                                "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:

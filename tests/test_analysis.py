@@ -80,6 +80,10 @@ def pareto_sweep_frame() -> pd.DataFrame:
     return tidy(pd.DataFrame(rows))
 
 
+# Its module-scoped fixtures are built once only if its tests share one xdist worker
+pytestmark = pytest.mark.xdist_group("analysis")
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Store:
     return build_store(tmp_path_factory.mktemp("store"))

@@ -16,6 +16,10 @@ from analysis.runs import tidy
 from tests.analysis_store import EXPERIMENT, build_store
 
 
+# Its module-scoped fixtures are built once only if its tests share one xdist worker
+pytestmark = pytest.mark.xdist_group("analysis_factors")
+
+
 @pytest.fixture(scope="module")
 def trials(tmp_path_factory):
     store = build_store(tmp_path_factory.mktemp("factors"))

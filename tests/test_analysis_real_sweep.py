@@ -19,7 +19,8 @@ from analysis.runs import load_trials
 from study.names import METHODS
 from tests.helpers import ROOT, child_runs
 
-pytestmark = pytest.mark.slow  # a sweep of eight tiny trials, two at a time
+# a sweep of eight tiny trials, two at a time, run once: its tests share one xdist worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("analysis_real_sweep")]
 
 SMOKE = ROOT / "experiments" / "smoke.toml"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,15 @@ import pytest
 import soundfile
 import torch
 
+import sweep
+
 from study.config import FeatureConfig, ManifestConfig
 from study.data.audio import load_audio
 from study.data.features import compute_features
 from study.data.manifest import DataError
 from study.data.manifest_source import load_manifest_splits
 from study.data.splits import load_splits
-from tests.helpers import ROOT, sweep_command
+from tests.helpers import ROOT
 
 
 @pytest.fixture
@@ -193,12 +194,12 @@ def test_audio_broken_after_listing_is_named_when_its_features_are_computed(corp
     assert not list((tmp_path / "features").glob("*/index.json"))
 
 
-def test_the_sweep_exits_2_naming_the_manifest_line_before_any_trial(tmp_path):
+def test_the_sweep_exits_2_naming_the_manifest_line_before_any_trial(tmp_path, monkeypatch, capsys):
     bad = tmp_path / "train.jsonl"
     bad.write_text('{"audio_filepath": "gone.wav", "duration": 1.0, "text": "hello"}\n')
-    done = subprocess.run(sweep_command(ROOT / "experiments" / "manifest.toml", f"sqlite:///{tmp_path / 'm.db'}",
-                                        *(f"--set=data.manifest.{split}={bad}" for split in ("train", "dev", "test"))),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2
-    assert f"{bad}:1: {tmp_path / 'gone.wav'}: audio file not found" in done.stderr
+    monkeypatch.chdir(tmp_path)
+    code = sweep.main([str(ROOT / "experiments" / "manifest.toml"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                       "--no-analysis", *(f"--set=data.manifest.{split}={bad}" for split in ("train", "dev", "test"))])
+    assert code == 2
+    assert f"{bad}:1: {tmp_path / 'gone.wav'}: audio file not found" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "trials").exists()  # no trial started

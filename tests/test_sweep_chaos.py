@@ -93,7 +93,7 @@ def _faults(seed: int, folder: Path, driver: subprocess.Popen, outage: bool, dis
         victim = rng.choice(workers)
         os.kill(victim, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
         done.append(f"{fault} worker {victim}")
-    time.sleep(rng.uniform(1, 25))  # the hung one is found (18 s) and replaced, or not yet
+    time.sleep(rng.uniform(1, 17))  # the hung one is found (12 s) and replaced, or not yet
     if driver.poll() is None:
         driver.send_signal(signal.SIGTERM)
         done.append("SIGTERM driver")
@@ -123,7 +123,7 @@ def _run_schedule(seed: int, storage_kind: str, tmp_path: Path, corpus_cache: Pa
     storage = sweep_storage(storage_kind, tmp_path, request)
     exp = write_experiment(tmp_path, corpus_cache, EIGHT_POINTS, epochs=25)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    options = ["--workers", "3", "--hang-minutes", "0.3", "--max-restarts", "6"]
+    options = ["--workers", "3", "--hang-minutes", "0.2", "--max-restarts", "6"]
     env = {**os.environ, **QUICK_TIMING}
     if storage_kind == "postgresql":
         options += ["--storage", storage]

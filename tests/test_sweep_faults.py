@@ -65,7 +65,7 @@ def test_sigterm_checkpoints_the_step_and_the_next_launch_resumes_the_same_run(t
 
 @pytest.mark.postgres
 def test_a_postgresql_outage_mid_trial_is_ridden_through_in_the_same_launch(tmp_path, corpus_cache, request):
-    """The database is stopped for 20 s while a trial trains: heartbeats, tells and the driver's polls are
+    """The database is stopped for 8 s while a trial trains: heartbeats, tells and the driver's polls are
     retried, and the launch ends with every point finished once."""
     url, version = restartable_postgres()
     storage = sweep_storage("postgresql", tmp_path, request)
@@ -76,7 +76,7 @@ def test_a_postgresql_outage_mid_trial_is_ridden_through_in_the_same_launch(tmp_
     wait_for_checkpoint(tmp_path, proc)
     cluster = ["pg_ctlcluster", version, "main"]
     subprocess.run([*cluster, "stop"], check=True)
-    restart = threading.Timer(20, subprocess.run, args=([*cluster, "start"],), kwargs={"check": True})
+    restart = threading.Timer(8, subprocess.run, args=([*cluster, "start"],), kwargs={"check": True})
     restart.start()
     try:
         output, _ = proc.communicate(timeout=600)

@@ -25,6 +25,10 @@ def _corpus_dir(root: Path, cfg: SyntheticConfig = TINY) -> Path:
     return root / f"synthetic-{synthetic.config_hash(cfg)}"
 
 
+# Its module-scoped fixtures are built once only if its tests share one xdist worker
+pytestmark = pytest.mark.xdist_group("synthetic_corpus")
+
+
 @pytest.fixture(scope="module")
 def root_a(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cache-a")

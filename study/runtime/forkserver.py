@@ -26,7 +26,8 @@ import sys
 import traceback
 from pathlib import Path
 
-PRELOAD = ["torch", "torchaudio", "mlflow", "optuna"]
+# torch._dynamo: a process's first optimizer imports it (a second of a core), each worker again otherwise
+PRELOAD = ["torch", "torch._dynamo", "torchaudio", "mlflow", "optuna"]
 
 
 def available() -> bool:
