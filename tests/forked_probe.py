@@ -17,6 +17,16 @@ def main(args: list[str]) -> int:
     elif what == "interrupt":
         print("interrupted on purpose", flush=True)
         raise KeyboardInterrupt
+    elif what == "parent":  # the server that forked this process
+        Path(path).write_text(str(os.getppid()))
+    elif what == "grandchild":  # a child of its own, as a driver forked from the server starts its workers
+        from study.runtime import forkserver
+        child = forkserver.ForkedProcess("tests.forked_probe", ["parent", path + ".child"], Path(path + ".log"),
+                                         dict(os.environ), "probe-grandchild")
+        Path(path).write_text(f"{os.getppid()} {child.wait(120)}")
+    elif what == "cwd":
+        Path(path).write_text(os.getcwd())
+        print("to stdout")
     elif what == "sleep":
         Path(path).write_text("sleeping")
         time.sleep(600)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from study.config import dumps_toml
+from study.runtime import forkserver
 from study.sweep.optuna_storage import point_of
 from tests.services import missing_service
 
@@ -141,6 +143,29 @@ TWO_POINTS = FOUR_POINTS_AND_A_FAILURE.split('[[sweep.arms]]\nname = "impossible
 
 def sweep_command(exp: Path, uri: str, *options: str) -> list[str]:
     return [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis", *options]
+
+
+def run_sweep(command: list[str], cwd: Path, env: dict[str, str] | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """`command` (`python sweep.py ...`) run to its end, like subprocess.run with captured text output, but
+    forked from this test process's preloaded server (study/runtime/forkserver.py), which then forks the
+    sweep's workers too: a fresh interpreter and its own server would import torch and MLflow twice more.
+    For launches that are killed or signalled, start `python sweep.py` itself."""
+    assert command[:2] == [sys.executable, str(ROOT / "sweep.py")], command
+    # a PYTHONPATH of its own brings start-up hooks (tests/faults/sitecustomize.py): a fresh interpreter runs them
+    own_path = env is not None and env.get("PYTHONPATH") != os.environ.get("PYTHONPATH")
+    if own_path or not forkserver.available():
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="sweep-output-") as folder:
+        out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+        driver = forkserver.ForkedProcess("sweep", command[2:], out, env or dict(os.environ), "sweep-driver",
+                                          cwd=cwd, err_log=err)
+        try:
+            code = driver.wait(timeout)
+        except subprocess.TimeoutExpired:
+            driver.kill()
+            raise
+        return subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
 
 
 def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> Path:

@@ -46,3 +46,22 @@ def test_a_child_has_its_name_its_exit_code_and_dies_of_its_signals(tmp_path):
     assert sleeper.poll() is None
     sleeper.kill()
     assert sleeper.wait(30) == -signal.SIGKILL and sleeper.returncode == -signal.SIGKILL
+
+
+def test_a_child_that_starts_children_has_them_forked_by_the_same_server(tmp_path):
+    """A sweep driver forked from the server (as the tests start theirs) must not start a second server that
+    imports torch and MLflow again: its workers come from the server that forked it."""
+    child = _start("grandchild", tmp_path)
+    assert child.wait(120) == 0, (tmp_path / "grandchild.log").read_text()[-2000:]
+    server, code = (tmp_path / "grandchild").read_text().split()
+    assert code == "0"
+    assert (tmp_path / "grandchild.child").read_text() == server  # forked by the same server
+
+
+def test_a_child_runs_in_the_folder_it_is_given_with_stderr_apart(tmp_path):
+    (tmp_path / "here").mkdir()
+    child = forkserver.ForkedProcess("tests.forked_probe", ["cwd", "relative.txt"], tmp_path / "out.log",
+                                     dict(os.environ), "probe-child", cwd=tmp_path / "here", err_log=tmp_path / "err.log")
+    assert child.wait(120) == 0
+    assert (tmp_path / "here/relative.txt").read_text() == str(tmp_path / "here")
+    assert (tmp_path / "out.log").read_text() == "to stdout\n" and (tmp_path / "err.log").read_text() == "cwd done\n"

@@ -17,7 +17,7 @@ from study.config import flatten
 from study.data.audio import load_audio
 from study.data.splits import load_splits
 from study.names import TAG_METHOD
-from tests.helpers import ROOT, TINY_RECIPE, child_runs, sweep_command
+from tests.helpers import ROOT, TINY_RECIPE, child_runs, run_sweep, sweep_command
 
 pytestmark = pytest.mark.slow  # four tiny trials and a transcription, in their own processes
 
@@ -60,8 +60,8 @@ def test_a_stranger_runs_dense_against_pruned_on_their_corpus(tiny_config, tmp_p
             "data.cache_dir": str(tmp_path / "cache"), **{f"data.manifest.{k}": str(v) for k, v in manifests.items()}}
     settings = [f"--set={key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in tiny.items()]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = subprocess.run(sweep_command(ROOT / "experiments" / "manifest.toml", uri, "--workers", "2", *settings),
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = run_sweep(sweep_command(ROOT / "experiments" / "manifest.toml", uri, "--workers", "2", *settings), tmp_path,
+                     timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
     runs = child_runs(uri, "manifest")[0]

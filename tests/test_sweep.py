@@ -24,6 +24,7 @@ from tests.helpers import (
     ROOT,
     check_grid_ran_once,
     child_runs,
+    run_sweep,
     sweep_storage,
     trials,
     worker_pids,
@@ -99,7 +100,7 @@ def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_c
     children, _ = child_runs(uri)
     assert [r.info.status for r in children] == ["RUNNING"]  # what a lost machine leaves behind
 
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = run_sweep(command, tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     check_grid_ran_once(uri, storage, failing=False)
     children, parents = child_runs(uri)
@@ -523,7 +524,7 @@ def test_a_second_machine_joins_a_running_sweep_and_shares_its_points(tmp_path, 
     while not [t for t in _trials_once_created(postgres_storage) if t.state == TrialState.RUNNING]:
         assert time.time() < deadline and first.poll() is None, "the first launch never started a trial"
         time.sleep(0.5)
-    joined = subprocess.run([*command, "--join"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    joined = run_sweep([*command, "--join"], tmp_path)
     assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-2000:]
     output, _ = first.communicate(timeout=300)
     assert first.returncode == 0, output[-2000:]

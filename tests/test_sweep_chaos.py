@@ -32,6 +32,7 @@ from tests.helpers import (
     check_grid_ran_once,
     child_runs,
     fill,
+    run_sweep,
     small_disk,
     sweep_command,
     sweep_storage,
@@ -142,7 +143,7 @@ def _run_schedule(seed: int, storage_kind: str, tmp_path: Path, corpus_cache: Pa
         raise AssertionError(f"the driver did not stop: {schedule}") from None
     if disk:
         (disk / "filler").unlink(missing_ok=True)
-    second = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    second = run_sweep(command, tmp_path, env=env, timeout=900)
     logs = "\n".join(p.read_text()[-1500:] for p in (tmp_path / "runs/logs").rglob("*.log"))
     assert second.returncode == 0, f"{schedule}\n{second.stdout[-2000:]}{second.stderr[-2000:]}{logs}"
     check_grid_ran_once(uri, storage, failing=False, points=8)

@@ -22,6 +22,7 @@ from tests.helpers import (
     check_grid_ran_once,
     child_runs,
     fill,
+    run_sweep,
     small_disk,
     sweep_command,
     sweep_storage,
@@ -53,7 +54,7 @@ def test_sigterm_checkpoints_the_step_and_the_next_launch_resumes_the_same_run(t
     state = torch.load(checkpoint, weights_only=False)
     assert 1 <= state["history"].epoch < 40  # stopped mid-training: at a step, or after an epoch's evaluation
 
-    result = subprocess.run(sweep_command(exp, uri), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = run_sweep(sweep_command(exp, uri), tmp_path)
     assert result.returncode == 0, result.stdout[-2000:]
     children, parents = child_runs(uri)
     assert len(children) == 1 and children[0].info.status == "FINISHED"  # the same run, resumed
@@ -106,8 +107,7 @@ def test_a_point_requeued_on_a_machine_without_its_runs_folder_starts_over_and_c
     proc.wait(timeout=60)
     (old_run,), _ = child_runs(uri)
 
-    result = subprocess.run(sweep_command(exp, uri, "--storage", storage), cwd=second, capture_output=True, text=True,
-                            timeout=300)
+    result = run_sweep(sweep_command(exp, uri, "--storage", storage), second)
     assert result.returncode == 0, result.stdout[-2000:]
     worker_log = next((second / "runs/logs/tiny_sweep").glob("worker-*.log")).read_text()
     assert "left its checkpoint in a runs/ folder this machine does not share" in worker_log
@@ -142,8 +142,7 @@ def test_answers_lost_after_the_commit_leave_nothing_running_and_no_point_untrai
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, **QUICK_TIMING, "SWEEP_TEST_LOST_ANSWERS": "create,pop",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "faults"), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(sweep_command(exp, uri, "--storage", storage, "--workers", "2"), cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = run_sweep(sweep_command(exp, uri, "--storage", storage, "--workers", "2"), tmp_path, env=env)
     logs = "".join(p.read_text() for p in (tmp_path / "runs/logs").rglob("*.log"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + logs[-3000:]
     # Each worker loses the answer to its first creation and its first pop; under load one worker may take
@@ -188,7 +187,7 @@ def test_a_full_disk_at_the_sigterm_checkpoint_queues_the_point_again_and_loses_
         assert trials[1].user_attrs["point"] == trials[0].user_attrs["point"]
         filler.unlink()
 
-        result = subprocess.run(sweep_command(exp, uri), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        result = run_sweep(sweep_command(exp, uri), tmp_path)
         assert result.returncode == 0, result.stdout[-2000:]
         check_grid_ran_once(uri, storage, failing=False, points=1)
         children, _ = child_runs(uri)

@@ -11,6 +11,9 @@ child has its environment: some read it at import (study.sweep.timing), and the 
 that of the moment it started. (A driver started as a script, `python sweep.py`, has its script imported in
 each child first, under the server's environment: the driver's own, whose SWEEP_ settings its workers
 get too.)
+
+A child of the server that starts children of its own (a sweep driver forked from it, as the tests start
+theirs) has them forked by the same server instead of starting a second one that imports everything again.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ def context() -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
+    _reuse_the_server_that_forked_this_process()
     return ctx
 
 
@@ -48,16 +52,32 @@ def warm() -> None:
     (a sweep driver's data preparation) instead of delaying its first child."""
     if available():
         context()
-        multiprocessing.forkserver.ensure_running()
+        multiprocessing.forkserver._forkserver.ensure_running()
+
+
+def _reuse_the_server_that_forked_this_process() -> None:
+    """In a child of the server, multiprocessing knows the server's address and holds a handle that keeps it
+    alive, but not its pid, and would start a server of its own for the child's children. Here it is told
+    that the one it has is running. CPython 3.11-3.13 internals (3.14 adds an authentication key that
+    a child is not given): elsewhere, the child starts its own server as before."""
+    server = multiprocessing.forkserver._forkserver
+    if not (3, 11) <= sys.version_info[:2] <= (3, 13) or "ensure_running" in vars(server):
+        return
+    if (getattr(server, "_forkserver_pid", 0) is None and getattr(server, "_forkserver_address", None)
+            and getattr(server, "_forkserver_alive_fd", None) is not None):
+        server.ensure_running = multiprocessing.resource_tracker.ensure_running  # the parent's tracker
 
 
 class ForkedProcess:
     """`python -m MODULE ARGS...` as a child of the forkserver: `MODULE.main(args)` with `env` as its whole
-    environment and stdout and stderr appended to `log`. It offers the part of subprocess.Popen that the
-    sweep driver uses (pid, returncode, poll, wait, send_signal, terminate, kill)."""
+    environment, run in `cwd` (default: the caller's), stdout appended to `log` and stderr to `err_log`
+    (default: `log`). It offers the part of subprocess.Popen that the sweep driver uses (pid, returncode,
+    poll, wait, send_signal, terminate, kill)."""
 
-    def __init__(self, module: str, args: list[str], log: Path, env: dict[str, str], name: str):
-        self._process = context().Process(target=_main_of, args=(module, args, str(log), env, name), name=name)
+    def __init__(self, module: str, args: list[str], log: Path, env: dict[str, str], name: str,
+                 cwd: Path | None = None, err_log: Path | None = None):
+        outputs = (str(log), str(err_log or log))
+        self._process = context().Process(target=_main_of, args=(module, args, outputs, env, name, cwd), name=name)
         self._process.start()
         self.pid = self._process.pid
         self.returncode: int | None = None
@@ -85,13 +105,16 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
-def _main_of(module: str, args: list[str], log: str, env: dict[str, str], name: str) -> None:
+def _main_of(module: str, args: list[str], outputs: tuple[str, str], env: dict[str, str], name: str,
+             cwd: Path | None) -> None:
     os.environ.clear()
     os.environ.update(env)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
+    if cwd is not None:
+        os.chdir(cwd)
+    for target, path in zip((1, 2), outputs):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, target)
+        os.close(fd)
     _set_process_name(name)
     try:
         code = importlib.import_module(module).main(args)
