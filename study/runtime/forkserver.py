@@ -58,10 +58,10 @@ def warm() -> None:
 def _reuse_the_server_that_forked_this_process() -> None:
     """In a child of the server, multiprocessing knows the server's address and holds a handle that keeps it
     alive, but not its pid, and would start a server of its own for the child's children. Here it is told
-    that the one it has is running. CPython 3.11-3.13 internals (3.14 adds an authentication key that
-    a child is not given): elsewhere, the child starts its own server as before."""
+    that the one it has is running. These are CPython internals, read for 3.11 (the version the lock file
+    is tested with): on other versions the child starts its own server as before."""
     server = multiprocessing.forkserver._forkserver
-    if not (3, 11) <= sys.version_info[:2] <= (3, 13) or "ensure_running" in vars(server):
+    if sys.version_info[:2] != (3, 11) or "ensure_running" in vars(server):
         return
     if (getattr(server, "_forkserver_pid", 0) is None and getattr(server, "_forkserver_address", None)
             and getattr(server, "_forkserver_alive_fd", None) is not None):
