@@ -235,8 +235,11 @@ trials = 2
 @pytest.mark.slow
 def test_a_real_search_sweep_ranks_its_searched_settings_by_importance(tmp_path, corpus_cache, monkeypatch):
     """Eight adaptive-dropout trials whose penalty weight and temperature Optuna samples, run with the
-    analysis step: its importance table ranks both settings for each target, each column summing to 1,
-    and finds that the penalty weight, not the temperature, decides how much is pruned."""
+    analysis step: its importance table ranks both searched settings for each target, each column summing
+    to 1. Which one ranks first is not asserted: the sampler is unseeded, and with eight trials PED-ANOVA's
+    top 10% is one trial, so even a size set by alpha alone is ranked behind tau in about a quarter of
+    draws (simulated from this model's measured sizes). tests/test_analysis_factors.py checks the ranking
+    on fixed data."""
     monkeypatch.chdir(tmp_path)
     exp = write_experiment(tmp_path, corpus_cache, """
 [sweep]
@@ -246,7 +249,7 @@ workers = 2
 [sweep.search]
 "method" = { choices = ["adaptive_dropout"] }
 "adl.lr" = { choices = [0.5] }
-"adl.alpha" = { low = 0.001, high = 1.0, log = true }
+"adl.alpha" = { low = 0.00003, high = 0.003, log = true }  # 12-66% pruned here: above it every size is the floor
 "adl.tau" = { low = 0.3, high = 1.0 }
 """, epochs=8)
     assert sweep.main([str(exp), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
@@ -256,8 +259,6 @@ workers = 2
     for column in ("importance_dev_wer", "importance_reduction"):
         values = [float(row[column]) for row in rows]
         assert all(0 <= v <= 1 for v in values) and sum(values) == pytest.approx(1.0, abs=0.002), (column, rows)
-    importance = {row["parameter"]: float(row["importance_reduction"]) for row in rows}
-    assert importance["adl.alpha"] > importance["adl.tau"]  # the penalty weight sets the size (0.91 measured)
 
 
 MAGNITUDE_POINT = """
