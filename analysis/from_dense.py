@@ -34,13 +34,24 @@ def settings(frame: pd.DataFrame) -> pd.DataFrame:
     groups["k"] = [int(r["epochs_total"] - r["epochs"]) for r in rows]
     groups["epochs"] = [int(r["epochs"]) for r in rows]
     groups["distill"] = [float(r["distill"]) for r in rows]
+    groups["distill_hidden"] = [float(r["distill_hidden"]) for r in rows]
+    groups["finetune_epochs"] = [int(r["finetune_epochs"]) for r in rows]
     groups["budget"] = groups["adl_target_reduction"].fillna(groups["target_reduction"]).round(4)
     groups["kind"] = groups["method"].mask(groups["method"] == ADAPTIVE_DROPOUT, CONTROLLER)
     return groups[groups["budget"].notna()].reset_index(drop=True)
 
 
 def _name(row: pd.Series) -> str:
-    return method_look(row["kind"])[2] + (f", distilled ({row['distill']:g})" if row["distill"] else "")
+    """E.g. "adaptive dropout, budget controller, distilled (1), blocks (1), then fine-tuned": the teacher's
+    output and block-output weights, and whether the controller's gates were fixed for the last epochs."""
+    return (method_look(row["kind"])[2] + (f", distilled ({row['distill']:g})" if row["distill"] else "")
+            + (f", blocks ({row['distill_hidden']:g})" if row["distill_hidden"] else "")
+            + (", then fine-tuned" if _fixed_at_the_end(row) else ""))
+
+
+def _fixed_at_the_end(row: pd.Series) -> bool:
+    """A controller setting whose last epochs fine-tuned the pruned architecture with its gates fixed."""
+    return bool(row["kind"] == CONTROLLER and row["finetune_epochs"] > 0)
 
 
 def equal_training_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
@@ -53,7 +64,7 @@ def equal_training_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
     rows = []
     for _, a in groups[groups["method"] == ADAPTIVE_DROPOUT].iterrows():
         same = (groups["method"].isin(PRUNES_DENSE) & (groups["budget"] == a["budget"]) & (groups["k"] == a["k"])
-                & (groups["distill"] == a["distill"]))
+                & (groups["distill"] == a["distill"]) & (groups["distill_hidden"] == a["distill_hidden"]))
         for i, b in groups[same].iterrows():
             p = (bootstrap.probability_better([errors[r] for r in a["run_ids"]], [errors[r] for r in b["run_ids"]], idx)
                  if covered[a.name] and covered[i] else np.nan)
@@ -133,28 +144,73 @@ def dense_references_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Tabl
     return Table(columns, table)
 
 
+# What the controller adds to pruning from dense, by the settings column that switches it off at 0
+ADDITIONS = (("distill", "output KL"), ("distill_hidden", "block outputs"), ("finetune_epochs", "fixed fine-tuning"))
+
+
+def additions_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
+    """What each addition buys the controller from dense: at each budget and k, every controller setting
+    against the one with all of them (a teacher's output KL and block outputs, and fine-tuning the fixed
+    architecture at the end), with what it leaves out, its test WER (seed mean, 95% bootstrap interval),
+    the difference and the paired bootstrap probability that the setting with every addition is better."""
+    groups = with_intervals(settings(frame), errors)
+    idx = bootstrap.resamples(len(next(iter(errors.values()))[0])) if errors else None
+    rows = []
+    for (budget, k), same in groups[groups["method"] == ADAPTIVE_DROPOUT].groupby(["budget", "k"], sort=True):
+        complete = same[(same[[column for column, _ in ADDITIONS]] > 0).all(axis=1)]
+        if len(same) < 2 or len(complete) != 1:
+            continue
+        full = complete.iloc[0]
+        for _, g in same.iterrows():
+            left_out = [name for column, name in ADDITIONS if not g[column] > 0]
+            covered = idx is not None and all(r in errors for r in (*g["run_ids"], *full["run_ids"]))
+            p = (bootstrap.probability_better([errors[r] for r in full["run_ids"]], [errors[r] for r in g["run_ids"]], idx)
+                 if covered and left_out else np.nan)
+            rows.append({"budget": budget, "k": k, "left_out": ", ".join(left_out) or "nothing (every addition)",
+                         "order": len(left_out), "reduction": g["reduction_mean"], "wer": g["test_wer_mean"],
+                         "low": g["test_wer_ci_low"], "high": g["test_wer_ci_high"],
+                         "over_full": g["test_wer_mean"] - full["test_wer_mean"] if left_out else np.nan,
+                         "p_full": p, "seeds": str(g["n"])})
+    if not rows:
+        raise Skipped("no controller-from-dense setting with every addition (adl.distill, adl.distill_hidden and "
+                      "adl.finetune_epochs above 0) beside one without, at the same budget and k")
+    table = pd.DataFrame(rows).sort_values(["budget", "k", "order", "left_out"], kind="stable").reset_index(drop=True)
+    pct = fixed_digits(2, 100)
+    columns = [Column("target_reduction_pct", "Target (%)", "budget", fixed_digits(0, 100)),
+               Column("k", "k (epochs)", "k", fixed_digits(0)), Column("left_out", "Left out", "left_out", as_text),
+               Column("reduction_pct", "Reduction (%)", "reduction", fixed_digits(1, 100)),
+               Column("test_wer_pct", "Test WER (%)", "wer", pct),
+               Column("ci_low_pct", "CI low", "low", pct), Column("ci_high_pct", "CI high", "high", pct),
+               Column("over_every_addition_pct", "Over every addition (points)", "over_full", pct),
+               Column("p_every_addition_better", "P(every addition better)", "p_full", fixed_digits(3)),
+               Column("seeds", "Seeds", "seeds", as_text)]
+    return Table(columns, table)
+
+
 def extra_epochs_figure(frame: pd.DataFrame, errors: UtteranceErrors | None) -> Figure:
     """Test WER against k, one panel per budget, one line per method and teacher weight (seed means with
     their bootstrap intervals); dense as a dashed line."""
     groups = with_intervals(settings(frame), errors)
     budgets = sorted(groups["budget"].unique())
-    fig, axes = new_figure(ncols=len(budgets), width=4.2 * len(budgets) + 2.5, height=4.4)
+    fig, axes = new_figure(ncols=len(budgets), width=4.2 * len(budgets) + 1.0, height=5.6)
     recipe = int(groups["epochs"].min())
     wer = frame.set_index("run_id")["test_wer"].astype(float)
     dense = wer[dense_runs(frame, recipe)]
     longer = sorted((k, wer[ids]) for k in groups["k"].unique() if (ids := dense_runs(frame, recipe + k)))
-    lines = groups[["kind", "distill"]].drop_duplicates().sort_values(["kind", "distill"])
+    line_keys = ["kind", "distill", "distill_hidden", "fixed"]  # one line per method, teacher and schedule
+    groups["fixed"] = groups.apply(_fixed_at_the_end, axis=1)
+    lines = groups[line_keys].drop_duplicates().sort_values(line_keys)
     for ax, budget in zip(axes, budgets):
-        for n, (kind, distill) in enumerate(lines.itertuples(index=False)):
-            rows = groups[(groups["budget"] == budget) & (groups["kind"] == kind) & (groups["distill"] == distill)]
+        for n, line in enumerate(lines.itertuples(index=False)):
+            rows = groups[(groups["budget"] == budget) & (groups[line_keys] == list(line)).all(axis=1)]
             if rows.empty:
                 continue
             rows = rows.sort_values("k")
-            colour, marker, _ = method_look(kind)
+            colour, marker, _ = method_look(line.kind)
             y = 100 * rows["test_wer_mean"].to_numpy(dtype=float)
             bars = np.abs(100 * rows[["test_wer_ci_low", "test_wer_ci_high"]].to_numpy(dtype=float).T - y)
             ax.errorbar(rows["k"] + 0.08 * (n - (len(lines) - 1) / 2), y, yerr=np.nan_to_num(bars), color=colour,
-                        marker=marker, linestyle="--" if distill else "-", capsize=3,
+                        marker=marker, linestyle="--" if line.distill or line.distill_hidden else "-", capsize=3,
                         label=_name(rows.iloc[0]))
         if len(dense):
             ax.axhline(100 * dense.mean(), color="black", linestyle=":", linewidth=1.2,
@@ -170,7 +226,7 @@ def extra_epochs_figure(frame: pd.DataFrame, errors: UtteranceErrors | None) -> 
     for ax in axes:  # every line once, whichever panel has it
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
-    fig.legend(list(handles.values()), list(handles), loc="outside right upper")
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=2)
     fig.suptitle(f"{', '.join(sorted(frame['experiment'].unique()))}: pruning the trained model with k more epochs\n"
                  "(seed means; bars: 95% bootstrap CI)")
     return fig

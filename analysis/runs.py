@@ -273,7 +273,7 @@ def _sources(runs: pd.DataFrame, method: pd.Series) -> pd.Series:
 
 COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "start_time", "method", "locations", "seed",
            "tau", "alpha", "threshold", "budget_params", "target_reduction", "adl_target_reduction", "setting",
-           "epochs", "from_dense", "distill", "grid_point", *METRICS.values())
+           "epochs", "from_dense", "distill", "distill_hidden", "finetune_epochs", "grid_point", *METRICS.values())
 TEXT_COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "method", "locations", "setting")
 
 
@@ -309,6 +309,11 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         "grid_point": _column(runs, f"tags.{TAG_GRID_POINT}"),  # a search trial's sampled values (JSON)
         "distill": _numeric(_column(runs, "params.adl.distill")).where(  # the teacher's weight, either method's
             is_adl, _numeric(_column(runs, "params.prune.distill"))).fillna(0.0),
+        "distill_hidden": _numeric(_column(runs, "params.adl.distill_hidden")).where(  # the block-output term's weight
+            is_adl, _numeric(_column(runs, "params.prune.distill_hidden"))).fillna(0.0),
+        # epochs training the pruned, fixed architecture (the controller's after its gates; a baseline's all)
+        "finetune_epochs": _numeric(_column(runs, "params.adl.finetune_epochs")).where(
+            is_adl, _numeric(_column(runs, "params.prune.finetune_epochs"))).fillna(0).astype("Int64"),
     }, index=runs.index)
     for metric, col in METRICS.items():
         values = _numeric(_column(runs, f"metrics.{metric}"))

@@ -110,3 +110,42 @@ def test_retrainings_of_one_settings_seeds_form_one_setting():
     retrained = groups[groups["method"] == "retrain_pruned"]
     assert len(retrained) == 1 and retrained["n"].iloc[0] == 2
     assert retrained["setting"].iloc[0] == "source adaptive_dropout-k6"  # the source's run name without its seed
+
+
+def additions_frame() -> pd.DataFrame:
+    """Dense and, at 50% with k = 6, the controller with every addition, with each left out in turn and with
+    none, 2 seeds each: every addition left out costs its own amount of WER (block outputs the most)."""
+    costs = {"distill": 0.01, "distill_hidden": 0.03, "finetune": 0.02}
+    variants = {"all": (), "no-kl": ("distill",), "no-blocks": ("distill_hidden",), "no-freeze": ("finetune",),
+                "none": tuple(costs)}
+    rows = []
+    for seed in (0, 1):
+        _run(rows, "dense", seed, 0, 0.0, {}, 0.06)
+        for left_out in variants.values():
+            fixed = 0 if "finetune" in left_out else 3
+            params = {"adl.init": "dense", "adl.target_reduction": "0.5", "adl.pruning_epochs": str(6 - fixed),
+                      "adl.finetune_epochs": str(fixed), "adl.distill": str(0.0 if "distill" in left_out else 1.0),
+                      "adl.distill_hidden": str(0.0 if "distill_hidden" in left_out else 1.0)}
+            _run(rows, "adaptive_dropout", seed, 6, 0.0, params, 0.07 + sum(costs[c] for c in left_out))
+    return tidy(pd.DataFrame(rows))
+
+
+def test_each_addition_is_read_against_the_setting_with_every_addition():
+    frame = additions_frame()
+    table = from_dense.additions_table(frame, utterance_errors(frame)).rows
+    assert list(table["left_out"]) == ["nothing (every addition)", "block outputs", "fixed fine-tuning", "output KL",
+                                       "output KL, block outputs, fixed fine-tuning"]
+    assert table["over_full"].iloc[1:].to_numpy() == pytest.approx([0.03, 0.02, 0.01, 0.06], abs=1e-3)
+    assert np.isnan(table["p_full"].iloc[0]) and np.isnan(table["over_full"].iloc[0])  # no comparison with itself
+    assert table["p_full"].iloc[4] > 0.95 and (table["seeds"] == "2").all()
+    references = from_dense.dense_references_table(frame, utterance_errors(frame)).rows
+    assert len(set(references["setting"])) == 5  # the names tell the five settings apart
+    with pytest.raises(Skipped, match="every addition"):  # no setting with all three: nothing to read against
+        from_dense.additions_table(frame[~frame["run_id"].isin(_runs_named(frame, "all"))], utterance_errors(frame))
+
+
+def _runs_named(frame: pd.DataFrame, variant: str) -> list[str]:
+    """The run ids of the controller setting with every addition (additions_frame's "all")."""
+    full = frame[(frame["distill"] > 0) & (frame["distill_hidden"] > 0) & (frame["finetune_epochs"] > 0)]
+    assert variant == "all" and len(full) == 2
+    return list(full["run_id"])
