@@ -144,6 +144,38 @@ def dense_references_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Tabl
     return Table(columns, table)
 
 
+def headline_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
+    """A short table for a front page: dense and dense + k, then every from-dense setting, each with its
+    test WER (seed mean) and 95% bootstrap interval, and the pruned ones with their difference from, and
+    paired bootstrap probability of being better than, both dense references (dense_references_table's)."""
+    references = dense_references_table(frame, errors).rows
+    wer = frame.set_index("run_id")["test_wer"].astype(float)
+    recipe = int(settings(frame)["epochs"].min())
+    idx = bootstrap.resamples(len(next(iter(errors.values()))[0])) if errors else None
+    dense = []
+    for label, epochs in (("dense", recipe), *(("dense + k", recipe + k) for k in sorted(references["k"].unique()))):
+        ids = dense_runs(frame, epochs)
+        low, high = (bootstrap.interval([errors[r] for r in ids], idx)
+                     if ids and idx is not None and all(r in errors for r in ids) else (np.nan, np.nan))
+        if ids:
+            dense.append({"setting": f"{label}, {epochs} epochs", "reduction": 0.0, "wer": float(wer[ids].mean()),
+                          "low": low, "high": high, "seeds": str(len(ids))})
+    table = pd.concat([pd.DataFrame(dense), references], ignore_index=True)
+    table["interval"] = [f"{100 * lo:.2f}-{100 * hi:.2f}" if np.isfinite(lo) else ""
+                         for lo, hi in zip(table["low"], table["high"])]
+    pct = fixed_digits(2, 100)
+    columns = [Column("target_reduction_pct", "Target (%)", "budget", fixed_digits(0, 100)),
+               Column("setting", "Setting", "setting", as_text),
+               Column("reduction_pct", "Reduction (%)", "reduction", fixed_digits(1, 100)),
+               Column("test_wer_pct", "Test WER (%)", "wer", pct), Column("ci_pct", "95% CI", "interval", as_text),
+               Column("over_dense_pct", "Over dense (points)", "over_dense", pct),
+               Column("p_better_than_dense", "P(better than dense)", "p_dense", fixed_digits(3)),
+               Column("over_dense_k_pct", "Over dense + k (points)", "over_longer", pct),
+               Column("p_better_than_dense_k", "P(better than dense + k)", "p_longer", fixed_digits(3)),
+               Column("seeds", "Seeds", "seeds", as_text)]
+    return Table(columns, table)
+
+
 # What the controller adds to pruning from dense, by the settings column that switches it off at 0
 ADDITIONS = (("distill", "output KL"), ("distill_hidden", "block outputs"), ("finetune_epochs", "fixed fine-tuning"))
 

@@ -32,6 +32,7 @@ TABLES: dict[str, Callable[[Inputs], tables.Table]] = {
     "from_dense_comparisons": lambda inputs: from_dense.equal_training_table(inputs.trials.frame, inputs.errors),
     "from_dense_references": lambda inputs: from_dense.dense_references_table(inputs.trials.frame, inputs.errors),
     "from_dense_additions": lambda inputs: from_dense.additions_table(inputs.trials.frame, inputs.errors),
+    "from_dense_headline": lambda inputs: from_dense.headline_table(inputs.trials.frame, inputs.errors),
     "factors": lambda inputs: factors.factor_table(inputs.trials.frame, inputs.errors),
     "int8": lambda inputs: quantized.int8_table(inputs.trials.frame),
     "importances": lambda inputs: importance.importance_table(inputs.trials.frame),

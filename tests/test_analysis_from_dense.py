@@ -149,3 +149,17 @@ def _runs_named(frame: pd.DataFrame, variant: str) -> list[str]:
     full = frame[(frame["distill"] > 0) & (frame["distill_hidden"] > 0) & (frame["finetune_epochs"] > 0)]
     assert variant == "all" and len(full) == 2
     return list(full["run_id"])
+
+
+def test_the_headline_table_leads_with_both_dense_references():
+    frame = sweep_frame()
+    errors = utterance_errors(frame)
+    table = from_dense.headline_table(frame, errors).rows
+    assert list(table["setting"].iloc[:3]) == ["dense, 18 epochs", "dense + k, 20 epochs", "dense + k, 24 epochs"]
+    assert table["wer"].iloc[:3].to_numpy() == pytest.approx([0.06, 0.058, 0.054])
+    pruned = table.iloc[3:].reset_index(drop=True)
+    references = from_dense.dense_references_table(frame, errors).rows
+    assert pruned["setting"].equals(references["setting"]) and pruned["p_dense"].equals(references["p_dense"])
+    for row in table.itertuples():
+        low, high = (float(v) for v in row.interval.split("-"))
+        assert low <= 100 * row.wer <= high  # the interval printed holds the seed mean
