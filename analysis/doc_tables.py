@@ -5,7 +5,7 @@ bundle gives. A page marks each such table:
     (filled in: the table and its provenance card, as `python -m analysis` writes <name>.md)
     <!-- end of table -->
 
-python -m analysis.doc_tables [PAGE ...]          fill every marked block (default: README.md, docs/*.md)
+python -m analysis.doc_tables [PAGE ...]          fill every marked block (default: README.md and every page under docs/)
 python -m analysis.doc_tables --check [PAGE ...]  exit 1, naming each block that differs from its bundle
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pages", nargs="*", type=Path)
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block is stale")
     args = parser.parse_args(argv)
-    pages = [p.resolve() for p in args.pages] or [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pages = [p.resolve() for p in args.pages] or [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
     if args.check:
         stale = [line for page in pages for line in stale_blocks(page)]
         for line in stale:

@@ -1,4 +1,4 @@
-"""The documentation points at things that exist: README.md and docs/*.md.
+"""The documentation points at things that exist: README.md and every page under docs/.
 
 For every Markdown page: each relative link or image target resolves to a file or folder, and each
 fenced code block names only experiment files, `python -m` modules and `python` scripts that are in
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
+PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])  # docs/results/<experiment>/ too
 GENERATED = re.compile(r"_(table|comparisons|factors)\.md$")  # written by `python -m analysis`, not by hand
 
 FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1[ \t]*$", re.M | re.S)
