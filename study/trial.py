@@ -214,7 +214,7 @@ def _trainable(ctx: TrialContext, start: ConformerCTC | None = None,
         model = build_model(cfg, vocab, cfg.model, widths)
         return Trainable(model, ctx.trainer(model, "checkpoint.pt"), None, cfg.model, widths)
     if cfg.method == "small_dense":
-        target = _target_params(cfg, vocab)
+        target = baseline_target(cfg, vocab)
         model_cfg, widths = baselines.small_dense_shape(cfg.model, target, cfg.prune.shrink, cfg.features.n_mels, vocab)
         shape = f"d{model_cfg.d_model}-ffn{widths[0].ffn1}-q{widths[0].query_dims[0]}-conv{widths[0].conv}"
         model = build_model(cfg, vocab, model_cfg, widths)
@@ -296,7 +296,7 @@ def _log_cost_of_the_cut(ctx: TrialContext, model: ConformerCTC, adl: AdlControl
           + (f" (scaled by p: {metrics['adl/dev_wer_uncut_scaled_by_p']:.2%})" if "p" in modes else ""))
 
 
-def _target_params(cfg: Config, vocab_size: int) -> int:
+def baseline_target(cfg: Config, vocab_size: int) -> int:
     """The baselines' parameter target."""
     dense_total = analytic_params(cfg.model, dense_widths(cfg.model), cfg.features.n_mels, vocab_size)["total"]
     return baselines.resolve_target(cfg.prune.target_params, cfg.prune.target_reduction, dense_total)
@@ -306,13 +306,13 @@ def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
     """Magnitude pruning of the trained dense model to the budget, structured (physically smaller) or
     unstructured (zeros in dense shapes), with optional fine-tuning."""
     cfg = ctx.cfg
-    target = _target_params(cfg, ctx.tokenizer.vocab_size)
+    target = baseline_target(cfg, ctx.tokenizer.vocab_size)
     mlflow.set_tag(TAG_BUDGET, str(target))
     dense = dense.to(ctx.device).eval()
     teacher = distiller_for(copy.deepcopy(dense) if cfg.prune.finetune_epochs else None,  # before pruning changes it
                             cfg.prune.distill, cfg.prune.distill_hidden, cfg.prune.distill_blocks)
     if cfg.method in STRUCTURED:
-        plan = baselines.structured_plan(dense, cfg.model, target, cfg.prune.ranking, _unit_scores(ctx, dense))
+        plan = baselines.structured_plan(dense, cfg.model, target, cfg.prune.ranking, unit_scores(ctx, dense))
         pruned, widths = prune(dense, cfg.model, plan)
         return Outcome(pruned, cfg.model, widths, ctx.finetune(pruned, cfg.prune.finetune_epochs, teacher))
     baselines.apply_global_magnitude(dense, target)
@@ -321,7 +321,7 @@ def _prune_dense_run(ctx: TrialContext, dense: ConformerCTC) -> Outcome:
     return Outcome(dense.eval(), cfg.model, None, seconds)
 
 
-def _unit_scores(ctx: TrialContext, dense: ConformerCTC) -> list[dict[str, torch.Tensor]] | None:
+def unit_scores(ctx: TrialContext, dense: ConformerCTC) -> list[dict[str, torch.Tensor]] | None:
     """The structured baselines' unit ranking from the calibration sample (None: magnitude's weight norms)."""
     cfg = ctx.cfg
     if cfg.method == "magnitude_structured":
