@@ -36,6 +36,7 @@ def settings(frame: pd.DataFrame) -> pd.DataFrame:
     groups["distill"] = [float(r["distill"]) for r in rows]
     groups["distill_hidden"] = [float(r["distill_hidden"]) for r in rows]
     groups["finetune_epochs"] = [int(r["finetune_epochs"]) for r in rows]
+    groups["ranking"] = [r["ranking"] for r in rows]
     groups["budget"] = groups["adl_target_reduction"].fillna(groups["target_reduction"]).round(4)
     groups["kind"] = groups["method"].mask(groups["method"] == ADAPTIVE_DROPOUT, CONTROLLER)
     return groups[groups["budget"].notna()].reset_index(drop=True)
@@ -43,8 +44,10 @@ def settings(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _name(row: pd.Series) -> str:
     """E.g. "adaptive dropout, budget controller, distilled (1), blocks (1), then fine-tuned": the teacher's
-    output and block-output weights, and whether the controller's gates were fixed for the last epochs."""
-    return (method_look(row["kind"])[2] + (f", distilled ({row['distill']:g})" if row["distill"] else "")
+    output and block-output weights, whether the controller's gates were fixed for the last epochs, and
+    a structured baseline's per-block pools ("ranked per block"; the default, one pool per kind, unnamed)."""
+    return (method_look(row["kind"])[2] + (", ranked per block" if str(row["ranking"]) == "uniform" else "")
+            + (f", distilled ({row['distill']:g})" if row["distill"] else "")
             + (f", blocks ({row['distill_hidden']:g})" if row["distill_hidden"] else "")
             + (", then fine-tuned" if _fixed_at_the_end(row) else ""))
 

@@ -23,6 +23,7 @@ from study.names import (
     PRUNES_DENSE,
     REPORT_ORDER,
     RETRAIN_PRUNED,
+    STRUCTURED,
     TAG_BUDGET,
     TAG_FAILURE_REASON,
     TAG_GRID_POINT,
@@ -273,8 +274,9 @@ def _sources(runs: pd.DataFrame, method: pd.Series) -> pd.Series:
 
 COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "start_time", "method", "locations", "seed",
            "tau", "alpha", "threshold", "budget_params", "target_reduction", "adl_target_reduction", "setting",
-           "epochs", "from_dense", "distill", "distill_hidden", "finetune_epochs", "grid_point", *METRICS.values())
-TEXT_COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "method", "locations", "setting")
+           "epochs", "from_dense", "distill", "distill_hidden", "finetune_epochs", "ranking", "grid_point",
+           *METRICS.values())
+TEXT_COLUMNS = ("experiment", "run_id", "run_name", "parent_run_id", "method", "locations", "setting", "ranking")
 
 
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
@@ -314,6 +316,8 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         # epochs training the pruned, fixed architecture (the controller's after its gates; a baseline's all)
         "finetune_epochs": _numeric(_column(runs, "params.adl.finetune_epochs")).where(
             is_adl, _numeric(_column(runs, "params.prune.finetune_epochs"))).fillna(0).astype("Int64"),
+        # a structured baseline's pools: one per unit kind across blocks ("global") or per block ("uniform")
+        "ranking": _column(runs, "params.prune.ranking").where(method.isin(STRUCTURED)),
     }, index=runs.index)
     for metric, col in METRICS.items():
         values = _numeric(_column(runs, f"metrics.{metric}"))

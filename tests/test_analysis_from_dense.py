@@ -163,3 +163,17 @@ def test_the_headline_table_leads_with_both_dense_references():
     for row in table.itertuples():
         low, high = (float(v) for v in row.interval.split("-"))
         assert low <= 100 * row.wer <= high  # the interval printed holds the seed mean
+
+
+def test_a_baseline_ranked_per_block_is_its_own_setting_and_says_so():
+    rows = []
+    for seed in (0, 1):
+        _run(rows, "dense", seed, 0, 0.0, {}, 0.06)
+        _run(rows, "adaptive_dropout", seed, 6, 0.0, {"adl.init": "dense", "adl.target_reduction": "0.5"}, 0.07)
+        for ranking in ("global", "uniform"):
+            _run(rows, "magnitude_structured", seed, 6, 0.0, {"prune.target_reduction": "0.5", "prune.finetune_epochs": "6",
+                 "prune.ranking": ranking}, 0.08 if ranking == "global" else 0.12)
+    frame = tidy(pd.DataFrame(rows))
+    table = from_dense.equal_training_table(frame, utterance_errors(frame)).rows
+    assert list(table["baseline"]) == ["magnitude, structured", "magnitude, structured, ranked per block"]
+    assert table["baseline_wer"].to_numpy() == pytest.approx([0.08, 0.12])
