@@ -419,9 +419,9 @@ def test_two_trials_drawing_one_point_never_both_run_it(first):
     proceeds = []
     for trial in order:  # each records its point, then checks, before the other records
         trial.set_user_attr("point", "p")
-        proceeds.append(not _taken_by_another(study, trial, "p"))
+        proceeds.append(not _taken_by_another(study.get_trials(), trial, "p"))
     assert proceeds == [True, False]
-    both_recorded = [not _taken_by_another(study, t, "p") for t in (lower, higher)]
+    both_recorded = [not _taken_by_another(study.get_trials(), t, "p") for t in (lower, higher)]
     assert sum(both_recorded) == 0  # both recorded before either checked: both yield, the point stays pending
 
 

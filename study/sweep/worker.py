@@ -78,20 +78,20 @@ def live_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
-def _taken_by_another(study: optuna.Study, trial: optuna.Trial, key: str) -> bool:
-    """True when another trial finished this point or is running it. Called after this trial recorded
-    its point, so of two trials that drew one point at once, whichever checks second sees the first
-    and yields, in any interleaving (both may yield: the point stays pending and is drawn again).
+def _taken_by_another(trials: list[optuna.trial.FrozenTrial], trial: optuna.Trial, key: str) -> bool:
+    """True when another trial finished this point or is running it. `trials` is read after this trial
+    recorded its point, so of two trials that drew one point at once, whichever reads second sees the
+    first and yields, in any interleaving (both may yield: the point stays pending and is drawn again).
     Yielding only to a lower-numbered trial let both run when the higher one checked first."""
     return any(point_of(t) == key and t.number != trial.number and t.state in (TrialState.COMPLETE, TrialState.RUNNING)
-               for t in study.get_trials(deepcopy=False))
+               for t in trials)
 
 
-def _failed_in_this_launch(study: optuna.Study, key: str, first: int) -> bool:
+def _failed_in_this_launch(trials: list[optuna.trial.FrozenTrial], key: str, first: int) -> bool:
     """A point whose attempt in this launch raised. The grid sampler counts yielded duplicates as visited;
     with its grid used up it draws at random, and ran such a point a second time in the same launch."""
     return any(point_of(t) == key and t.number >= first and t.state == TrialState.FAIL and not is_lost(t)
-               for t in study.get_trials(deepcopy=False))
+               for t in trials)
 
 
 def suggest(trial: optuna.Trial, search: dict[str, dict]) -> dict[str, Any]:
@@ -149,10 +149,11 @@ class Worker:
                     raise optuna.TrialPruned()
                 key = queued if queued is not None else trial.suggest_categorical(point_param(keys), keys)
                 trial.set_user_attr("point", key)
-                if _taken_by_another(study, trial, key):  # two workers drew the same point at once
+                trials = study.get_trials(deepcopy=False)  # one read of the storage for both checks
+                if _taken_by_another(trials, trial, key):  # two workers drew the same point at once
                     trial.set_user_attr("skipped", "duplicate of a running or finished trial")
                     raise optuna.TrialPruned()
-                if queued is None and _failed_in_this_launch(study, key, study.user_attrs[LAUNCH_FIRST_TRIAL]):
+                if queued is None and _failed_in_this_launch(trials, key, study.user_attrs[LAUNCH_FIRST_TRIAL]):
                     trial.set_user_attr("skipped", "failed earlier in this launch (retried once per launch)")
                     raise optuna.TrialPruned()
                 point, chosen = Point.from_key(key), {}
