@@ -232,8 +232,9 @@ def extra_epochs_figure(frame: pd.DataFrame, errors: UtteranceErrors | None) -> 
     wer = frame.set_index("run_id")["test_wer"].astype(float)
     dense = wer[dense_runs(frame, recipe)]
     longer = sorted((k, wer[ids]) for k in groups["k"].unique() if (ids := dense_runs(frame, recipe + k)))
-    line_keys = ["kind", "distill", "distill_hidden", "fixed"]  # one line per method, teacher and schedule
+    line_keys = ["kind", "distill", "distill_hidden", "fixed", "pools"]  # one line per method, teacher and schedule
     groups["fixed"] = groups.apply(_fixed_at_the_end, axis=1)
+    groups["pools"] = groups["ranking"].map(lambda r: r if isinstance(r, str) else "none")  # NA never compares equal
     lines = groups[line_keys].drop_duplicates().sort_values(line_keys)
     for ax, budget in zip(axes, budgets):
         for n, line in enumerate(lines.itertuples(index=False)):

@@ -177,3 +177,7 @@ def test_a_baseline_ranked_per_block_is_its_own_setting_and_says_so():
     table = from_dense.equal_training_table(frame, utterance_errors(frame)).rows
     assert list(table["baseline"]) == ["magnitude, structured", "magnitude, structured, ranked per block"]
     assert table["baseline_wer"].to_numpy() == pytest.approx([0.08, 0.12])
+    with style():
+        fig = from_dense.extra_epochs_figure(frame, utterance_errors(frame))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert {"magnitude, structured", "magnitude, structured, ranked per block"} <= set(labels)  # a line each
