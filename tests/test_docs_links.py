@@ -174,3 +174,19 @@ def test_every_path_named_in_experiments_and_code_exists():
 def test_every_table_published_from_a_results_bundle_is_what_the_bundle_gives():
     from analysis.doc_tables import stale_blocks
     assert not [line for page in PAGES for line in stale_blocks(page)]
+
+
+def test_the_readme_figure_is_what_its_bundle_draws(tmp_path):
+    """The README's figure, regenerated from its results bundle, is the same bytes (as python -m analysis
+    --from results/prune_to_bar.json.gz draws from_dense_extra_epochs.png)."""
+    from analysis import from_dense, provenance
+    from analysis.bundle import read_bundle
+    from analysis.plotting import save, style
+    figure = ROOT / "docs/results/prune_to_bar/prune_to_bar_extra_epochs.png"
+    assert f"]({figure.relative_to(ROOT).as_posix()})" in (ROOT / "README.md").read_text()
+    inputs = read_bundle(ROOT / "results/prune_to_bar.json.gz")
+    frame = inputs.trials.frame
+    with style():
+        fig = from_dense.extra_epochs_figure(frame, inputs.errors)
+        save(fig, tmp_path / "figure", provenance.card(inputs.runs, frame["run_id"]))
+    assert (tmp_path / "figure.png").read_bytes() == figure.read_bytes()
