@@ -103,6 +103,16 @@ def dense_runs(frame: pd.DataFrame, epochs: int) -> list[str]:
     return list(dense["run_id"])
 
 
+def _setting_columns(label: Column) -> list[Column]:
+    """The columns a per-setting table starts with: target, k, `label`, reduction, test WER and its interval."""
+    pct = fixed_digits(2, 100)
+    return [Column("target_reduction_pct", "Target (%)", "budget", fixed_digits(0, 100)),
+            Column("k", "k (epochs)", "k", fixed_digits(0)), label,
+            Column("reduction_pct", "Reduction (%)", "reduction", fixed_digits(1, 100)),
+            Column("test_wer_pct", "Test WER (%)", "wer", pct),
+            Column("ci_low_pct", "CI low", "low", pct), Column("ci_high_pct", "CI high", "high", pct)]
+
+
 def dense_references_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
     """Every from-dense setting (controller and baselines) against dense at the recipe's epochs and dense
     trained for the same total epochs (dense + k): test WERs, differences and paired bootstrap probabilities
@@ -132,11 +142,7 @@ def dense_references_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Tabl
                                         "over_dense", "p_dense", "longer_wer", "over_longer", "p_longer", "seeds"])
     table = table.sort_values(["budget", "k", "setting"], kind="stable").reset_index(drop=True)
     pct = fixed_digits(2, 100)
-    columns = [Column("target_reduction_pct", "Target (%)", "budget", fixed_digits(0, 100)),
-               Column("k", "k (epochs)", "k", fixed_digits(0)), Column("setting", "Setting", "setting", as_text),
-               Column("reduction_pct", "Reduction (%)", "reduction", fixed_digits(1, 100)),
-               Column("test_wer_pct", "Test WER (%)", "wer", pct),
-               Column("ci_low_pct", "CI low", "low", pct), Column("ci_high_pct", "CI high", "high", pct),
+    columns = [*_setting_columns(Column("setting", "Setting", "setting", as_text)),
                Column("dense_test_wer_pct", "Dense (%)", "dense_wer", pct),
                Column("over_dense_pct", "Over dense (points)", "over_dense", pct),
                Column("p_better_than_dense", "P(better than dense)", "p_dense", fixed_digits(3)),
@@ -154,16 +160,14 @@ def headline_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
     references = dense_references_table(frame, errors).rows
     wer = frame.set_index("run_id")["test_wer"].astype(float)
     recipe = int(settings(frame)["epochs"].min())
-    idx = bootstrap.resamples(len(next(iter(errors.values()))[0])) if errors else None
     dense = []
     for label, epochs in (("dense", recipe), *(("dense + k", recipe + k) for k in sorted(references["k"].unique()))):
-        ids = dense_runs(frame, epochs)
-        low, high = (bootstrap.interval([errors[r] for r in ids], idx)
-                     if ids and idx is not None and all(r in errors for r in ids) else (np.nan, np.nan))
-        if ids:
+        if ids := dense_runs(frame, epochs):
             dense.append({"setting": f"{label}, {epochs} epochs", "reduction": 0.0, "wer": float(wer[ids].mean()),
-                          "low": low, "high": high, "seeds": str(len(ids))})
-    table = pd.concat([pd.DataFrame(dense), references], ignore_index=True)
+                          "run_ids": tuple(ids), "seeds": str(len(ids))})
+    dense = with_intervals(pd.DataFrame(dense), errors).rename(columns={"test_wer_ci_low": "low",
+                                                                         "test_wer_ci_high": "high"})
+    table = pd.concat([dense.drop(columns="run_ids"), references], ignore_index=True)
     table["interval"] = [f"{100 * lo:.2f}-{100 * hi:.2f}" if np.isfinite(lo) else ""
                          for lo, hi in zip(table["low"], table["high"])]
     pct = fixed_digits(2, 100)
@@ -211,11 +215,7 @@ def additions_table(frame: pd.DataFrame, errors: UtteranceErrors) -> Table:
                       "adl.finetune_epochs above 0) beside one without, at the same budget and k")
     table = pd.DataFrame(rows).sort_values(["budget", "k", "order", "left_out"], kind="stable").reset_index(drop=True)
     pct = fixed_digits(2, 100)
-    columns = [Column("target_reduction_pct", "Target (%)", "budget", fixed_digits(0, 100)),
-               Column("k", "k (epochs)", "k", fixed_digits(0)), Column("left_out", "Left out", "left_out", as_text),
-               Column("reduction_pct", "Reduction (%)", "reduction", fixed_digits(1, 100)),
-               Column("test_wer_pct", "Test WER (%)", "wer", pct),
-               Column("ci_low_pct", "CI low", "low", pct), Column("ci_high_pct", "CI high", "high", pct),
+    columns = [*_setting_columns(Column("left_out", "Left out", "left_out", as_text)),
                Column("over_every_addition_pct", "Over every addition (points)", "over_full", pct),
                Column("p_every_addition_better", "P(every addition better)", "p_full", fixed_digits(3)),
                Column("seeds", "Seeds", "seeds", as_text)]
