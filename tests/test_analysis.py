@@ -491,5 +491,4 @@ def test_cli_with_no_experiment_or_several_regenerates_each_and_removes_stale_fi
     assert "skipped table importances" in out and not stale.exists()
     assert (tmp_path / EXPERIMENT / "pareto_params.png").is_file() and not (tmp_path / BROKEN).exists()
     assert main([EXPERIMENT, BROKEN, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path / "both")]) == 3
-    assert (tmp_path / "both" / EXPERIMENT / "ablation_table.csv").is_file()
-    assert main([EXPERIMENT, "--tracking-uri", store.tracking_uri, "--out", str(tmp_path / "one")]) == 0
+    assert (tmp_path / "both" / EXPERIMENT / "ablation_table.csv").is_file()  # one good one alone exits 0: test_cli_regenerates_identical_tables

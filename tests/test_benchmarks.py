@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import ROOT, write_experiment
+from tests.helpers import ROOT, run_script, write_experiment
 
 pytestmark = pytest.mark.slow  # each starts a Python process that builds models
 
@@ -44,8 +42,7 @@ def test_a_benchmark_ends_with_its_json_line(script, tmp_path, corpus_cache):
     options = ["--quick"]
     if script in TAKES_AN_EXPERIMENT:
         options += ["--experiment", str(write_experiment(tmp_path, corpus_cache, ""))]
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *options], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+    done = run_script(ROOT / "benchmarks" / script, options, tmp_path, timeout=900)  # forked: torch imported once
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) > 1  # a readable table first

@@ -212,34 +212,14 @@ def test_bad_experiment_files_are_rejected_before_any_trial(tmp_path, corpus_cac
 
 
 @pytest.mark.slow
-def test_search_mode_runs_its_budget_and_prints_the_pareto_front(tmp_path, corpus_cache, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    exp = write_experiment(tmp_path, corpus_cache, """
-[sweep]
-mode = "search"
-trials = 2
-[sweep.search]
-"model.ffn_dim" = { low = 16, high = 64, step = 16 }
-"model.dropout" = { low = 0.0, high = 0.2 }
-""")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    assert sweep.main([str(exp), "--tracking-uri", uri, "--no-analysis"]) == 0
-    out = capsys.readouterr().out
-    assert "Pareto front" in out and out.count("finished dense-s0") == 2
-    children, _ = child_runs(uri)
-    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
-    chosen = [json.loads(r.data.tags["grid_point"]) for r in children]
-    assert all(16 <= c["model.ffn_dim"] <= 64 and 0.0 <= c["model.dropout"] <= 0.2 for c in chosen)
-
-
-@pytest.mark.slow
-def test_a_real_search_sweep_ranks_its_searched_settings_by_importance(tmp_path, corpus_cache, monkeypatch):
-    """Eight adaptive-dropout trials whose penalty weight and temperature Optuna samples, run with the
-    analysis step: its importance table ranks both searched settings for each target, each column summing
-    to 1. Which one ranks first is not asserted: the sampler is unseeded, and with eight trials PED-ANOVA's
-    top 10% is one trial, so even a size set by alpha alone is ranked behind tau in about a quarter of
-    draws (simulated from this model's measured sizes). tests/test_analysis_factors.py checks the ranking
-    on fixed data."""
+def test_a_real_search_sweep_ranks_its_searched_settings_by_importance(tmp_path, corpus_cache, monkeypatch, capsys):
+    """Eight adaptive-dropout trials (the fewest importances take) whose penalty weight, temperature and FFN
+    width Optuna samples, run with the analysis step: the launch prints its Pareto front, each trial's
+    settings lie in their ranges (a float on a log scale, a float, an integer in steps), and the importance
+    table ranks the searched settings for each target, each column summing to 1. Which one ranks first is
+    not asserted: the sampler is unseeded, and with eight trials PED-ANOVA's top 10% is one trial, so even
+    a size set by alpha alone is ranked behind tau in about a quarter of draws (simulated from this model's
+    measured sizes). tests/test_analysis_factors.py checks the ranking on fixed data."""
     monkeypatch.chdir(tmp_path)
     exp = write_experiment(tmp_path, corpus_cache, """
 [sweep]
@@ -251,11 +231,19 @@ workers = 2
 "adl.lr" = { choices = [0.5] }
 "adl.alpha" = { low = 0.00003, high = 0.003, log = true }  # 12-66% pruned here: above it every size is the floor
 "adl.tau" = { low = 0.3, high = 1.0 }
-""", epochs=8)
-    assert sweep.main([str(exp), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+"model.ffn_dim" = { low = 32, high = 64, step = 32 }
+""", epochs=5)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert sweep.main([str(exp), "--tracking-uri", uri]) == 0
+    assert "Pareto front" in capsys.readouterr().out
+    children, _ = child_runs(uri)
+    assert len(children) == 8 and all(r.info.status == "FINISHED" for r in children)
+    for point in (json.loads(r.data.tags["grid_point"]) for r in children):
+        assert 3e-5 <= point["adl.alpha"] <= 3e-3 and 0.3 <= point["adl.tau"] <= 1.0, point
+        assert point["model.ffn_dim"] in (32, 64) and point["method"] == "adaptive_dropout", point
     with open(tmp_path / "figures" / "tiny_sweep" / "importances.csv") as table:
         rows = list(csv.DictReader(table))
-    assert sorted(row["parameter"] for row in rows) == ["adl.alpha", "adl.tau"]  # the fixed choices left out
+    assert sorted(row["parameter"] for row in rows) == ["adl.alpha", "adl.tau", "model.ffn_dim"]  # not the fixed choices
     for column in ("importance_dev_wer", "importance_reduction"):
         values = [float(row[column]) for row in rows]
         assert all(0 <= v <= 1 for v in values) and sum(values) == pytest.approx(1.0, abs=0.002), (column, rows)
@@ -516,7 +504,7 @@ def test_a_cluster_job_of_a_superseded_or_never_marked_launch_stands_down(tmp_pa
 def test_a_second_machine_joins_a_running_sweep_and_shares_its_points(tmp_path, corpus_cache, postgres_storage):
     """`--join` from a second process (a second machine sharing the database, the tracking store and runs/):
     its worker takes points of the same sweep, under the same parent run, and no point runs twice."""
-    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS, epochs=100)  # about 8 s a trial: the joiner gets some
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS, epochs=60)  # about 5 s a trial: the joiner gets some
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
                "--storage", postgres_storage, "--workers", "1"]
