@@ -229,7 +229,7 @@ workers = 2
 [sweep.search]
 "method" = { choices = ["adaptive_dropout"] }
 "adl.lr" = { choices = [0.5] }
-"adl.alpha" = { low = 0.00003, high = 0.003, log = true }  # 12-66% pruned here: above it every size is the floor
+"adl.alpha" = { low = 0.00003, high = 0.003, log = true }  # 12-66% pruned at 8 epochs: above it every size is the floor
 "adl.tau" = { low = 0.3, high = 1.0 }
 "model.ffn_dim" = { low = 32, high = 64, step = 32 }
 """, epochs=5)
