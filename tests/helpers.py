@@ -154,23 +154,22 @@ def run_sweep(command: list[str], cwd: Path, env: dict[str, str] | None = None,
     assert command[:2] == [sys.executable, str(ROOT / "sweep.py")], command
     # a PYTHONPATH of its own brings start-up hooks (tests/faults/sitecustomize.py): a fresh interpreter runs them
     own_path = env is not None and env.get("PYTHONPATH") != os.environ.get("PYTHONPATH")
-    if own_path or not forkserver.available():
-        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    return _run_forked("sweep", command[2:], command, cwd, env, timeout, "sweep-driver")
+    return _run_forked("sweep", command[2:], command, cwd, env, timeout, "sweep-driver", fresh=own_path)
 
 
 def run_script(script: Path, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """`python SCRIPT ARGS...` run to its end as `run_sweep` runs a launch: forked from the preloaded server,
     so that it does not import torch again (tests/script_runner.py runs it as __main__)."""
     command = [sys.executable, str(script), *args]
-    if not forkserver.available():
-        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     return _run_forked("tests.script_runner", command[1:], command, cwd, None, timeout, script.stem)
 
 
 def _run_forked(module: str, args: list[str], command: list[str], cwd: Path, env: dict[str, str] | None,
-                timeout: float, name: str) -> subprocess.CompletedProcess:
-    """`module.main(args)` in a child of the preloaded server, reported as `command`; its output captured as text."""
+                timeout: float, name: str, fresh: bool = False) -> subprocess.CompletedProcess:
+    """`module.main(args)` in a child of the preloaded server, reported as `command`; its output captured as
+    text. `command` itself runs in a fresh interpreter when `fresh` or where there is no forkserver."""
+    if fresh or not forkserver.available():
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="forked-output-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
         child = forkserver.ForkedProcess(module, args, out, env or dict(os.environ), name, cwd=cwd, err_log=err)
