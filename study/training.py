@@ -31,6 +31,7 @@ from study.data.tokenizer import Tokenizer
 from study.durable import replace_durably
 from study.runtime.distributed import rank_and_world, weight_gap_to_rank0
 from study.method.distillation import Distiller
+from study.sweep.timing import MIN_STEP_SECONDS
 from study.model import output_lengths
 
 LOSS_CHECK_EVERY = 25  # steps between host syncs on a GPU (the finiteness check and the progress bar)
@@ -280,6 +281,7 @@ class Trainer:
         mark = self.clock.mark if self.clock else lambda phase: None
         mark("epoch start")
         for step, (batch, feats) in enumerate(self.device_batches(batches[first:]), start=first):
+            step_started = time.monotonic()
             mark("data")
             t = (epoch * self.steps_per_epoch + step) / self.total_steps  # fraction of training done
             if self.on_step:
@@ -312,6 +314,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{(ctc_sum + reg_sum + distill_sum) / total_utts:.3f}",
                                 utt_s=f"{total_utts / (time.perf_counter() - start):.1f}")
             mark("bookkeeping")
+            if MIN_STEP_SECONDS:
+                time.sleep(max(0.0, MIN_STEP_SECONDS - (time.monotonic() - step_started)))
             progress.beat()
             if stop_request.requested() and self.world == 1 and step + 1 < len(batches):
                 bar.close()

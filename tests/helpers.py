@@ -92,33 +92,18 @@ def check_grid_ran_once(tracking_uri: str, storage, failing: bool = True, points
         assert len(failed_runs) == 1 and "3%" in failed_runs[0].data.tags["failure_reason"]
 
 
-def children_of(pid: int) -> list[int]:
-    """Processes whose parent is `pid` (Linux /proc)."""
+def worker_pids(driver) -> list[int]:
+    """The live worker processes of a sweep driver, found by their stdout, the log the driver gave each
+    (runs/logs/EXPERIMENT/worker-DRIVERPID-N.log): a driver forked from a forkserver has its workers forked
+    by the same server, so they are not its children."""
     found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for stdout in Path("/proc").glob("[0-9]*/fd/1"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            target = os.readlink(stdout)
+        except OSError:  # gone meanwhile, or not ours to read
             continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def worker_pids(driver: subprocess.Popen) -> list[int]:
-    """The driver's worker processes: children of its forkserver, named sweep-worker (or, without a
-    forkserver, its `python -m study.sweep.worker` children)."""
-    found, parents = [], [driver.pid]
-    while parents:
-        for pid in children_of(parents.pop()):
-            parents.append(pid)
-            try:
-                named = Path(f"/proc/{pid}/comm").read_text().strip() == "sweep-worker"
-                named = named or b"study.sweep.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:  # gone meanwhile
-                continue
-            if named:
-                found.append(pid)
+        if f"/worker-{driver.pid}-" in target and target.endswith(".log"):
+            found.append(int(stdout.parent.parent.name))
     return found
 
 
@@ -150,11 +135,27 @@ def run_sweep(command: list[str], cwd: Path, env: dict[str, str] | None = None,
     """`command` (`python sweep.py ...`) run to its end, like subprocess.run with captured text output, but
     forked from this test process's preloaded server (study/runtime/forkserver.py), which then forks the
     sweep's workers too: a fresh interpreter and its own server would import torch and MLflow twice more.
-    For launches that are killed or signalled, start `python sweep.py` itself."""
+    A launch the test signals or joins while it runs: `start_sweep`."""
     assert command[:2] == [sys.executable, str(ROOT / "sweep.py")], command
-    # a PYTHONPATH of its own brings start-up hooks (tests/faults/sitecustomize.py): a fresh interpreter runs them
-    own_path = env is not None and env.get("PYTHONPATH") != os.environ.get("PYTHONPATH")
-    return _run_forked("sweep", command[2:], command, cwd, env, timeout, "sweep-driver", fresh=own_path)
+    return _run_forked("sweep", command[2:], command, cwd, env, timeout, "sweep-driver",
+                       fresh=_needs_a_fresh_interpreter(env))
+
+
+def start_sweep(command: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None):
+    """`command` (`python sweep.py ...`) started and left running, forked as `run_sweep` forks it (a fresh
+    interpreter where `env` brings start-up hooks), its output to `log`. The tests use what subprocess.Popen
+    and the forked process share: pid, poll, wait, send_signal, kill."""
+    assert command[:2] == [sys.executable, str(ROOT / "sweep.py")], command
+    if _needs_a_fresh_interpreter(env) or not forkserver.available():
+        with open(log, "w") as out:
+            return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return forkserver.ForkedProcess("sweep", command[2:], log, env or dict(os.environ), "sweep-driver", cwd=cwd)
+
+
+def _needs_a_fresh_interpreter(env: dict[str, str] | None) -> bool:
+    """A PYTHONPATH of its own brings start-up hooks (tests/faults/sitecustomize.py): only a fresh interpreter
+    runs them."""
+    return env is not None and env.get("PYTHONPATH") != os.environ.get("PYTHONPATH")
 
 
 def run_script(script: Path, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -194,6 +195,11 @@ def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> Path:
 # up is settled 6 s after it started, instead of 5 minutes.
 QUICK_TIMING = {"SWEEP_RETRY_SECONDS": "2", "SWEEP_HEARTBEAT_SECONDS": "0.5", "SWEEP_STALE_SECONDS": "6",
                 "SWEEP_REQUEUE_SECONDS": "1", "SWEEP_PHASE_POLL_SECONDS": "0.5", "SWEEP_PROGRESS_BEAT_SECONDS": "0.5"}
+
+
+# Trials that stay mid-training for seconds at the cost of a few epochs: each step takes at least 0.2 s,
+# asleep (a tiny epoch is about 5 steps of well under 0.1 s of work)
+PACED = {"SWEEP_MIN_STEP_SECONDS": "0.2"}
 
 
 @contextlib.contextmanager

@@ -21,12 +21,16 @@ from study.sweep.optuna_storage import point_of
 from tests.helpers import (
     FOUR_POINTS,
     FOUR_POINTS_AND_A_FAILURE,
+    PACED,
     ROOT,
     check_grid_ran_once,
     child_runs,
     run_sweep,
+    start_sweep,
+    sweep_command,
     sweep_storage,
     trials,
+    wait_for_checkpoint,
     worker_pids,
     write_experiment,
 )
@@ -89,13 +93,10 @@ def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_c
     storage = sweep_storage(storage_kind, tmp_path, request)
     command = [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
                *(["--storage", storage] if storage_kind == "postgresql" else [])]
-    proc = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while not list((tmp_path / "runs/trials").glob("*/*/checkpoint.pt")):  # a trial is mid-way
-        assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint" + (proc.stdout.read() if proc.poll() is not None else "")
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # driver and worker vanish, as with a lost machine
+    proc = start_sweep(command, tmp_path, tmp_path / "launch-1.log")
+    wait_for_checkpoint(tmp_path, proc)  # a trial is mid-way
+    for pid in [proc.pid, *worker_pids(proc)]:  # driver and worker vanish, as with a lost machine
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
     children, _ = child_runs(uri)
     assert [r.info.status for r in children] == ["RUNNING"]  # what a lost machine leaves behind
@@ -116,12 +117,9 @@ def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_c
 
 
 
-def _kill_the_worker_mid_trial(proc: subprocess.Popen, tmp_path: Path, sig: int = signal.SIGKILL) -> None:
+def _kill_the_worker_mid_trial(proc, tmp_path: Path, sig: int = signal.SIGKILL) -> None:
     """Waits for a trial's first checkpoint, then sends `sig` to the sweep's one worker."""
-    deadline = time.time() + 180
-    while not list((tmp_path / "runs/trials").glob("*/*/checkpoint.pt")):  # a trial is mid-way
-        assert time.time() < deadline and proc.poll() is None, "the sweep never reached a checkpoint" + (proc.stdout.read() if proc.poll() is not None else "")
-        time.sleep(0.2)
+    wait_for_checkpoint(tmp_path, proc)  # a trial is mid-way
     workers = worker_pids(proc)
     assert len(workers) == 1
     os.kill(workers[0], sig)  # SIGKILL: out of memory, a preempted node: the worker alone vanishes
@@ -146,11 +144,12 @@ def test_a_lost_or_hung_worker_is_replaced_and_its_trial_resumes_in_the_same_lau
     storage = sweep_storage(storage_kind, tmp_path, request)
     if storage_kind == "postgresql":
         options = [*options, "--storage", storage]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
-                             *options], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "SWEEP_PROGRESS_BEAT_SECONDS": "0.5"})
+    log = tmp_path / "launch.log"
+    proc = start_sweep(sweep_command(exp, uri, *options), tmp_path, log,
+                       env={**os.environ, "SWEEP_PROGRESS_BEAT_SECONDS": "0.5"})
     _kill_the_worker_mid_trial(proc, tmp_path, sig)
-    output, _ = proc.communicate(timeout=600)
+    proc.wait(timeout=600)
+    output = log.read_text()
     assert proc.returncode == 0, output[-2000:]
     assert notice in output and "worker 0 lost (exit code -9)" in output and "a fresh worker resumes it" in output
     done = [t for t in trials("tiny_sweep", storage) if t.state == TrialState.COMPLETE]
@@ -168,11 +167,12 @@ def test_a_launch_whose_workers_are_all_lost_ends_its_parent_run_failed(tmp_path
     exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS_AND_A_FAILURE.split("[[sweep.arms]]\nname = \"impossible\"")[0],
                            epochs=5)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
-                             "--max-restarts", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "launch.log"
+    proc = start_sweep(sweep_command(exp, uri, "--max-restarts", "0"), tmp_path, log)
     _kill_the_worker_mid_trial(proc, tmp_path)
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 2 and "waits for the next launch" in output
+    proc.wait(timeout=300)
+    output = log.read_text()
+    assert proc.returncode == 2 and "waits for the next launch" in output, output[-2000:]
     children, parents = child_runs(uri)
     assert [p.info.status for p in parents] == ["FAILED"] and "1 worker(s)" in parents[0].data.tags["failure_reason"]
     assert [r.info.status for r in children] == ["FAILED"]  # marked lost now, not left RUNNING
@@ -504,19 +504,20 @@ def test_a_cluster_job_of_a_superseded_or_never_marked_launch_stands_down(tmp_pa
 def test_a_second_machine_joins_a_running_sweep_and_shares_its_points(tmp_path, corpus_cache, postgres_storage):
     """`--join` from a second process (a second machine sharing the database, the tracking store and runs/):
     its worker takes points of the same sweep, under the same parent run, and no point runs twice."""
-    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS, epochs=60)  # about 5 s a trial: the joiner gets some
+    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS, epochs=5)  # paced: about 5 s a trial, the joiner gets some
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     command = [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
                "--storage", postgres_storage, "--workers", "1"]
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, **PACED}
+    first = start_sweep(command, tmp_path, tmp_path / "launch-1.log", env=env)
     deadline = time.time() + 180
     while not [t for t in _trials_once_created(postgres_storage) if t.state == TrialState.RUNNING]:
         assert time.time() < deadline and first.poll() is None, "the first launch never started a trial"
         time.sleep(0.5)
-    joined = run_sweep([*command, "--join"], tmp_path)
+    joined = run_sweep([*command, "--join"], tmp_path, env=env)
     assert joined.returncode == 0, joined.stdout[-2000:] + joined.stderr[-2000:]
-    output, _ = first.communicate(timeout=300)
-    assert first.returncode == 0, output[-2000:]
+    first.wait(timeout=300)
+    assert first.returncode == 0, (tmp_path / "launch-1.log").read_text()[-2000:]
     check_grid_ran_once(uri, postgres_storage, failing=False)
     workers = {t.user_attrs["worker"] for t in trials("tiny_sweep", postgres_storage) if t.state == TrialState.COMPLETE}
     assert len(workers) == 2, joined.stdout[-3000:]  # both launches' workers trained points

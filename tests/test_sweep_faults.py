@@ -16,6 +16,7 @@ from optuna.trial import TrialState
 from tests.services import restartable_postgres
 from tests.helpers import (
     ONE_POINT,
+    PACED,
     QUICK_TIMING,
     ROOT,
     TWO_POINTS,
@@ -24,6 +25,7 @@ from tests.helpers import (
     fill,
     run_sweep,
     small_disk,
+    start_sweep,
     sweep_command,
     sweep_storage,
     wait_for_checkpoint,
@@ -40,10 +42,9 @@ pytestmark = pytest.mark.slow  # processes started, trials trained end to end
 
 
 def test_sigterm_checkpoints_the_step_and_the_next_launch_resumes_the_same_run(tmp_path, corpus_cache):
-    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=40)  # a tiny epoch is well under a second:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # enough of them that the signal lands while it trains
-    with open(tmp_path / "driver.log", "w") as log:  # read when the checkpoint never comes
-        proc = subprocess.Popen(sweep_command(exp, uri), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=6)  # paced: the signal lands while it trains
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = start_sweep(sweep_command(exp, uri), tmp_path, tmp_path / "driver.log", env={**os.environ, **PACED})
     checkpoint = wait_for_checkpoint(tmp_path, proc)
     proc.send_signal(signal.SIGTERM)  # to the driver, which passes it on to its worker
     proc.wait(timeout=60)
@@ -52,7 +53,7 @@ def test_sigterm_checkpoints_the_step_and_the_next_launch_resumes_the_same_run(t
     worker_log = next((tmp_path / "runs/logs/tiny_sweep").glob("worker-*.log")).read_text()
     assert "SIGTERM: checkpointing at the end of this step" in worker_log
     state = torch.load(checkpoint, weights_only=False)
-    assert 1 <= state["history"].epoch < 40  # stopped mid-training: at a step, or after an epoch's evaluation
+    assert 1 <= state["history"].epoch < 6  # stopped mid-training: at a step, or after an epoch's evaluation
 
     result = run_sweep(sweep_command(exp, uri), tmp_path)
     assert result.returncode == 0, result.stdout[-2000:]
@@ -72,17 +73,18 @@ def test_a_postgresql_outage_mid_trial_is_ridden_through_in_the_same_launch(tmp_
     storage = sweep_storage("postgresql", tmp_path, request)
     exp = write_experiment(tmp_path, corpus_cache, TWO_POINTS.replace('grid = { "model.ffn_dim" = [32, 64] }', ""), epochs=4)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen(sweep_command(exp, uri, "--storage", storage), cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "driver.log"
+    proc = start_sweep(sweep_command(exp, uri, "--storage", storage), tmp_path, log)
     wait_for_checkpoint(tmp_path, proc)
     cluster = ["pg_ctlcluster", version, "main"]
     subprocess.run([*cluster, "stop"], check=True)
     restart = threading.Timer(8, subprocess.run, args=([*cluster, "start"],), kwargs={"check": True})
     restart.start()
     try:
-        output, _ = proc.communicate(timeout=600)
+        proc.wait(timeout=600)
     finally:
         restart.join()
+    output = log.read_text()
     assert proc.returncode == 0, output[-3000:]
     assert "retry" in output or "retry" in "".join(p.read_text() for p in (tmp_path / "runs/logs").rglob("*.log"))
     check_grid_ran_once(uri, storage, failing=False, points=2)
@@ -98,10 +100,10 @@ def test_a_point_requeued_on_a_machine_without_its_runs_folder_starts_over_and_c
     storage = sweep_storage("postgresql", tmp_path, request)
     first, second = tmp_path / "machine-a", tmp_path / "machine-b"
     first.mkdir(), second.mkdir()
-    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=40)  # the signal lands while it trains
+    exp = write_experiment(tmp_path, corpus_cache, ONE_POINT, epochs=6)  # paced: the signal lands while it trains
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = subprocess.Popen(sweep_command(exp, uri, "--storage", storage), cwd=first,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_sweep(sweep_command(exp, uri, "--storage", storage), first, first / "driver.log",
+                       env={**os.environ, **PACED})
     wait_for_checkpoint(first, proc)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=60)
@@ -170,8 +172,7 @@ def test_a_full_disk_at_the_sigterm_checkpoint_queues_the_point_again_and_loses_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = sweep_storage("journal", tmp_path, request=None)
     with small_disk(tmp_path / "runs/trials", 32) as disk:
-        with open(tmp_path / "driver.log", "w") as log:
-            driver = subprocess.Popen(sweep_command(exp, uri), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        driver = start_sweep(sweep_command(exp, uri), tmp_path, tmp_path / "driver.log")
         checkpoint = wait_for_checkpoint(tmp_path, driver)
         (worker,) = worker_pids(driver)
         os.kill(worker, signal.SIGSTOP)  # held still while the disk fills: no epoch ends in between

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import shutil
 import socket
@@ -37,7 +36,7 @@ from study.data import espeak
 from study.data.audio import SAMPLE_RATE, resample
 from study.data.manifest import DataError, Utterance, read_manifest, write_manifest
 from study.data.sentences import generate_sentences
-from study.runtime import progress
+from study.runtime import forkserver, progress
 
 CORPUS_FORMAT_VERSION = 1  # bump when the rendering below changes, so old caches are not reused
 COMPLETE_MARKER = "COMPLETE"
@@ -213,8 +212,9 @@ def _generate(cfg: SyntheticConfig, root: Path, workers: int) -> dict[str, list[
         print(f"synthetic corpus: generating {len(jobs)} utterances with {workers} worker(s) into {root}",
               file=sys.stderr, flush=True)
         lengths: list[int] = []
-        context = multiprocessing.get_context("spawn")  # eSpeak state is per process; no fork of torch
-        with context.Pool(workers, initializer=_init_worker) as pool:
+        # eSpeak state is per process, and no child may fork a parent whose torch has run: children of the
+        # forkserver (study/runtime/forkserver.py), which has imported torch once and run nothing
+        with forkserver.context().Pool(workers, initializer=_init_worker) as pool:
             for n_samples in pool.imap(_render, jobs, chunksize=4):
                 lengths.append(n_samples)
                 progress.beat()  # generating a large corpus is not a hang
@@ -254,7 +254,7 @@ def _generate(cfg: SyntheticConfig, root: Path, workers: int) -> dict[str, list[
 def build_synthetic_corpus(cfg: SyntheticConfig, cache_root: Path, workers: int = 2) -> dict[str, list[Utterance]]:
     """Build (or reuse) the corpus for `cfg` under cache_root; returns {"train", "dev", "test"} lists.
 
-    Raises ValueError naming the config field on a bad config. Generation uses "spawn" worker
+    Raises ValueError naming the config field on a bad config. Generation uses forkserver worker
     processes, so a script calling this must guard its entry point with `if __name__ == "__main__":`.
     """
     cfg.validate()

@@ -54,6 +54,9 @@ STALE_SECONDS = _seconds("STALE_SECONDS", max(300.0, stale_after(RETRY_SECONDS, 
 REQUEUE_SECONDS = _seconds("REQUEUE_SECONDS", 30)  # how often lost trials are looked for during a launch
 PHASE_POLL_SECONDS = _seconds("PHASE_POLL_SECONDS", 3)  # a worker waiting for others' trials looks again
 PROGRESS_BEAT_SECONDS = _seconds("PROGRESS_BEAT_SECONDS", 5)  # the least time between two touches of a progress file
+# The least time a training step takes (default: none). A test that needs trials to stay mid-training
+# while it kills, stops or joins them sets it, instead of paying for many epochs of real work.
+MIN_STEP_SECONDS = _seconds("MIN_STEP_SECONDS", 0)
 
 if STALE_SECONDS <= stale_after(RETRY_SECONDS, HEARTBEAT_SECONDS):
     raise TimingError(
