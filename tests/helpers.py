@@ -137,19 +137,32 @@ def run_sweep(command: list[str], cwd: Path, env: dict[str, str] | None = None,
     sweep's workers too: a fresh interpreter and its own server would import torch and MLflow twice more.
     A launch the test signals or joins while it runs: `start_sweep`."""
     assert command[:2] == [sys.executable, str(ROOT / "sweep.py")], command
-    return _run_forked("sweep", command[2:], command, cwd, env, timeout, "sweep-driver",
-                       fresh=_needs_a_fresh_interpreter(env))
+    return _run_forked("sweep", command[2:], command, cwd, env, timeout, "sweep-driver")
 
 
 def start_sweep(command: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None):
-    """`command` (`python sweep.py ...`) started and left running, forked as `run_sweep` forks it (a fresh
-    interpreter where `env` brings start-up hooks), its output to `log`. The tests use what subprocess.Popen
-    and the forked process share: pid, poll, wait, send_signal, kill."""
+    """`command` (`python sweep.py ...`) started and left running, forked as `run_sweep` forks it, its output
+    to `log`. The tests use what subprocess.Popen and the forked process share: pid, poll, wait,
+    send_signal, kill."""
     assert command[:2] == [sys.executable, str(ROOT / "sweep.py")], command
-    if _needs_a_fresh_interpreter(env) or not forkserver.available():
-        with open(log, "w") as out:
-            return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return forkserver.ForkedProcess("sweep", command[2:], log, env or dict(os.environ), "sweep-driver", cwd=cwd)
+    return _start_forked("sweep", command[2:], command, cwd, log, env, "sweep-driver")
+
+
+def run_python(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+               timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python ARGS...` (a script, or -m and a module) run to its end as `run_sweep` runs a launch: forked
+    from the preloaded server, so that it does not import torch again (tests/script_runner.py runs it as
+    __main__)."""
+    return _run_forked("tests.script_runner", args, [sys.executable, *args], cwd, env, timeout, _name_of(args))
+
+
+def start_python(args: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None):
+    """`run_python`'s command started and left running, like `start_sweep`."""
+    return _start_forked("tests.script_runner", args, [sys.executable, *args], cwd, log, env, _name_of(args))
+
+
+def _name_of(args: list[str]) -> str:
+    return args[1].rsplit(".", 1)[-1] if args[0] == "-m" else Path(args[0]).stem
 
 
 def _needs_a_fresh_interpreter(env: dict[str, str] | None) -> bool:
@@ -158,18 +171,11 @@ def _needs_a_fresh_interpreter(env: dict[str, str] | None) -> bool:
     return env is not None and env.get("PYTHONPATH") != os.environ.get("PYTHONPATH")
 
 
-def run_script(script: Path, args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python SCRIPT ARGS...` run to its end as `run_sweep` runs a launch: forked from the preloaded server,
-    so that it does not import torch again (tests/script_runner.py runs it as __main__)."""
-    command = [sys.executable, str(script), *args]
-    return _run_forked("tests.script_runner", command[1:], command, cwd, None, timeout, script.stem)
-
-
 def _run_forked(module: str, args: list[str], command: list[str], cwd: Path, env: dict[str, str] | None,
-                timeout: float, name: str, fresh: bool = False) -> subprocess.CompletedProcess:
+                timeout: float, name: str) -> subprocess.CompletedProcess:
     """`module.main(args)` in a child of the preloaded server, reported as `command`; its output captured as
-    text. `command` itself runs in a fresh interpreter when `fresh` or where there is no forkserver."""
-    if fresh or not forkserver.available():
+    text. `command` itself runs in a fresh interpreter where `env` needs one or there is no forkserver."""
+    if _needs_a_fresh_interpreter(env) or not forkserver.available():
         return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="forked-output-") as folder:
         out, err = Path(folder) / "stdout", Path(folder) / "stderr"
@@ -180,6 +186,15 @@ def _run_forked(module: str, args: list[str], command: list[str], cwd: Path, env
             child.kill()
             raise
         return subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
+
+
+def _start_forked(module: str, args: list[str], command: list[str], cwd: Path, log: Path,
+                  env: dict[str, str] | None, name: str):
+    """`_run_forked`'s child, left running, its output to `log`."""
+    if _needs_a_fresh_interpreter(env) or not forkserver.available():
+        with open(log, "w") as out:
+            return subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return forkserver.ForkedProcess(module, args, log, env or dict(os.environ), name, cwd=cwd)
 
 
 def wait_for_checkpoint(folder: Path, proc: subprocess.Popen) -> Path:

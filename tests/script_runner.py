@@ -1,18 +1,27 @@
-"""`python SCRIPT ARGS...` inside a child of the preloaded forkserver (tests.helpers.run_script): the
-script runs as __main__, with its own folder first on sys.path, as the interpreter would put it."""
+"""`python SCRIPT ARGS...` or `python -m MODULE ARGS...` inside a child of the preloaded forkserver
+(tests.helpers.run_script): the script or module runs as __main__, with the path the interpreter would
+give it first on sys.path (the script's folder; for a module, the working directory)."""
 from __future__ import annotations
 
+import os
 import runpy
 import sys
 from pathlib import Path
 
 
 def main(args: list[str]) -> int:
-    script, *rest = args
-    sys.argv = [script, *rest]
-    sys.path.insert(0, str(Path(script).resolve().parent))
+    if args[0] == "-m":
+        module, *rest = args[1:]
+        sys.argv = [module, *rest]
+        sys.path.insert(0, os.getcwd())
+        run = lambda: runpy.run_module(module, run_name="__main__", alter_sys=True)  # noqa: E731
+    else:
+        script, *rest = args
+        sys.argv = [script, *rest]
+        sys.path.insert(0, str(Path(script).resolve().parent))
+        run = lambda: runpy.run_path(script, run_name="__main__")  # noqa: E731
     try:
-        runpy.run_path(script, run_name="__main__")
+        run()
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
     return 0

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tests.helpers import ROOT, run_script, write_experiment
+from tests.helpers import ROOT, run_python, write_experiment
 
 pytestmark = pytest.mark.slow  # each starts a Python process that builds models
 
@@ -42,7 +42,7 @@ def test_a_benchmark_ends_with_its_json_line(script, tmp_path, corpus_cache):
     options = ["--quick"]
     if script in TAKES_AN_EXPERIMENT:
         options += ["--experiment", str(write_experiment(tmp_path, corpus_cache, ""))]
-    done = run_script(ROOT / "benchmarks" / script, options, tmp_path, timeout=900)  # forked: torch imported once
+    done = run_python([str(ROOT / "benchmarks" / script), *options], tmp_path, timeout=900)  # forked: torch imported once
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     assert len(lines) > 1  # a readable table first

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +12,8 @@ import pytest
 from study.config import dumps_toml, to_dict
 from study.tracking.trial_record import trial_dir
 from study.trial import run_trial
-from tests.helpers import FOUR_POINTS, write_experiment
+from study.runtime import forkserver
+from tests.helpers import FOUR_POINTS, PACED, run_python, start_python, write_experiment
 
 pytestmark = pytest.mark.slow  # processes started, trials trained end to end
 
@@ -56,15 +55,15 @@ def test_a_killed_ddp_trial_resumes_every_rank_from_its_checkpoint_in_the_same_r
     checkpoint: torchrun and both ranks go with it; the same command resumes the trial: one MLflow run,
     every epoch logged. A rank that did not resume would train more epochs than rank 0 and wait forever
     for it, so finishing at all shows that both resumed."""
-    epochs = tiny_config.train.epochs = 10  # killed after the first: nine left to resume
+    epochs = tiny_config.train.epochs = 4  # killed after the first, paced: three left to resume
     tiny_config.train.processes = 2
     config = tmp_path / "trial.toml"
     config.write_text(dumps_toml(to_dict(tiny_config)))
     runs = tmp_path / "runs"
-    command = [sys.executable, "-m", "study.distributed_trial", "--resolved", str(config),
+    command = ["-m", "study.distributed_trial", "--resolved", str(config),
                "--tracking-uri", tracking_uri, "--runs-dir", str(runs)]
     checkpoint = trial_dir(tiny_config, runs) / "checkpoint.pt"
-    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = start_python(command, REPO, tmp_path / "first.log", env={**os.environ, **PACED})
     deadline = time.monotonic() + 120
     while not checkpoint.is_file() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -74,7 +73,8 @@ def test_a_killed_ddp_trial_resumes_every_rank_from_its_checkpoint_in_the_same_r
     time.sleep(3)  # torchrun dies with its parent, the ranks notice (they watch theirs every 0.5 s)
     assert not (checkpoint.parent / "DONE").exists()  # nothing finished the trial behind our back
 
-    subprocess.run(command, cwd=REPO, check=True, timeout=300, stdout=subprocess.DEVNULL)
+    resumed = run_python(command, REPO)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     client = mlflow.MlflowClient(tracking_uri)
     runs_found = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert len(runs_found) == 1 and runs_found[0].info.status == "FINISHED"
@@ -89,9 +89,9 @@ def test_an_experiment_file_with_overrides_runs_as_a_distributed_trial(tmp_path,
     several machines: the file's base configuration with the overrides, as one two-rank trial."""
     exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    subprocess.run([sys.executable, "-m", "study.distributed_trial", str(exp), "--set", "train.processes=2",
-                    "--set", "train.epochs=2", "--set", "model.ffn_dim=48", "--tracking-uri", uri,
-                    "--runs-dir", str(tmp_path / "runs")], cwd=REPO, check=True, timeout=300, stdout=subprocess.DEVNULL)
+    done = run_python(["-m", "study.distributed_trial", str(exp), "--set", "train.processes=2", "--set", "train.epochs=2",
+                       "--set", "model.ffn_dim=48", "--tracking-uri", uri, "--runs-dir", str(tmp_path / "runs")], REPO)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("tiny_sweep").experiment_id])
     assert run.info.status == "FINISHED"
@@ -118,7 +118,12 @@ def _gap_on_rank(rank: int, init_file: str, results: str) -> None:
 
 
 def test_the_rank_weight_gap_is_the_largest_difference_from_rank_0(tmp_path):
-    import torch.multiprocessing
-    torch.multiprocessing.spawn(_gap_on_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    ranks = [forkserver.context().Process(target=_gap_on_rank, args=(rank, str(tmp_path / "init"), str(tmp_path)))
+             for rank in (0, 1)]  # forked from the preloaded server: torch is not imported twice more
+    for rank in ranks:
+        rank.start()
+    for rank in ranks:
+        rank.join(120)
+        assert rank.exitcode == 0
     for rank in (0, 1):  # every rank gets the same answer
         assert [float(g) for g in (tmp_path / f"rank{rank}.txt").read_text().split()] == [0.0, 0.25]
