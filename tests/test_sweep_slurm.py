@@ -18,7 +18,7 @@ from study.sweep import shared_files
 from study.sweep.shared_files import unshared
 from study.sweep.slurm import SlurmError, tasks_per_node
 from study.trial import run_trial
-from tests.helpers import FOUR_POINTS, child_runs, trials, write_experiment
+from tests.helpers import FOUR_POINTS, PACED, child_runs, trials, write_experiment
 
 ONE_LONG_POINT = """
 [[sweep.arms]]
@@ -97,7 +97,9 @@ def test_a_requeued_job_and_a_job_near_its_time_limit_resume_the_trial_in_its_ru
     sends it `signal_seconds` before the limit (`scancel --signal=USR2`): it checkpoints and the job requeues
     itself. The trial ends once, in the run it began in, with every epoch trained once."""
     monkeypatch.chdir(tmp_path)
-    epochs = 200  # about 12 s of training on 2 free cores; each signal follows a second of training (1 s polls)
+    for name, value in PACED.items():  # the job inherits it: 12 epochs of a second or more, mostly asleep
+        monkeypatch.setenv(name, value)
+    epochs = 12  # each signal follows a second of training (1 s polls)
     job, uri = _detach_one_trial(tmp_path, corpus_cache, capsys, epochs, time_minutes=30)
     script = next((tmp_path / "runs" / "slurm" / "tiny_sweep").rglob("*submission.sh")).read_text()
     assert "#SBATCH --signal=USR2@40" in script and "#SBATCH --time=30" in script and "#SBATCH --requeue" in script
