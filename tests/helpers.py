@@ -150,7 +150,7 @@ def start_sweep(command: list[str], cwd: Path, log: Path, env: dict[str, str] | 
 
 def run_python(args: list[str], cwd: Path, env: dict[str, str] | None = None,
                timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python ARGS...` (a script, or -m and a module) run to its end as `run_sweep` runs a launch: forked
+    """`python ARGS...` (a script, -m and a module, or -c and code) run to its end as `run_sweep` runs a launch: forked
     from the preloaded server, so that it does not import torch again (tests/script_runner.py runs it as
     __main__)."""
     return _run_forked("tests.script_runner", args, [sys.executable, *args], cwd, env, timeout, _name_of(args))
@@ -162,7 +162,7 @@ def start_python(args: list[str], cwd: Path, log: Path, env: dict[str, str] | No
 
 
 def _name_of(args: list[str]) -> str:
-    return args[1].rsplit(".", 1)[-1] if args[0] == "-m" else Path(args[0]).stem
+    return {"-m": args[1].rsplit(".", 1)[-1], "-c": "python-c"}.get(args[0]) or Path(args[0]).stem
 
 
 def _needs_a_fresh_interpreter(env: dict[str, str] | None) -> bool:

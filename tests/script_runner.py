@@ -1,6 +1,6 @@
-"""`python SCRIPT ARGS...` or `python -m MODULE ARGS...` inside a child of the preloaded forkserver
-(tests.helpers.run_script): the script or module runs as __main__, with the path the interpreter would
-give it first on sys.path (the script's folder; for a module, the working directory)."""
+"""`python SCRIPT ARGS...`, `python -m MODULE ARGS...` or `python -c CODE` inside a child of the preloaded
+forkserver (tests.helpers.run_python): it runs as __main__, with the path the interpreter would give it
+first on sys.path (the script's folder; for a module or code, the working directory)."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,11 @@ from pathlib import Path
 
 
 def main(args: list[str]) -> int:
-    if args[0] == "-m":
+    if args[0] == "-c":
+        sys.argv = ["-c", *args[2:]]
+        sys.path.insert(0, os.getcwd())
+        run = lambda: exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})  # noqa: E731
+    elif args[0] == "-m":
         module, *rest = args[1:]
         sys.argv = [module, *rest]
         sys.path.insert(0, os.getcwd())
