@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -18,6 +16,7 @@ from study.method.adaptive_dropout import (
     relaxed_mask_mean,
     target_logit,
 )
+from tests.helpers import run_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -249,7 +248,7 @@ out, _ = model(feats, torch.tensor([120, 90]))
 torch.save(out, {str(tmp_path / 'out.pt')!r})
 print(sum(p.numel() for p in model.parameters()))
 """
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True)
+    done = run_python(["-c", script], REPO)  # forked from the preloaded server: torch but no study module
     assert done.returncode == 0, done.stderr
     assert int(done.stdout.strip()) == metrics["params/total"]
     from study.model.io import load_model

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 import typing
 from pathlib import Path
 
@@ -12,13 +10,15 @@ import pytest
 from study.config import Config, ConfigError, load_config
 from study.config.reference import page, tables
 from study.sweep.experiment_file import ArmSpec, SweepSpec
+from tests.helpers import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_committed_page_is_what_the_command_writes():
-    written = subprocess.run([sys.executable, "-m", "study.config.reference"], cwd=ROOT, capture_output=True,
-                             text=True, check=True).stdout
+    done = run_python(["-m", "study.config.reference"], ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    written = done.stdout
     assert written == page()
     assert (ROOT / "docs" / "configuration.md").read_text() == written, (
         "docs/configuration.md is stale: run python -m study.config.reference > docs/configuration.md")

@@ -20,6 +20,7 @@ from study.method.attach import adl_decisions, attach_adls
 from study.method.pruning import prune
 from study.model.conformer import ConformerCTC
 from study.model.io import save_model
+from tests.helpers import run_python
 
 CFG = ModelConfig(d_model=32, num_heads=4, ffn_dim=48, conv_channels=24, conv_kernel=5, num_blocks=2,
                   subsampling=4, front_end="conv2d", subsampling_channels=8)
@@ -52,7 +53,7 @@ def test_onnx_export_runs_in_onnx_runtime_alone_and_matches_pytorch(tmp_path, fr
     tokenizer = CharTokenizer() if units == "char" else build_tokenizer(
         TextConfig(units="bpe", bpe_vocab_size=40), generate_sentences(200, np.random.default_rng(0)), tmp_path)
     path, pruned, mean, std = pruned_model_file(tmp_path, cfg, tokenizer)
-    done = subprocess.run([sys.executable, "-m", "study.export", str(path)], capture_output=True, text=True)
+    done = run_python(["-m", "study.export", str(path)], tmp_path)  # forked: torch is not imported again
     assert done.returncode == 0, done.stderr[-2000:]
     onnx_path = path.with_suffix(".onnx")
     table = json.loads(path.with_suffix(".units.json").read_text())

@@ -5,8 +5,6 @@ pruned sweep on it with no code, and `study.transcribe` reads the dense run's mo
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,14 @@ from study.config import flatten
 from study.data.audio import load_audio
 from study.data.splits import load_splits
 from study.names import TAG_METHOD
-from tests.helpers import ROOT, TINY_RECIPE, child_runs, run_sweep, sweep_command
+from tests.helpers import (
+    ROOT,
+    TINY_RECIPE,
+    child_runs,
+    run_python,
+    run_sweep,
+    sweep_command,
+)
 
 pytestmark = pytest.mark.slow  # four tiny trials and a transcription, in their own processes
 
@@ -74,10 +79,8 @@ def test_a_stranger_runs_dense_against_pruned_on_their_corpus(tiny_config, tmp_p
     assert "characters the output units cannot write" in done.stderr  # the manifests' trailing full stops
 
     hyps = tmp_path / "hyps.tsv"
-    transcribed = subprocess.run(
-        [sys.executable, "-m", "study.transcribe", by_method["dense"].info.run_id, "--manifest",
-         str(manifests["test"]), "--tracking-uri", uri, "--out", str(hyps)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    transcribed = run_python(["-m", "study.transcribe", by_method["dense"].info.run_id, "--manifest",
+                              str(manifests["test"]), "--tracking-uri", uri, "--out", str(hyps)], tmp_path)
     assert transcribed.returncode == 0, transcribed.stderr[-3000:]
     assert len(hyps.read_text().splitlines()) == len(load_splits(tiny_config.data)["test"])
     assert "utterances with transcripts: WER" in transcribed.stderr

@@ -15,9 +15,7 @@ from study.runtime import stop_request
 from study.tracking.mlflow_runs import package_source_hash
 from study.training import Trainer, TrainingError
 from study.trial import run_trial
-from tests.helpers import finished_run
-
-
+from tests.helpers import finished_run, start_python
 
 
 def test_tiny_training_run_lowers_loss_and_logs_to_mlflow(tiny_config, tracking_uri, tmp_path):
@@ -255,8 +253,6 @@ def test_two_processes_needing_the_same_untrained_dense_source_train_it_once(tin
     """Two magnitude trials started at once, in two processes, before their dense source exists (as two
     sweep workers do): one trains the dense model, the other waits for it instead of training it beside
     the first into the same checkpoint, and both prune the same dense run."""
-    import subprocess
-    import sys
 
     from study.config import dumps_toml, to_dict
     from study.data.prepared import prepare_data
@@ -269,11 +265,12 @@ def test_two_processes_needing_the_same_untrained_dense_source_train_it_once(tin
         tiny_config.prune.target_reduction = reduction
         paths.append(tmp_path / f"magnitude-{reduction}.toml")
         paths[-1].write_text(dumps_toml(to_dict(tiny_config)))
-    procs = [subprocess.Popen([sys.executable, "-m", "study.distributed_trial", "--resolved", str(p),
-                               "--tracking-uri", tracking_uri, "--runs-dir", str(tmp_path / "runs")],
-                              cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for p in paths]
-    logs = [proc.communicate(timeout=600)[0] for proc in procs]
+    procs = [start_python(["-m", "study.distributed_trial", "--resolved", str(p), "--tracking-uri", tracking_uri,
+                           "--runs-dir", str(tmp_path / "runs")], Path(__file__).resolve().parents[1],
+                          p.with_suffix(".log")) for p in paths]
+    for proc in procs:
+        proc.wait(timeout=600)
+    logs = [p.with_suffix(".log").read_text() for p in paths]
     assert [proc.returncode for proc in procs] == [0, 0], logs
     assert sum("is running in another process: waiting for it" in log for log in logs) == 1, logs
     client, runs = finished_run(tracking_uri)
