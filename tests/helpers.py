@@ -79,7 +79,9 @@ def check_grid_ran_once(tracking_uri: str, storage, failing: bool = True, points
     children, parents = child_runs(tracking_uri)
     finished = [r for r in children if r.info.status == "FINISHED"]
     assert sorted(r.data.tags["grid_point"] for r in finished) == sorted(points)
-    assert not [r for r in children + parents if r.info.status == "RUNNING"]
+    running = [(r.data.tags.get("sweep.role"), r.info.run_name, r.data.tags.get("grid_point"))
+               for r in children + parents if r.info.status == "RUNNING"]
+    assert not running, running
     assert all(r.data.tags["mlflow.parentRunId"] in {p.info.run_id for p in parents} for r in children)
     for t in done:  # each side finds the other
         run = mlflow.MlflowClient(tracking_uri).get_run(t.user_attrs["mlflow_run_id"])
