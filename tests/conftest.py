@@ -18,8 +18,8 @@ import pytest
 # A worker with nothing to take looks again every half second instead of every 3 (subprocesses inherit it)
 os.environ.setdefault("SWEEP_PHASE_POLL_SECONDS", "0.5")
 # One OpenMP thread per process (read by torch at import, here and in every subprocess): the suite runs a
-# process per core and one more, and a pool of threads spinning for cores it does not get turned a
-# second of in-process training into twenty (trials set their own count from train.threads)
+# process per core and one more, and pools of threads spinning for cores they did not get made in-process
+# training up to ten times slower (trials set their own count from train.threads)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from study.config import Config, build  # noqa: E402 (after the environment it reads)

@@ -152,9 +152,9 @@ def start_sweep(command: list[str], cwd: Path, log: Path, env: dict[str, str] | 
 
 def run_python(args: list[str], cwd: Path, env: dict[str, str] | None = None,
                timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python ARGS...` (a script, -m and a module, or -c and code) run to its end as `run_sweep` runs a launch: forked
-    from the preloaded server, so that it does not import torch again (tests/script_runner.py runs it as
-    __main__)."""
+    """`python ARGS...` (a script, -m and a module, or -c and code) run to its end as `run_sweep` runs a
+    launch: forked from the preloaded server, so that it does not import torch again
+    (tests/script_runner.py runs it as __main__)."""
     return _run_forked("tests.script_runner", args, [sys.executable, *args], cwd, env, timeout, _name_of(args))
 
 
