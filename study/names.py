@@ -23,6 +23,7 @@ TAG_GRID_POINT = "grid_point"  # a grid point's key, or a search trial's sampled
 TAG_SOURCE_DENSE_RUN = "source_dense_run_id"  # the dense run a magnitude trial pruned
 TAG_BUDGET = "budget.target_params"
 TAG_FAILURE_REASON = "failure_reason"
+TAG_TRIAL_KEY = "trial_key"  # the trial's checkpoint folder (study/tracking/trial_record.py): every attempt's run has it
 # Per test utterance of every trial: word edits and reference words, for the analysis's bootstrap.
 UTTERANCE_ERRORS = "test_utterance_errors.json"
 

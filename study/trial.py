@@ -42,6 +42,7 @@ from study.names import (
     TAG_BUDGET,
     TAG_FAILURE_REASON,
     TAG_SOURCE_DENSE_RUN,
+    TAG_TRIAL_KEY,
     UTTERANCE_ERRORS,
 )
 from study.tracking.dense_source import (
@@ -52,7 +53,7 @@ from study.tracking.dense_source import (
     load_dense_model,
     load_model_from,
 )
-from study.tracking.mlflow_runs import start_run
+from study.tracking.mlflow_runs import close_orphaned_runs, start_run
 from study.tracking.trial_record import (
     TrialResult,
     finished_result,
@@ -132,7 +133,10 @@ def _run_trial(cfg: Config, folder: Path, tracking_uri: str, runs_dir: Path,
     if source:
         tags["source_pruned_run_id"] = source[0]
 
-    with start_run(tracking_uri, cfg, run_id=unfinished_run(folder, tracking_uri), tags=tags) as run:
+    resume = unfinished_run(folder, tracking_uri)
+    close_orphaned_runs(tracking_uri, cfg.tracking.experiment, folder.name, keep=resume)
+    tags[TAG_TRIAL_KEY] = folder.name
+    with start_run(tracking_uri, cfg, run_id=resume, tags=tags) as run:
         record_run(folder, run.info.run_id)
         if on_run:
             on_run(run.info.run_id)

@@ -160,6 +160,27 @@ def test_a_kill_between_done_and_the_runs_end_closes_the_run_without_training_ag
     assert again.run_id == done["run_id"] and again.metrics == done["metrics"]
 
 
+def test_a_run_left_running_by_an_attempt_killed_before_recording_it_is_closed_by_the_next(
+        tiny_config, tracking_uri, tmp_path):
+    """SIGKILL between creating a trial's run and recording it in the trial's folder leaves a RUNNING run that
+    no later attempt would resume; the next attempt at the same trial closes it, and only it."""
+    from study.names import TAG_ROLE, TAG_TRIAL_KEY
+    from study.tracking.store import ensure_experiment
+    from study.tracking.trial_record import trial_dir
+    tiny_config.train.epochs = 1
+    client = mlflow.MlflowClient(tracking_uri)
+    experiment = ensure_experiment(tracking_uri, tiny_config.tracking.experiment)
+    key = trial_dir(tiny_config, tmp_path).name
+    orphan = client.create_run(experiment, tags={TAG_TRIAL_KEY: key, TAG_ROLE: "trial"}).info.run_id
+    other = client.create_run(experiment, tags={TAG_TRIAL_KEY: "another-trial", TAG_ROLE: "trial"}).info.run_id
+    result = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path)
+    closed = client.get_run(orphan)
+    assert closed.info.status == "FAILED" and closed.data.tags["failure_reason"].startswith("orphaned")
+    assert client.get_run(other).info.status == "RUNNING"  # another trial's run is not this attempt's to close
+    finished = client.get_run(result.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.tags[TAG_TRIAL_KEY] == key
+
+
 def test_trial_key_changes_with_the_training_code(tiny_config, monkeypatch):
     from study.tracking import trial_record
     before = trial_record.trial_key(tiny_config)
