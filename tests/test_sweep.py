@@ -22,7 +22,6 @@ from tests.helpers import (
     FOUR_POINTS,
     FOUR_POINTS_AND_A_FAILURE,
     PACED,
-    ROOT,
     check_grid_ran_once,
     child_runs,
     run_sweep,
@@ -91,8 +90,7 @@ def test_a_killed_sweep_resumes_and_finishes_every_point_once(tmp_path, corpus_c
                            epochs=6)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     storage = sweep_storage(storage_kind, tmp_path, request)
-    command = [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
-               *(["--storage", storage] if storage_kind == "postgresql" else [])]
+    command = sweep_command(exp, uri, *(["--storage", storage] if storage_kind == "postgresql" else []))
     proc = start_sweep(command, tmp_path, tmp_path / "launch-1.log")
     wait_for_checkpoint(tmp_path, proc)  # a trial is mid-way
     for pid in [proc.pid, *worker_pids(proc)]:  # driver and worker vanish, as with a lost machine
@@ -506,8 +504,7 @@ def test_a_second_machine_joins_a_running_sweep_and_shares_its_points(tmp_path, 
     its worker takes points of the same sweep, under the same parent run, and no point runs twice."""
     exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS, epochs=5)  # paced: about 5 s a trial, the joiner gets some
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    command = [sys.executable, str(ROOT / "sweep.py"), str(exp), "--tracking-uri", uri, "--no-analysis",
-               "--storage", postgres_storage, "--workers", "1"]
+    command = sweep_command(exp, uri, "--storage", postgres_storage, "--workers", "1")
     env = {**os.environ, **PACED}
     first = start_sweep(command, tmp_path, tmp_path / "launch-1.log", env=env)
     deadline = time.time() + 180

@@ -140,21 +140,20 @@ def close_run(client: mlflow.MlflowClient, run_id: str, reason: str, status: str
     client.set_terminated(run_id, status=status)
 
 
-def close_orphaned_runs(tracking_uri: str, experiment: str, key: str, keep: str | None) -> list[str]:
-    """Closes the RUNNING runs of trial `key` other than `keep` (the run its folder recorded, to resume), and
-    returns their ids. Such a run's attempt was stopped (SIGKILL, a lost machine) between creating the run
+def close_orphaned_runs(tracking_uri: str, experiment: str, key: str, keep: str | None) -> None:
+    """Closes the RUNNING runs of trial `key` other than `keep` (the run its folder recorded, to resume).
+    Such a run's attempt was stopped (SIGKILL, a lost machine) between creating the run
     and recording it, so no later attempt resumes or closes it. Called under the trial's lock before a new
     attempt starts its run: no live process is then between those two steps for this trial."""
     client = mlflow.MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        return []
-    runs = client.search_runs([found.experiment_id],
-                              f"tags.{TAG_TRIAL_KEY} = '{key}' and attributes.status = 'RUNNING'")
-    orphans = [run.info.run_id for run in runs if run.info.run_id != keep]
-    for run_id in orphans:
-        close_run(client, run_id, "orphaned: its attempt stopped before recording it; a later attempt ran the trial")
-    return orphans
+        return
+    for run in client.search_runs([found.experiment_id],
+                                  f"tags.{TAG_TRIAL_KEY} = '{key}' and attributes.status = 'RUNNING'"):
+        if run.info.run_id != keep:
+            close_run(client, run.info.run_id,
+                      "orphaned: its attempt stopped before recording it; a later attempt ran the trial")
 
 
 # What a store answers for a run it does not hold: the SQL, file and REST stores say the run does not
