@@ -22,14 +22,14 @@ import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
 WORKER = """
 import json, sys
 sys.path.insert(0, {root!r})
-from study.config import load_config
+from study.sweep.experiment_file import load_experiment
 from study.data.batching import make_batches, pad_batch
 from study.data.prepared import prepare_data
 from study.training import batch_frames
 def status():
     fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
     return {{k: int(fields[k].split()[0]) / 1024 for k in ("VmHWM", "RssAnon", "RssFile")}}
-cfg = load_config({experiment!r}, {{"data.synthetic.train_utterances": {size}}})
+cfg = load_experiment({experiment!r}).config(extra={{"data.synthetic.train_utterances": {size}}})
 train = prepare_data(cfg)["train"]
 start = status()
 for indices in make_batches(train.lengths, batch_frames(cfg), shuffle_seed=0):

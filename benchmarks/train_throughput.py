@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import quick  # noqa: E402 (benchmarks/quick.py, beside this script)
-from study.config import load_config  # noqa: E402
 from study.data.features import mean_std  # noqa: E402
 from study.data.prepared import SplitData, prepare_data  # noqa: E402
 from study.data.tokenizer import build_tokenizer  # noqa: E402
 from study.training import Trainer  # noqa: E402
+from study.sweep.experiment_file import load_experiment  # noqa: E402
 from study.trial_context import build_model  # noqa: E402
 
 OLD_BATCH = {"train.batch_seconds": 16.0}
@@ -45,8 +45,9 @@ def main() -> None:
     args = quick.parse_args(parser, experiment=quick.SMOKE, utterances=12, rounds=1)
     torch.set_num_threads(2)
 
-    recipes = {"old": load_config(args.experiment, OLD), "new@16s": load_config(args.experiment, OLD_BATCH),
-               "new": load_config(args.experiment)}
+    experiment = load_experiment(args.experiment)  # an experiment file's base configuration
+    recipes = {"old": experiment.config(extra=OLD), "new@16s": experiment.config(extra=OLD_BATCH),
+               "new": experiment.config()}
     data = prepare_data(recipes["new"])["train"]  # the corpus and features are the same for both
     train = SplitData(data.utterances[:args.utterances], data.features[:args.utterances])
     trainers, audio = {}, {}

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from tests.helpers import ROOT, run_python, write_experiment
+from tests.helpers import FOUR_POINTS, ROOT, run_python, write_experiment
 
 pytestmark = pytest.mark.slow  # each starts a Python process that builds models
 
@@ -41,7 +41,8 @@ def test_every_benchmark_script_has_a_quick_form_checked_here():
 def test_a_benchmark_ends_with_its_json_line(script, tmp_path, corpus_cache):
     options = ["--quick"]
     if script in TAKES_AN_EXPERIMENT:
-        options += ["--experiment", str(write_experiment(tmp_path, corpus_cache, ""))]
+        # an experiment file as shipped, sweep table and all: the script reads its base configuration
+        options += ["--experiment", str(write_experiment(tmp_path, corpus_cache, FOUR_POINTS))]
     done = run_python([str(ROOT / "benchmarks" / script), *options], tmp_path, timeout=900)  # forked: torch imported once
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
