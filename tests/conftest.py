@@ -3,6 +3,7 @@
 run one at a time, on one xdist worker (they share the database and the cluster)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from filelock import FileLock
 
 # A worker with nothing to take looks again every half second instead of every 3 (subprocesses inherit it)
 os.environ.setdefault("SWEEP_PHASE_POLL_SECONDS", "0.5")
@@ -23,7 +25,7 @@ os.environ.setdefault("SWEEP_PHASE_POLL_SECONDS", "0.5")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from study.config import Config, build  # noqa: E402 (after the environment it reads)
-from tests.helpers import TINY_RECIPE  # noqa: E402
+from tests.helpers import TINY_RECIPE, train_ddp_reference  # noqa: E402
 from tests.services import free_port, postgres_url, slurm_up  # noqa: E402
 
 
@@ -47,6 +49,20 @@ def migrated_mlflow_store(request, empty_mlflow_store: Path) -> None:
     """A test's `tmp_path/mlflow.db`, the store most tests and their sweeps use, starts migrated and empty."""
     if "tmp_path" in request.fixturenames:
         shutil.copyfile(empty_mlflow_store, request.getfixturevalue("tmp_path") / "mlflow.db")
+
+
+@pytest.fixture(scope="session")
+def ddp_reference(tmp_path_factory, worker_id, corpus_cache) -> dict:
+    """One two-rank DDP trial (tests.helpers.train_ddp_reference), trained once per session whichever xdist
+    worker asks first (the others wait on its lock): the DDP tests compare it with one process, the SLURM
+    test with ranks SLURM started."""
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared if worker_id == "master" else shared.parent  # the folder above every worker's own
+    result = shared / "ddp_reference.json"
+    with FileLock(f"{result}.lock"):
+        if not result.is_file():
+            result.write_text(json.dumps(train_ddp_reference(shared / "ddp_reference", corpus_cache)))
+    return json.loads(result.read_text())
 
 
 @pytest.fixture

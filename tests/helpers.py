@@ -60,6 +60,38 @@ set = { method = "small_dense", "prune.target_params" = 10, "train.seed" = 0 }
 """
 
 
+# One two-rank DDP trial of the tiny recipe, as a sweep point and as `--set` overrides (dropout and
+# SpecAugment off, so that ranks started in different ways train the same numbers)
+DDP_SETTINGS = {"train.processes": 2, "model.dropout": 0.0, "features.freq_masks": 0, "features.time_masks": 0}
+DDP_POINT = """
+[[sweep.arms]]
+name = "ddp"
+set = { method = "dense", """ + ", ".join(f'"{k}" = {v}' for k, v in DDP_SETTINGS.items()) + """ }
+"""
+DDP_EPOCHS = 3
+
+
+def train_ddp_reference(folder: Path, cache: Path) -> dict:
+    """`python -m study.distributed_trial EXPERIMENT.toml --set ...`, the form started by hand, which run_trial
+    relaunches under torchrun as it does a sweep's trial; returns its run and where its store and runs are."""
+    folder.mkdir(parents=True, exist_ok=True)
+    experiment = write_experiment(folder, cache, "")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    overrides = [f"{k}={v}" for k, v in {**DDP_SETTINGS, "method": "dense", "train.epochs": DDP_EPOCHS}.items()]
+    done = run_python(["-m", "study.distributed_trial", str(experiment), *[a for o in overrides for a in ("--set", o)],
+                       "--tracking-uri", uri, "--runs-dir", str(folder / "runs")], ROOT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (run,), _ = child_runs(uri)
+    return {"experiment": str(experiment), "tracking_uri": uri, "runs_dir": str(folder / "runs"),
+            "run_id": run.info.run_id}
+
+
+def losses(tracking_uri: str, run_id: str) -> list[float]:
+    """A run's training loss, epoch by epoch."""
+    history = mlflow.MlflowClient(tracking_uri).get_metric_history(run_id, "train/loss")
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
 def trials(name: str, storage) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=storage).get_trials()
 

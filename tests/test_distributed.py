@@ -10,44 +10,40 @@ import mlflow
 import pytest
 
 from study.config import dumps_toml, to_dict
+from study.sweep.experiment_file import load_experiment
 from study.tracking.trial_record import trial_dir
 from study.trial import run_trial
 from study.runtime import forkserver
-from tests.helpers import FOUR_POINTS, PACED, run_python, start_python, write_experiment
+from tests.helpers import DDP_EPOCHS, DDP_SETTINGS, PACED, losses, run_python, start_python
 
 pytestmark = pytest.mark.slow  # processes started, trials trained end to end
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_two_process_ddp_trial_matches_one_process_and_leaves_one_run(tiny_config, tracking_uri, tmp_path):
-    """Same global batches: each rank trains half of every batch and DDP averages the gradients, so the
-    training loss follows the one-process run (dropout and SpecAugment off: the batch split is the
-    only difference); rank 0 alone logs, evaluates and exports, so the store holds one run."""
-    tiny_config.train.epochs = 3
-    tiny_config.model.dropout = 0.0
-    tiny_config.features.freq_masks = tiny_config.features.time_masks = 0
-    single_uri = f"sqlite:///{tmp_path / 'single.db'}"
-    single = run_trial(tiny_config, single_uri, runs_dir=tmp_path / "single")
-    tiny_config.train.processes = 2
-    ddp = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path / "ddp")
+def test_two_process_ddp_trial_matches_one_process_and_leaves_one_run(ddp_reference, tmp_path):
+    """`python -m study.distributed_trial EXPERIMENT.toml --set train.processes=2 ...` (the form started by
+    hand on several machines): run_trial relaunches it under torchrun, as it does a sweep's trial. Same
+    global batches: each rank trains half of every batch and DDP averages the gradients, so the training
+    loss follows the one-process run (dropout and SpecAugment off: the batch split is the only difference);
+    rank 0 alone logs, evaluates and exports, so the store holds one run."""
+    uri = ddp_reference["tracking_uri"]
+    client = mlflow.MlflowClient(uri)
+    (ddp,) = client.search_runs([client.get_experiment_by_name("tiny_sweep").experiment_id])
+    assert ddp.info.status == "FINISHED"
+    assert {k: ddp.data.params[k] for k in DDP_SETTINGS} == {k: str(v) for k, v in DDP_SETTINGS.items()}  # the --set
+    assert list(Path(ddp_reference["runs_dir"]).glob("trials/*/*/distributed_config.toml"))  # relaunched under torchrun
 
-    client = mlflow.MlflowClient(tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_id == ddp.run_id
-    assert runs[0].data.params["train.processes"] == "2"
-
-    def losses(uri: str, run_id: str) -> list[float]:
-        history = mlflow.MlflowClient(uri).get_metric_history(run_id, "train/loss")
-        return [m.value for m in sorted(history, key=lambda m: m.step)]
-    one, two = losses(single_uri, single.run_id), losses(tracking_uri, ddp.run_id)
-    assert len(one) == len(two) == 3 and two[-1] < two[0]
+    one_process = load_experiment(ddp_reference["experiment"]).config(
+        extra={**DDP_SETTINGS, "train.processes": 1, "train.epochs": DDP_EPOCHS})
+    single = run_trial(one_process, f"sqlite:///{tmp_path / 'single.db'}", runs_dir=tmp_path / "single")
+    one, two = losses(f"sqlite:///{tmp_path / 'single.db'}", single.run_id), losses(uri, ddp.info.run_id)
+    assert len(one) == len(two) == DDP_EPOCHS and two[-1] < two[0]
     assert two != one  # the ranks really split the batches (float sums in another order)
     assert two == pytest.approx(one, rel=0.03)  # not closer: each rank normalises BatchNorm and CTC by its share
-    gap = client.get_metric_history(ddp.run_id, "train/rank_weight_gap")
+    gap = client.get_metric_history(ddp.info.run_id, "train/rank_weight_gap")
     assert [m.value for m in gap] == [0.0]  # rank 1 ended with rank 0's parameters, bit for bit
-    assert list((tmp_path / "ddp" / "trials").glob("*/*/distributed_config.toml"))  # relaunched under torchrun
-    assert ddp.metrics["params/total"] == single.metrics["params/total"]
+    assert ddp.data.metrics["params/total"] == single.metrics["params/total"]
 
 
 def test_a_killed_ddp_trial_resumes_every_rank_from_its_checkpoint_in_the_same_run(tiny_config, tracking_uri, tmp_path):
@@ -82,22 +78,6 @@ def test_a_killed_ddp_trial_resumes_every_rank_from_its_checkpoint_in_the_same_r
     assert 1 <= resumed_from < epochs
     steps = [m.step for m in client.get_metric_history(runs_found[0].info.run_id, "train/loss")]
     assert sorted(set(steps)) == list(range(1, epochs + 1)) and len(steps) <= epochs + 1  # at most the epoch in flight twice
-
-
-def test_an_experiment_file_with_overrides_runs_as_a_distributed_trial(tmp_path, corpus_cache):
-    """`python -m study.distributed_trial EXPERIMENT.toml --set KEY=VALUE ...`, the form started by hand on
-    several machines: the file's base configuration with the overrides, as one two-rank trial."""
-    exp = write_experiment(tmp_path, corpus_cache, FOUR_POINTS)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    done = run_python(["-m", "study.distributed_trial", str(exp), "--set", "train.processes=2", "--set", "train.epochs=2",
-                       "--set", "model.ffn_dim=48", "--tracking-uri", uri, "--runs-dir", str(tmp_path / "runs")], REPO)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    client = mlflow.MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("tiny_sweep").experiment_id])
-    assert run.info.status == "FINISHED"
-    params = run.data.params
-    assert (params["train.processes"], params["train.epochs"], params["model.ffn_dim"]) == ("2", "2", "48")
-    assert run.data.metrics["train/rank_weight_gap"] == 0.0
 
 
 def _gap_on_rank(rank: int, init_file: str, results: str) -> None:

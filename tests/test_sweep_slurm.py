@@ -13,12 +13,11 @@ import mlflow
 import pytest
 
 import sweep
-from study.sweep.experiment_file import SlurmSpec, load_experiment
+from study.sweep.experiment_file import SlurmSpec
 from study.sweep import shared_files
 from study.sweep.shared_files import unshared
 from study.sweep.slurm import SlurmError, tasks_per_node
-from study.trial import run_trial
-from tests.helpers import FOUR_POINTS, PACED, child_runs, trials, write_experiment
+from tests.helpers import DDP_EPOCHS, DDP_POINT, FOUR_POINTS, PACED, child_runs, losses, trials, write_experiment
 
 ONE_LONG_POINT = """
 [[sweep.arms]]
@@ -183,19 +182,13 @@ def test_a_requeued_and_a_timed_out_job_resume_the_trial_in_its_run(slurm_cluste
     check_one_resumed_run(tmp_path, uri, epochs)
 
 
-DDP_POINT = """
-[[sweep.arms]]
-name = "ddp"
-set = { method = "dense", "train.processes" = 2, "model.dropout" = 0.0, "features.freq_masks" = 0, "features.time_masks" = 0 }
-"""
-
-
-def test_a_two_task_ddp_trial_matches_the_local_two_process_run(slurm_cluster, tmp_path, corpus_cache, monkeypatch):
+def test_a_two_task_ddp_trial_matches_the_local_two_process_run(slurm_cluster, tmp_path, corpus_cache, monkeypatch,
+                                                                ddp_reference):
     """train.processes = 2: the worker job holds two SLURM tasks and starts the trial's ranks as a job step
     over them (srun, ranks from SLURM_PROCID); its training follows the same trial run here under torchrun
     (dropout and SpecAugment off, so the runs differ in nothing but where the ranks were started)."""
     monkeypatch.chdir(tmp_path)
-    exp = write_experiment(tmp_path, corpus_cache, DDP_POINT, epochs=3)
+    exp = write_experiment(tmp_path, corpus_cache, DDP_POINT, epochs=DDP_EPOCHS)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert sweep.main([str(exp), "--launcher", "slurm", "--workers", "1", "--slurm", "cpus_per_worker=1",
                        "--tracking-uri", uri, "--no-analysis"]) == 0
@@ -204,16 +197,11 @@ def test_a_two_task_ddp_trial_matches_the_local_two_process_run(slurm_cluster, t
     log = "".join(p.read_text() for p in (tmp_path / "runs" / "slurm" / "tiny_sweep").rglob("*.out"))
     assert "ranks: SLURM tasks of job" in log
 
-    experiment = load_experiment(exp)
-    local_uri = f"sqlite:///{tmp_path / 'local.db'}"
-    local = run_trial(experiment.config(experiment.points()[0]), local_uri, runs_dir=tmp_path / "local")
-
-    def losses(tracking: str, run_id: str) -> list[float]:
-        history = mlflow.MlflowClient(tracking).get_metric_history(run_id, "train/loss")
-        return [m.value for m in sorted(history, key=lambda m: m.step)]
-    assert len(losses(uri, run.info.run_id)) == 3
-    assert losses(uri, run.info.run_id) == pytest.approx(losses(local_uri, local.run_id), rel=1e-5)
-    assert run.data.metrics["params/total"] == local.metrics["params/total"]
+    reference = mlflow.MlflowClient(ddp_reference["tracking_uri"]).get_run(ddp_reference["run_id"])
+    assert len(losses(uri, run.info.run_id)) == DDP_EPOCHS
+    assert losses(uri, run.info.run_id) == pytest.approx(losses(ddp_reference["tracking_uri"], reference.info.run_id),
+                                                         rel=1e-5)
+    assert run.data.metrics["params/total"] == reference.data.metrics["params/total"]
     assert run.data.metrics["train/rank_weight_gap"] == 0.0  # the ranks on SLURM's tasks kept one model
 
 
