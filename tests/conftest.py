@@ -29,10 +29,23 @@ from tests.helpers import TINY_RECIPE, train_ddp_reference  # noqa: E402
 from tests.services import free_port, postgres_url, slurm_up  # noqa: E402
 
 
+def _shared_folder(tmp_path_factory, worker_id: str) -> Path:
+    """The folder above every xdist worker's own: what one worker makes there, the others find."""
+    base = tmp_path_factory.getbasetemp()
+    return base if worker_id == "master" else base.parent
+
+
 @pytest.fixture(scope="session")
-def corpus_cache(tmp_path_factory) -> Path:
-    """One cache folder for the session, so the tiny corpus and its features are made once."""
-    return tmp_path_factory.mktemp("cache")
+def corpus_cache(tmp_path_factory, worker_id) -> Path:
+    """One cache folder for the whole run, so the tiny corpus and its features are made once, by whichever
+    xdist worker asks first (the others wait on its lock); variants that tests ask for are added beside them."""
+    cache = _shared_folder(tmp_path_factory, worker_id) / "cache"
+    with FileLock(f"{cache}.lock"):
+        if not cache.is_dir():
+            from study.data.prepared import prepare_data
+            recipe = {**TINY_RECIPE, "data": {**TINY_RECIPE["data"], "cache_dir": str(cache)}}
+            prepare_data(build(Config, recipe))
+    return cache
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +69,7 @@ def ddp_reference(tmp_path_factory, worker_id, corpus_cache) -> dict:
     """One two-rank DDP trial (tests.helpers.train_ddp_reference), trained once per session whichever xdist
     worker asks first (the others wait on its lock): the DDP tests compare it with one process, the SLURM
     test with ranks SLURM started."""
-    shared = tmp_path_factory.getbasetemp()
-    shared = shared if worker_id == "master" else shared.parent  # the folder above every worker's own
+    shared = _shared_folder(tmp_path_factory, worker_id)
     result = shared / "ddp_reference.json"
     with FileLock(f"{result}.lock"):
         if not result.is_file():
@@ -77,10 +89,13 @@ def tracking_uri(tmp_path: Path) -> str:
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    """`-n auto`: one xdist worker more than the cores. Part of many tests is waiting (on a timer, a service,
-    a SLURM job or a child's imports): on 2 cores a third worker fills it (7 min 33 s of pytest instead of
-    9 min 29 s with two, measured one after the other on 2026-12-07)."""
-    return len(os.sched_getaffinity(0)) + 1
+    """`-n auto`: one xdist worker more than the cores for the whole suite, one per core for the fast loop
+    (`-m "not slow"`). Part of many slow tests is waiting (on a timer, a service, a SLURM job or a child's
+    imports), which a third worker fills on 2 cores: 397 s of pytest against 451 s with two; the fast loop
+    waits for little, and a third worker only contends: 108 s against 95 s with two (each pair measured one
+    after the other on 2026-12-08)."""
+    cores = len(os.sched_getaffinity(0))
+    return cores if "not slow" in (config.getoption("markexpr") or "") else cores + 1
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
