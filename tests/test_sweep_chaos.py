@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from tests.services import restartable_postgres
 from tests.helpers import (
     FOUR_POINTS,
+    PACED,
     QUICK_TIMING,
     ROOT,
     check_grid_ran_once,
@@ -34,6 +35,7 @@ from tests.helpers import (
     fill,
     run_sweep,
     small_disk,
+    start_sweep,
     sweep_command,
     sweep_storage,
     worker_pids,
@@ -51,7 +53,7 @@ POSTGRES_TIMING = {**QUICK_TIMING, "SWEEP_RETRY_SECONDS": "180", "SWEEP_HEARTBEA
                    "SWEEP_STALE_SECONDS": "230"}
 
 
-def _training(folder: Path, driver: subprocess.Popen, at_least: int, deadline: float) -> None:
+def _training(folder: Path, driver, at_least: int, deadline: float) -> None:
     """Waits until `at_least` trials have checkpointed (they are mid-training)."""
     while len(list(folder.glob("runs/trials/*/*/checkpoint.pt"))) < at_least:
         assert driver.poll() is None and time.time() < deadline, "the sweep ended before the faults"
@@ -70,7 +72,7 @@ def _outage(seconds: float) -> threading.Thread:
     return thread
 
 
-def _faults(seed: int, folder: Path, driver: subprocess.Popen, outage: bool, disk: Path | None) -> list[str]:
+def _faults(seed: int, folder: Path, driver, outage: bool, disk: Path | None) -> list[str]:
     """The seeded schedule, in the first launch: SIGKILL and SIGSTOP of random workers, the checkpoint
     disk filled (with `disk`) and the database stopped for OUTAGE_SECONDS (with `outage`), in a random
     order, then SIGTERM to the driver. Returns what was done, for the failure message."""
@@ -122,17 +124,16 @@ def run_schedule(seed: int, storage_kind: str, tmp_path: Path, corpus_cache: Pat
 
 def _run_schedule(seed: int, storage_kind: str, tmp_path: Path, corpus_cache: Path, request, disk: Path | None) -> None:
     storage = sweep_storage(storage_kind, tmp_path, request)
-    exp = write_experiment(tmp_path, corpus_cache, EIGHT_POINTS, epochs=25)
+    exp = write_experiment(tmp_path, corpus_cache, EIGHT_POINTS, epochs=5)  # paced: about 5 s a trial
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     options = ["--workers", "3", "--hang-minutes", "0.2", "--max-restarts", "6"]
-    env = {**os.environ, **QUICK_TIMING}
+    env = {**os.environ, **QUICK_TIMING, **PACED}
     if storage_kind == "postgresql":
         options += ["--storage", storage]
-        env = {**os.environ, **POSTGRES_TIMING, "SWEEP_TEST_LOST_ANSWERS": "create,pop",
+        env = {**os.environ, **POSTGRES_TIMING, **PACED, "SWEEP_TEST_LOST_ANSWERS": "create,pop",
                "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "faults"), os.environ.get("PYTHONPATH", "")])}
     command = sweep_command(exp, uri, *options)
-    with open(tmp_path / "launch-1.log", "w") as log:
-        driver = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    driver = start_sweep(command, tmp_path, tmp_path / "launch-1.log", env=env)
     schedule = _faults(seed, tmp_path, driver, outage=storage_kind == "postgresql", disk=disk)
     try:
         # stops its workers (a stopped one too) and closes its runs, once the database is back
