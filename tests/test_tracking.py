@@ -54,7 +54,7 @@ def test_runs_url():
 
 
 def _recipe_key_in(root: Path) -> str:
-    script = "import study; from study.config import Config; from study.tracking.mlflow_runs import recipe_key; " \
+    script = "import study; from study.config import Config; from study.tracking.code_identity import recipe_key; " \
              "print(study.__file__); print(recipe_key(Config()))"
     done = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
                           env={"PATH": "", "PYTHONPATH": str(root)})

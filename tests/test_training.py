@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from study.runtime import stop_request
-from study.tracking.mlflow_runs import package_source_hash
+from study.tracking.code_identity import package_source_hash
 from study.training import Trainer, TrainingError
 from study.trial import run_trial
 from tests.helpers import finished_run, start_python

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from study.tracking import mlflow_runs, trial_record
-from study.tracking.mlflow_runs import PACKAGE_ROOT, package_source_hash
+from study.tracking import code_identity, mlflow_runs, trial_record
+from study.tracking.code_identity import PACKAGE_ROOT, package_source_hash
 
 
 @pytest.fixture
@@ -41,8 +41,8 @@ def test_a_new_file_in_the_package_changes_its_hash(package):
 def test_the_trial_key_follows_the_package_and_the_recipe_key_does_not(tiny_config, monkeypatch):
     keys = {}
     for package_hash in ("0" * 16, "1" * 16):
-        for module in (trial_record, mlflow_runs):  # as if each process had loaded other code
+        for module in (trial_record, mlflow_runs, code_identity):  # as if each process had loaded other code
             monkeypatch.setattr(module, "LOADED_PACKAGE_HASH", package_hash)
-        keys[package_hash] = trial_record.trial_key(tiny_config), mlflow_runs.recipe_key(tiny_config)
+        keys[package_hash] = trial_record.trial_key(tiny_config), code_identity.recipe_key(tiny_config)
     (trial_a, recipe_a), (trial_b, recipe_b) = keys.values()
     assert trial_a != trial_b and recipe_a == recipe_b

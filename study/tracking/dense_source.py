@@ -3,7 +3,7 @@ from: found in MLflow by its recipe, or named by prune.dense_from (adl.init_from
 architecture that retrain_pruned trains (prune.source_run).
 
 A sweep trains each dense baseline once; every magnitude-pruning trial of the same recipe (data,
-features, model, training and the code that trains it; see `mlflow_runs.recipe_key`) reuses its
+features, model, training and the code that trains it; see `code_identity.recipe_key`) reuses its
 exported model.pt.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from study.config import AdlConfig, Config, ModelConfig, PruneConfig, TrackingCo
 from study.model import BlockWidths, ConformerCTC
 from study.model.io import load_model, saved_shapes
 from study.names import TAG_METHOD
-from study.tracking.mlflow_runs import recipe_key
+from study.tracking.code_identity import recipe_key
 
 
 def dense_config(cfg: Config) -> Config:

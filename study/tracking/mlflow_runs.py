@@ -1,26 +1,18 @@
 """How a trial's MLflow run records what it is: its configuration, recipe key, name and tags."""
 from __future__ import annotations
 
-import hashlib
-import json
 import subprocess
-from collections.abc import Iterable
 from pathlib import Path
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from study.config import Config, flatten, identity, to_dict
+from study.config import Config, flatten, to_dict
+from study.tracking.code_identity import LOADED_PACKAGE_HASH, recipe_key
 from study.tracking.provenance import environment_tags
 from study.tracking.store import ensure_experiment
 from study.names import STRUCTURED, TAG_FAILURE_REASON, TAG_LOCATIONS, TAG_METHOD, TAG_ROLE, TAG_SEED, TAG_TRIAL_KEY
-
-# The code a trained dense model depends on, beside its configuration: a dense run trained by other
-# model or training code has another recipe key, so magnitude pruning never reuses it silently.
-RECIPE_SOURCES = ("model/conformer.py", "training.py", "data/prepared.py", "data/features.py",
-                  "data/batching.py", "data/text.py", "data/tokenizer.py")
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # study/
 
 
 def code_version() -> str:
@@ -41,42 +33,6 @@ def run_params(cfg: Config) -> dict[str, str]:
     params = {key: str(value) for key, value in flatten(to_dict(cfg)).items()}
     params["code_version"] = code_version()
     return params
-
-
-def _source_hash(root: Path, relatives: Iterable[str]) -> str:
-    """sha256 (16 hex digits) of the files `relatives` under `root` as they are on disk."""
-    digest = hashlib.sha256()
-    for relative in relatives:
-        digest.update(relative.encode() + b"\0" + (root / relative).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def recipe_source_hash() -> str:
-    """The hash of RECIPE_SOURCES: the code a dense model depends on."""
-    return _source_hash(PACKAGE_ROOT, RECIPE_SOURCES)
-
-
-def package_source_hash(root: Path = PACKAGE_ROOT) -> str:
-    """The hash of every .py file of the package at `root`: the code a trial's result depends on."""
-    files = sorted(path.relative_to(root).as_posix() for path in root.rglob("*.py")
-                   if path.is_file())  # not an editor's dangling lock link
-    return _source_hash(root, files)
-
-
-# Taken when this process imports the code, not when a trial first asks: a worker that started before
-# the files were edited runs the old code and must say so (it used to hash the edited files and retrain
-# a dense model that its own code had already trained).
-LOADED_SOURCE_HASH = recipe_source_hash()
-LOADED_PACKAGE_HASH = package_source_hash()
-
-
-def recipe_key(cfg: Config) -> str:
-    """What a dense model depends on (data, features, units, model, training, and the code that trains it;
-    not where it ran): equal keys, same dense run."""
-    tree = identity(cfg)
-    recipe = {k: tree[k] for k in ("data", "features", "text", "model", "train")}
-    recipe["source"] = LOADED_SOURCE_HASH
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _short(value: float) -> str:

@@ -16,7 +16,8 @@ import mlflow
 from study.runtime import progress
 from study.config import Config, identity
 from study.durable import replace_durably
-from study.tracking.mlflow_runs import LOADED_PACKAGE_HASH, run_status
+from study.tracking.code_identity import LOADED_PACKAGE_HASH
+from study.tracking.mlflow_runs import run_status
 
 
 LOCK_POLL_SECONDS = 1.0
