@@ -29,8 +29,10 @@ import sys
 import traceback
 from pathlib import Path
 
-# torch._dynamo: a process's first optimizer imports it (a second of a core), each worker again otherwise
-PRELOAD = ["torch", "torch._dynamo", "torchaudio", "mlflow", "optuna"]
+# torch._dynamo: a process's first optimizer imports it (a second of a core), each worker again otherwise;
+# MLflow's SQLAlchemy store (with SQLAlchemy and Alembic): about 0.7 s of a core in each child that opens
+# a SQLite tracking store, which sweep workers and drivers all do
+PRELOAD = ["torch", "torch._dynamo", "torchaudio", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "optuna"]
 
 
 def available() -> bool:
