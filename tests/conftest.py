@@ -98,8 +98,16 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return cores if "not slow" in (config.getoption("markexpr") or "") else cores + 1
 
 
+def _slow_module(item) -> bool:
+    marks = getattr(item.module, "pytestmark", [])
+    return any(mark.name == "slow" for mark in (marks if isinstance(marks, list) else [marks]))
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items) -> None:
+    # Files whose every test is slow first, whole (their module fixtures set up once): a long test that
+    # mostly waits then overlaps the short ones instead of running alone at the end
+    items.sort(key=lambda item: not _slow_module(item))
     for item in items:
         for service, fixture in (("postgres", "postgres_storage"), ("slurm", "slurm_cluster")):
             if fixture in item.fixturenames:
