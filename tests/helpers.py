@@ -75,7 +75,7 @@ def train_ddp_reference(folder: Path, cache: Path) -> dict:
     """`python -m study.distributed_trial EXPERIMENT.toml --set ...`, the form started by hand, which run_trial
     relaunches under torchrun as it does a sweep's trial; returns its run and where its store and runs are."""
     folder.mkdir(parents=True, exist_ok=True)
-    experiment = write_experiment(folder, cache, "")
+    experiment = write_experiment(folder, cache, FOUR_POINTS)  # a sweep table, as shipped files have: its base is read
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     overrides = [f"{k}={v}" for k, v in {**DDP_SETTINGS, "method": "dense", "train.epochs": DDP_EPOCHS}.items()]
     done = run_python(["-m", "study.distributed_trial", str(experiment), *[a for o in overrides for a in ("--set", o)],
