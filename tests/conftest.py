@@ -35,17 +35,22 @@ def _shared_folder(tmp_path_factory, worker_id: str) -> Path:
     return base if worker_id == "master" else base.parent
 
 
+def _made_once(path: Path, make) -> Path:
+    """`make()` run by the first xdist worker that finds `path` absent; the others wait on its lock."""
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            make()
+    return path
+
+
 @pytest.fixture(scope="session")
 def corpus_cache(tmp_path_factory, worker_id) -> Path:
     """One cache folder for the whole run, so the tiny corpus and its features are made once, by whichever
     xdist worker asks first (the others wait on its lock); variants that tests ask for are added beside them."""
+    from study.data.prepared import prepare_data
     cache = _shared_folder(tmp_path_factory, worker_id) / "cache"
-    with FileLock(f"{cache}.lock"):
-        if not cache.is_dir():
-            from study.data.prepared import prepare_data
-            recipe = {**TINY_RECIPE, "data": {**TINY_RECIPE["data"], "cache_dir": str(cache)}}
-            prepare_data(build(Config, recipe))
-    return cache
+    recipe = {**TINY_RECIPE, "data": {**TINY_RECIPE["data"], "cache_dir": str(cache)}}
+    return _made_once(cache, lambda: prepare_data(build(Config, recipe)))
 
 
 @pytest.fixture(scope="session")
@@ -71,9 +76,10 @@ def ddp_reference(tmp_path_factory, worker_id, corpus_cache) -> dict:
     test with ranks SLURM started."""
     shared = _shared_folder(tmp_path_factory, worker_id)
     result = shared / "ddp_reference.json"
-    with FileLock(f"{result}.lock"):
-        if not result.is_file():
-            result.write_text(json.dumps(train_ddp_reference(shared / "ddp_reference", corpus_cache)))
+
+    def train() -> None:
+        result.write_text(json.dumps(train_ddp_reference(shared / "ddp_reference", corpus_cache)))
+    _made_once(result, train)
     return json.loads(result.read_text())
 
 

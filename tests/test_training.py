@@ -15,7 +15,7 @@ from study.runtime import stop_request
 from study.tracking.code_identity import package_source_hash
 from study.training import Trainer, TrainingError
 from study.trial import run_trial
-from tests.helpers import finished_run, start_python
+from tests.helpers import finished_run, losses, start_python
 
 
 def test_tiny_training_run_lowers_loss_and_logs_to_mlflow(tiny_config, tracking_uri, tmp_path):
@@ -23,9 +23,8 @@ def test_tiny_training_run_lowers_loss_and_logs_to_mlflow(tiny_config, tracking_
     metrics = run_trial(tiny_config, tracking_uri, runs_dir=tmp_path).metrics
     client, runs = finished_run(tracking_uri)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    losses = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, "train/loss"),
-                                      key=lambda m: m.step)]
-    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0]
+    history = losses(tracking_uri, runs[0].info.run_id)
+    assert len(history) == 4 and history[-1] < 0.8 * history[0]
     for key in ("dev/wer", "test/wer", "test/cer", "params/total", "params/encoder", "time/train_s"):
         assert key in runs[0].data.metrics and math.isfinite(runs[0].data.metrics[key])
     assert runs[0].data.metrics["params/total"] == metrics["params/total"] > metrics["params/encoder"]
@@ -128,10 +127,7 @@ def test_stopped_adaptive_dropout_trial_resumes_to_the_same_final_weights(stop, 
     assert ref_weights.keys() == new_weights.keys()
     assert all(torch.equal(ref_weights[k], new_weights[k]) for k in ref_weights)
     assert resumed.metrics["dev/wer"] == reference.metrics["dev/wer"]
-    history = lambda run: [m.value for m in sorted(client.get_metric_history(run, "train/loss"), key=lambda m: m.step)]  # noqa: E731
-    reference_client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'ref.db'}")
-    assert history(resumed.run_id) == [m.value for m in sorted(
-        reference_client.get_metric_history(reference.run_id, "train/loss"), key=lambda m: m.step)]
+    assert losses(uri, resumed.run_id) == losses(f"sqlite:///{tmp_path / 'ref.db'}", reference.run_id)
 
 
 def test_a_kill_between_done_and_the_runs_end_closes_the_run_without_training_again(
